@@ -1,0 +1,50 @@
+"""keras-pneumonia: detect pneumonia in chest X-rays with Keras 3.
+
+The public API::
+
+    import keras_pneumonia as kp
+
+    model = kp.PneumoniaCNN.from_pretrained()      # released weights, offline
+    data = kp.load_chest_xray("chest_xray/")       # patient-disjoint split
+    report = kp.evaluate(model, data.val)          # accuracy, AUC, sensitivity...
+    heatmaps = kp.gradcam(model, images)           # why it decided
+
+Heavy optional modules (matplotlib, tf-keras-vis, Pillow) are imported only when
+used. Importing the package sets ``TF_CPP_MIN_LOG_LEVEL=1`` (TensorFlow's C++
+INFO lines off) unless it is already set or TensorFlow is already imported.
+"""
+
+import os as _os
+import sys as _sys
+
+if "tensorflow" not in _sys.modules:
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from keras_pneumonia import callbacks, plots, weights
+from keras_pneumonia._version import __version__
+from keras_pneumonia.data import BadImageError, ChestXrayData, LayoutError, load_chest_xray, load_image
+from keras_pneumonia.evaluation import EvaluationReport, evaluate
+from keras_pneumonia.gradcam import explanation_figure, gradcam, overlay
+from keras_pneumonia.layers import PerImageStandardization
+from keras_pneumonia.metrics import SparseAUC
+from keras_pneumonia.models import PneumoniaCNN
+
+__all__ = [
+    "BadImageError",
+    "ChestXrayData",
+    "EvaluationReport",
+    "LayoutError",
+    "PerImageStandardization",
+    "PneumoniaCNN",
+    "SparseAUC",
+    "__version__",
+    "callbacks",
+    "evaluate",
+    "explanation_figure",
+    "gradcam",
+    "load_chest_xray",
+    "load_image",
+    "overlay",
+    "plots",
+    "weights",
+]

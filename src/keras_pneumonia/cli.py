@@ -1,0 +1,338 @@
+"""The ``keras-pneumonia`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from keras_pneumonia._version import __version__
+
+logger = logging.getLogger("keras_pneumonia")
+
+
+class CLIError(Exception):
+    """An error reported as one line, without a traceback."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also rendered in the docs' CLI reference)."""
+    parser = argparse.ArgumentParser(
+        prog="keras-pneumonia",
+        description="Detect pneumonia in chest X-rays with Keras: split data, train, evaluate, predict, explain.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    split = commands.add_parser("split", help="write a patient-disjoint train/val/test manifest")
+    split.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
+    split.add_argument("--validation-split", type=_fraction, default=0.1, help="fraction for validation (0.1)")
+    split.add_argument("--seed", type=int, default=1337, help="seed of the split (1337)")
+    split.add_argument("--kaggle-val", choices=("pool", "keep"), default="pool", help="use of the val/ folder")
+    split.add_argument("--manifest", type=Path, required=True, help="where to write the JSON manifest")
+
+    train = commands.add_parser("train", help="train a PneumoniaCNN and write a run folder")
+    train.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
+    train.add_argument("--output", "-o", type=Path, required=True, help="run folder (created; resumed if interrupted)")
+    train.add_argument("--epochs", type=_positive_int, default=30, help="maximum epochs (30)")
+    train.add_argument("--image-size", type=_positive_int, default=160, help="square input size in pixels (160)")
+    train.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (32)")
+    train.add_argument("--validation-split", type=_fraction, default=0.1, help="validation fraction, by patient (0.1)")
+    train.add_argument("--seed", type=int, default=1337, help="seed of split, initialisation and shuffle (1337)")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    train.add_argument("--callbacks", choices=("default", "fine_tune"), default="default", help="callback preset")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1 grayscale, 3 RGB (1)")
+    train.add_argument("--filters", type=_int_list, help="filters per block, e.g. 16,32,64,128,256")
+    train.add_argument("--convs-per-block", type=_positive_int, help="convolutions per block")
+    train.add_argument("--dense-units", type=_int_list, help="hidden dense units, e.g. 64")
+    train.add_argument("--dropout", type=float, help="dropout rate")
+    train.add_argument("--head", choices=("flatten", "avg", "max"), help="flatten or global pooling")
+    train.add_argument("--normalization", choices=("per_image", "rescale"), help="input normalisation")
+    train.add_argument("--no-augmentation", action="store_true", help="turn random rotation/translation/zoom off")
+    train.add_argument("--no-class-weight", action="store_true", help="do not balance the classes in the loss")
+    train.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops (slower)")
+    train.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    train.add_argument("--overwrite", action="store_true", help="write over a finished run in --output")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a model on a labelled folder")
+    evaluate.add_argument(
+        "data_dir", type=Path, help="folder with NORMAL/ and PNEUMONIA/, or a Kaggle root (its test/ is used)"
+    )
+    evaluate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
+    evaluate.add_argument("--threshold", type=_fraction, help="override the model's decision threshold")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (32)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    predict = commands.add_parser("predict", help="classify X-ray images (optionally with Grad-CAM overlays)")
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
+    predict.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
+    predict.add_argument("--threshold", type=_fraction, help="override the model's decision threshold")
+    predict.add_argument("--gradcam", type=Path, metavar="OUT_DIR", help="write one Grad-CAM overlay PNG per image")
+    predict.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
+    predict.add_argument("--json", action="store_true", help="print one JSON list")
+
+    demo = commands.add_parser("demo", help="predict and explain the bundled sample X-rays (offline)")
+    demo.add_argument("--output", "-o", type=Path, default=Path("keras_pneumonia_demo"), help="overlay folder")
+    demo.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
+
+    download = commands.add_parser("download", help="fill the weights cache for offline use")
+    download.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: the default preset)")
+    download.add_argument("--all", action="store_true", help="every preset")
+    download.add_argument("--cache-dir", type=Path, help="cache folder (default: $KERAS_PNEUMONIA_CACHE or KERAS_HOME)")
+    download.add_argument("--list", action="store_true", help="list the presets and exit")
+
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _cmd_split(args) -> int:
+    from keras_pneumonia.data import load_chest_xray
+
+    data = load_chest_xray(
+        args.data_dir, validation_split=args.validation_split, seed=args.seed, kaggle_val=args.kaggle_val,
+        image_size=8,
+    )
+    data.save_manifest(args.manifest)
+    for split, counts in data.counts.items():
+        total = sum(counts.values())
+        shares = ", ".join(f"{name} {n} ({n / total:.1%})" for name, n in counts.items())
+        print(f"{split}: {total} images: {shares}")
+    patients = {split: {e.patient for e in entries} for split, entries in data.files.items()}
+    print(f"patients: " + ", ".join(f"{s} {len(p)}" for s, p in patients.items()))
+    print(f"manifest written to {args.manifest}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from keras_pneumonia.training import train
+
+    model_kwargs = {"channels": args.channels}
+    for key in ("filters", "convs_per_block", "dense_units", "dropout", "head", "normalization"):
+        value = getattr(args, key)
+        if value is not None:
+            model_kwargs[key] = value
+    if args.no_augmentation:
+        model_kwargs["augmentation"] = False
+    report = train(
+        args.data_dir,
+        args.output,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        callbacks=args.callbacks,
+        model_kwargs=model_kwargs,
+        class_weight=not args.no_class_weight,
+        deterministic=args.deterministic,
+        tensorboard=args.tensorboard,
+        overwrite=args.overwrite,
+        command=["keras-pneumonia", *args.argv],
+    )
+    from keras_pneumonia.evaluation import EvaluationReport
+
+    for split in ("val", "test"):
+        if split in report:
+            values = {k: v for k, v in report[split].items()}
+            print(f"\n{split} ({values['n']} images), threshold {report['threshold']:.4f}:")
+            print(EvaluationReport(**{k: (float("nan") if v is None else v) for k, v in values.items()}).to_markdown())
+    print(f"\nRun written to {args.output}")
+    return 0
+
+
+def _evaluation_data(data_dir: Path, image_size, color_mode: str, batch_size: int):
+    from keras_pneumonia.data import CLASS_NAMES, _has_class_dirs, find_kaggle_root, load_image_folder
+
+    folder = data_dir
+    if not _has_class_dirs(folder, CLASS_NAMES):
+        try:
+            root = find_kaggle_root(data_dir)
+        except ValueError:
+            raise CLIError(
+                f"{data_dir} must hold NORMAL/ and PNEUMONIA/ folders, or be a Kaggle root with test/."
+            ) from None
+        folder = root / "test"
+        if not _has_class_dirs(folder, CLASS_NAMES):
+            raise CLIError(f"{root} has no test/NORMAL and test/PNEUMONIA folders to evaluate on.")
+    images, labels, _ = load_image_folder(folder, image_size=image_size, color_mode=color_mode)
+    if len(labels) == 0:
+        raise CLIError(f"{folder} holds no images (.jpeg, .jpg or .png).")
+    return images, labels
+
+
+def _cmd_evaluate(args) -> int:
+    from keras_pneumonia.evaluation import evaluate
+    from keras_pneumonia.weights import load_model
+
+    model = load_model(args.weights, compile=False)
+    image_size = tuple(model.input_shape[1:3])
+    color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
+    images, labels = _evaluation_data(args.data_dir, image_size, color_mode, args.batch_size)
+    report = evaluate(model, (images, labels), threshold=args.threshold)
+    if args.json:
+        print(report.to_json())
+    else:
+        print(report.to_markdown())
+    return 0
+
+
+def _predict(model, paths: list[Path], threshold: float | None, gradcam_dir: Path | None, method: str):
+    """Classifies each file; returns (results, errors). A bad file does not stop the others."""
+    import numpy as np
+
+    from keras_pneumonia.data import load_image
+
+    threshold = float(model.threshold if threshold is None else threshold)
+    class_names = list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"]))
+    height, width, channels = model.input_shape[1:4]
+    results, errors = [], []
+    for path in paths:
+        try:
+            image = load_image(path, (height, width), "grayscale" if channels == 1 else "rgb")
+        except ValueError as error:
+            errors.append(f"{error}")
+            continue
+        probability = float(np.asarray(model.predict_on_batch(image[None].astype("float32")))[0, -1])
+        result = {
+            "path": str(path),
+            "label": class_names[-1] if probability >= threshold else class_names[0],
+            "probability": probability,
+            "threshold": threshold,
+        }
+        if gradcam_dir is not None:
+            from keras_pneumonia.gradcam import explanation_figure, gradcam
+
+            original = load_image(path, None, "grayscale")
+            heatmap = gradcam(model, original, method=method, class_index=class_names.index(result["label"]))
+            out = gradcam_dir / f"{path.stem}_gradcam.png"
+            explanation_figure(
+                original, heatmap, label=result["label"], probability=probability, title=path.name, path=out
+            )
+            result["gradcam"] = str(out)
+        results.append(result)
+    return results, errors
+
+
+def _print_results(results: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(results, indent=1))
+        return
+    for r in results:
+        line = f"{r['path']}: {r['label']}  P(pneumonia)={r['probability']:.3f}  threshold={r['threshold']:.3f}"
+        if "gradcam" in r:
+            line += f"  -> {r['gradcam']}"
+        print(line)
+
+
+def _cmd_predict(args) -> int:
+    from keras_pneumonia.weights import load_model
+
+    model = load_model(args.weights, compile=False)
+    results, errors = _predict(model, args.images, args.threshold, args.gradcam, args.method)
+    _print_results(results, args.json)
+    for error in errors:
+        print(f"keras-pneumonia predict: error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _cmd_demo(args) -> int:
+    from importlib import resources
+
+    from keras_pneumonia.weights import load_model
+
+    samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
+    model = load_model(args.weights, compile=False)
+    print(f"Model: {model.name}, input {model.input_shape[1:]}, threshold {model.threshold:.3f}")
+    print("Sample X-rays (training images of Kermany et al. 2018, CC BY 4.0; the file name gives the true class):")
+    results, errors = _predict(model, samples, None, args.output, "gradcam")
+    for r in results:
+        r["path"] = Path(r["path"]).name
+    _print_results(results, as_json=False)
+    for error in errors:
+        print(f"keras-pneumonia demo: error: {error}", file=sys.stderr)
+    print(f"Grad-CAM overlays written to {args.output}/")
+    return 1 if errors else 0
+
+
+def _cmd_download(args) -> int:
+    from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
+    from keras_pneumonia.weights import download_presets
+
+    if args.list:
+        for name, preset in sorted(PRESETS.items()):
+            marker = " (default)" if name == DEFAULT_PRESET else ""
+            print(f"{name}{marker}: {preset['description']}")
+        return 0
+    names = None if args.all else (args.names or [DEFAULT_PRESET])
+    for path in download_presets(names, cache_dir=args.cache_dir):
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "split": _cmd_split,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+    "demo": _cmd_demo,
+    "download": _cmd_download,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line; returns the exit code."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if args.command is None:
+        parser.print_help()
+        return 0
+    _configure_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("keras-pneumonia: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
+        if args.verbose:
+            logger.exception("failed")
+        message = str(error).strip() or type(error).__name__
+        print(f"keras-pneumonia {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Evaluation: the report, and the decision threshold chosen on validation data.
+
+The metrics are computed with NumPy from the confusion matrix and the ranked
+probabilities, to avoid a scikit-learn dependency for a dozen lines of
+arithmetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+POSITIVE = 1  # label of PNEUMONIA
+
+
+def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False positive rates, true positive rates and thresholds, from high to low.
+
+    Each threshold ``t`` means "predict positive when score >= t"; the first
+    point is ``(0, 0)`` with threshold ``inf``.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    scores, y_true = scores[order], y_true[order]
+    distinct = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1] if len(scores) else np.array([], int)
+    tps = np.cumsum(y_true)[distinct]
+    fps = (distinct + 1) - tps
+    n_pos, n_neg = y_true.sum(), (~y_true).sum()
+    tpr = np.r_[0.0, tps / n_pos] if n_pos else np.full(len(distinct) + 1, np.nan)
+    fpr = np.r_[0.0, fps / n_neg] if n_neg else np.full(len(distinct) + 1, np.nan)
+    return fpr, tpr, np.r_[np.inf, scores[distinct]]
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half); NaN when one class is absent."""
+    y_true = np.asarray(y_true).astype(bool)
+    n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y_true, scores)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def youden_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold that maximises Youden's J = sensitivity + specificity - 1.
+
+    Ties are broken towards 0.5. The returned value is the midpoint between
+    the score at the optimum and the next lower score, so it generalises better
+    than an observed score. Needs both classes.
+    """
+    y_true = np.asarray(y_true).astype(bool)
+    if y_true.all() or (~y_true).all():
+        raise ValueError("Choosing a threshold needs validation images of both classes.")
+    fpr, tpr, thresholds = roc_curve(y_true, scores)
+    j = tpr - fpr
+    candidates = np.flatnonzero(np.isclose(j, j.max()))
+    # The thresholds array starts with inf; the point after it is the next lower score.
+    best = min(candidates, key=lambda i: abs(min(thresholds[i], 1.0) - 0.5))
+    upper = min(thresholds[best], 1.0)
+    lower = thresholds[best + 1] if best + 1 < len(thresholds) else 0.0
+    return float(np.clip((upper + lower) / 2, 1e-6, 1 - 1e-6))
+
+
+def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of the predicted probability of PNEUMONIA.
+
+    Equal-width bins on ``[0, 1]``; the weighted mean of ``|mean(p) - fraction positive|``.
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if len(y_true) == 0:
+        return float("nan")
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            error += mask.mean() * abs(probabilities[mask].mean() - y_true[mask].mean())
+    return float(error)
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion; ``(nan, nan)`` when ``total`` is 0."""
+    if total == 0:
+        return (float("nan"), float("nan"))
+    p = successes / total
+    denominator = 1 + z**2 / total
+    centre = (p + z**2 / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z**2 / (4 * total**2)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+@dataclasses.dataclass
+class EvaluationReport:
+    """Binary metrics of a NORMAL/PNEUMONIA classifier at one threshold.
+
+    ``confusion_matrix[i][j]`` counts images of true class ``i`` predicted as
+    class ``j`` (0 = NORMAL, 1 = PNEUMONIA). Undefined ratios (e.g. specificity
+    with no NORMAL image) are NaN, written ``null`` in JSON.
+    """
+
+    n: int
+    threshold: float
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    precision: float
+    f1: float
+    auc: float
+    ece: float
+    confusion_matrix: list[list[int]]
+    class_names: list[str]
+    confidence_intervals: dict[str, list[float]]
+
+    @classmethod
+    def from_predictions(
+        cls,
+        y_true: Sequence[int],
+        probabilities: Sequence[float],
+        threshold: float = 0.5,
+        class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+    ) -> EvaluationReport:
+        """Builds the report from labels and predicted probabilities of PNEUMONIA.
+
+        >>> r = EvaluationReport.from_predictions([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.9])
+        >>> r.accuracy, r.sensitivity, r.specificity, r.confusion_matrix
+        (0.75, 1.0, 0.5, [[1, 1], [0, 2]])
+        """
+        y_true = np.asarray(y_true, dtype=int).reshape(-1)
+        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        if y_true.shape != probabilities.shape:
+            raise ValueError(f"{len(y_true)} labels but {len(probabilities)} probabilities.")
+        y_pred = (probabilities >= threshold).astype(int)
+        tp = int(np.sum((y_true == 1) & (y_pred == 1)))
+        tn = int(np.sum((y_true == 0) & (y_pred == 0)))
+        fp = int(np.sum((y_true == 0) & (y_pred == 1)))
+        fn = int(np.sum((y_true == 1) & (y_pred == 0)))
+        n = len(y_true)
+        precision = _ratio(tp, tp + fp)
+        sensitivity = _ratio(tp, tp + fn)
+        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+        return cls(
+            n=n,
+            threshold=float(threshold),
+            accuracy=_ratio(tp + tn, n),
+            sensitivity=sensitivity,
+            specificity=_ratio(tn, tn + fp),
+            precision=precision,
+            f1=f1,
+            auc=roc_auc(y_true, probabilities),
+            ece=expected_calibration_error(y_true, probabilities),
+            confusion_matrix=[[tn, fp], [fn, tp]],
+            class_names=list(class_names),
+            confidence_intervals={
+                "accuracy": list(wilson_interval(tp + tn, n)),
+                "sensitivity": list(wilson_interval(tp, tp + fn)),
+                "specificity": list(wilson_interval(tn, tn + fp)),
+            },
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain Python values (NaN becomes ``None``)."""
+
+        def clean(value):
+            if isinstance(value, float) and math.isnan(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return clean(dataclasses.asdict(self))
+
+    def to_json(self, **kwargs) -> str:
+        """The report as a JSON object."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def to_markdown(self) -> str:
+        """A readable Markdown table of the metrics and the confusion matrix."""
+
+        def fmt(value: float) -> str:
+            return "n/a" if math.isnan(value) else f"{value:.4f}"
+
+        rows = [("n", str(self.n)), ("threshold", f"{self.threshold:.4f}")]
+        for key in ("accuracy", "sensitivity", "specificity"):
+            low, high = self.confidence_intervals[key]
+            ci = "" if math.isnan(low) else f" (95% CI {low:.3f}-{high:.3f})"
+            rows.append((key, fmt(getattr(self, key)) + ci))
+        rows += [(k, fmt(getattr(self, k))) for k in ("precision", "f1", "auc", "ece")]
+        lines = ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+        names = self.class_names
+        lines += ["", f"| true \\ predicted | {names[0]} | {names[1]} |", "| --- | --- | --- |"]
+        for name, row in zip(names, self.confusion_matrix):
+            lines.append(f"| {name} | {row[0]} | {row[1]} |")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+def predict_proba(model, data) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of PNEUMONIA for a dataset of ``(images, labels)`` or a tuple ``(x, y)``."""
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = data
+        probabilities = model.predict(np.asarray(x), verbose=0)
+        return np.asarray(y).reshape(-1), probabilities[:, -1]
+    labels, probabilities = [], []
+    for x, y in data:
+        probabilities.append(np.asarray(model.predict_on_batch(x))[:, -1])
+        labels.append(np.asarray(y).reshape(-1))
+    if not labels:
+        return np.zeros(0, int), np.zeros(0)
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def evaluate(model, data, threshold: float | None = None) -> EvaluationReport:
+    """Evaluates a model on labelled data.
+
+    Args:
+        model: A `PneumoniaCNN` (or any model whose last output column is the
+            probability of PNEUMONIA).
+        data: A ``tf.data.Dataset`` of ``(images, labels)`` batches, or a tuple
+            ``(images, labels)`` of arrays.
+        threshold: Decision threshold on the probability of PNEUMONIA; ``None``
+            uses the model's own ``threshold`` (chosen on validation data at
+            training time), or 0.5 for a model without one.
+
+    Returns:
+        An `EvaluationReport`.
+    """
+    if threshold is None:
+        threshold = float(getattr(model, "threshold", 0.5))
+    y_true, probabilities = predict_proba(model, data)
+    class_names = getattr(model, "class_names", ("NORMAL", "PNEUMONIA"))
+    return EvaluationReport.from_predictions(y_true, probabilities, threshold, class_names)

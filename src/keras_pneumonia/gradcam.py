@@ -1,0 +1,330 @@
+"""Grad-CAM heatmaps (built on tf-keras-vis) and overlays a person can look at."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("gradcam", "gradcam++", "scorecam")
+
+
+def _require_tensorflow() -> None:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            f"Grad-CAM needs the TensorFlow backend (tf-keras-vis computes gradients with "
+            f"tf.GradientTape), but Keras runs on {keras.backend.backend()!r}. "
+            "Set KERAS_BACKEND=tensorflow before importing keras."
+        )
+
+
+def _is_graph_model(layer) -> bool:
+    """Whether a layer is a model whose graph can be walked (Sequential or functional)."""
+    import keras
+
+    return isinstance(layer, keras.Sequential) or (
+        isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph")
+    )
+
+
+def _conv_layers(model, prefix: str = "") -> list[tuple[str, object]]:
+    """Every 2D convolution, depth-first in layer order, with its path name."""
+    import keras
+
+    found = []
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if _is_graph_model(layer):
+            found += _conv_layers(layer, prefix=f"{path}/")
+        elif isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D | keras.layers.SeparableConv2D):
+            found.append((path, layer))
+    return found
+
+
+def find_last_conv_layer(model) -> str:
+    """The path (``"outer/inner/conv"`` for nested models) of the last 2D convolution.
+
+    Raises:
+        ValueError: The model has no 2D convolution.
+    """
+    layers = _conv_layers(model)
+    if not layers:
+        raise ValueError(f"Model {model.name!r} has no Conv2D layer to explain; pass `layer=` explicitly.")
+    return layers[-1][0]
+
+
+def _flat_clone(model, target_path: str):
+    """A single-graph copy of ``model`` and the copy of the layer at ``target_path``.
+
+    tf-keras-vis needs the explained layer to be reachable from the model's
+    inputs; a layer inside a nested model (a fine-tuned model wrapping
+    `PneumoniaCNN` or a ``keras.applications`` backbone) is not, and
+    tf-keras-vis fails there. This inlines every nested model, cloning each
+    layer with its weights (the original model is left untouched), so the
+    layer becomes part of one graph. It walks the graph with Keras' own
+    ``Functional._run_through_graph`` (what ``Functional.call`` uses).
+    """
+    import functools
+
+    import keras
+
+    clones = {}
+
+    def apply(op, path, *args, **kwargs):
+        if _is_graph_model(op):
+            return inline(op, args[0], f"{path}/")
+        if not isinstance(op, keras.layers.Layer):
+            return op(*args, **kwargs)  # a keras.ops operation recorded in the graph
+        if isinstance(op, keras.layers.InputLayer):
+            return args[0]
+        config = op.get_config()
+        config["name"] = path.replace("/", "__")
+        clone = type(op).from_config(config)
+        kwargs.pop("training", None)
+        out = clone(*args, **kwargs)
+        clone.set_weights(op.get_weights())
+        clones[path] = clone
+        return out
+
+    def inline(inner, x, prefix):
+        if isinstance(inner, keras.Sequential):
+            for layer in inner.layers:
+                x = apply(layer, f"{prefix}{layer.name}", x)
+            return x
+        outputs = inner._run_through_graph(
+            [x], operation_fn=lambda op: functools.partial(apply, op, f"{prefix}{op.name}")
+        )
+        return outputs[0] if isinstance(outputs, list | tuple) else outputs
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    flat = keras.Model(inputs, inline(model, inputs, ""))
+    if target_path not in clones:
+        raise ValueError(
+            f"Layer {target_path!r} is not on the path from the model's input to its output; "
+            f"known convolutions: {[p for p, _ in _conv_layers(model)]}."
+        )
+    return flat, clones[target_path]
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"Expected an image of shape (H, W), (H, W, 1) or (H, W, 3); received {image.shape}.")
+    return image[..., :3]
+
+
+def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    if array.shape[:2] == (height, width):
+        return array
+    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+
+
+def _model_input(model, image) -> np.ndarray:
+    """One raw image (path or array of any size, 1/3/4 channels) resized to the model's input."""
+    from PIL import Image
+
+    from keras_pneumonia.data import load_image
+
+    height, width, channels = model.input_shape[1:4]
+    color_mode = "grayscale" if channels == 1 else "rgb"
+    if isinstance(image, str | Path):
+        return load_image(image, (height, width), color_mode)
+    pil = Image.fromarray(_as_rgb_uint8(image))
+    pil = pil.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    array = np.asarray(pil, dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def gradcam(
+    model,
+    images,
+    *,
+    class_index: int | None = None,
+    layer: str | None = None,
+    method: str = "gradcam",
+):
+    """Grad-CAM heatmaps: where in each X-ray the evidence for a class lies.
+
+    Built on tf-keras-vis (``Gradcam``, ``GradcamPlusPlus`` with
+    ``ReplaceToLinear``, or ``Scorecam``). Works on nested models too: a
+    `PneumoniaCNN` or a ``keras.applications`` backbone inside a user's model.
+
+    Args:
+        model: A Keras model with one image input and a softmax output.
+        images: One image or several: file paths, or raw ``uint8`` arrays
+            (``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)``) of any size, or a batch
+            array ``(n, H, W, C)``. They are resized to the model's input as the
+            model expects.
+        class_index: The class to explain; ``None`` explains each image's
+            predicted class.
+        layer: Path of the convolutional layer (``"block5_conv2"``, or
+            ``"outer_model/inner_model/conv"``); ``None`` takes the last 2D
+            convolution, found inside nested models too.
+        method: ``"gradcam"``, ``"gradcam++"`` or ``"scorecam"``.
+
+    Returns:
+        Heatmaps in ``[0, 1]`` at each input image's resolution: one ``(H, W)``
+        array for one image, an ``(n, H, W)`` array for a batch array, a list
+        for a list of inputs.
+
+    Raises:
+        RuntimeError: Keras is not on the TensorFlow backend.
+        ValueError: Unknown method or layer, or an unreadable image.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_pneumonia as kp
+    >>> model = kp.PneumoniaCNN(image_size=64, filters=(8, 16), dense_units=())
+    >>> heatmap = kp.gradcam(model, np.zeros((100, 80), "uint8"))
+    >>> heatmap.shape, float(heatmap.min()) >= 0.0, float(heatmap.max()) <= 1.0
+    ((100, 80), True, True)
+    """
+    _require_tensorflow()
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}; received {method!r}.")
+    single = isinstance(images, str | Path) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
+    batch_array = isinstance(images, np.ndarray) and images.ndim == 4
+    items = [images] if single else list(images)
+    if not items:
+        raise ValueError("`images` is empty.")
+
+    originals = [_original_size(item) for item in items]
+    batch = np.stack([_model_input(model, item) for item in items]).astype("float32")
+    path = layer or find_last_conv_layer(model)
+    flat, target = _flat_clone(model, path)
+    probabilities = np.asarray(flat.predict(batch, verbose=0))
+    if class_index is None:
+        classes = probabilities.argmax(axis=-1).tolist()
+    else:
+        if not 0 <= class_index < probabilities.shape[-1]:
+            raise ValueError(f"`class_index` must be in [0, {probabilities.shape[-1]}); received {class_index}.")
+        classes = [class_index] * len(items)
+
+    if method == "scorecam":
+        visualizer = Scorecam(flat, clone=False)
+    else:
+        cls = Gradcam if method == "gradcam" else GradcamPlusPlus
+        visualizer = cls(flat, model_modifier=ReplaceToLinear(), clone=False)
+    cams = visualizer(
+        CategoricalScore(classes),
+        batch,
+        penultimate_layer=target,
+        seek_penultimate_conv_layer=False,
+        normalize_cam=False,
+    )
+    cams = np.asarray(cams, dtype=np.float32).reshape(len(items), *batch.shape[1:3])
+    heatmaps = []
+    for cam, (height, width) in zip(cams, originals):
+        cam = _resize(np.maximum(cam, 0.0), height, width)
+        top = cam.max()
+        heatmaps.append(np.clip(cam / top, 0.0, 1.0) if top > 0 else np.zeros_like(cam))
+    if single:
+        return heatmaps[0]
+    if batch_array:
+        return np.stack(heatmaps)
+    return heatmaps
+
+
+def _original_size(image) -> tuple[int, int]:
+    if isinstance(image, str | Path):
+        from PIL import Image, ImageOps
+
+        with Image.open(image) as pil:
+            return ImageOps.exif_transpose(pil).size[::-1]
+    return tuple(np.asarray(image).shape[:2])
+
+
+def overlay(image, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """Blends a heatmap over an X-ray.
+
+    Args:
+        image: The X-ray, ``uint8`` ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
+        heatmap: Values in ``[0, 1]``; resized to the image if needed.
+        alpha: Weight of the heatmap (0 shows only the X-ray).
+        colormap: A matplotlib colormap name.
+
+    Returns:
+        An RGB ``uint8`` image of the X-ray's size.
+
+    >>> import numpy as np
+    >>> overlay(np.zeros((4, 4), "uint8"), np.ones((2, 2))).shape
+    (4, 4, 3)
+    """
+    import matplotlib
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]; received {alpha}.")
+    rgb = _as_rgb_uint8(image).astype(np.float32)
+    heat = _resize(np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0), *rgb.shape[:2])
+    colors = matplotlib.colormaps[colormap](heat)[..., :3] * 255.0
+    return np.clip((1 - alpha) * rgb + alpha * colors, 0, 255).astype(np.uint8)
+
+
+def explanation_figure(
+    image,
+    heatmap: np.ndarray,
+    *,
+    label: str,
+    probability: float,
+    title: str | None = None,
+    path: str | Path | None = None,
+    alpha: float = 0.4,
+):
+    """The X-ray and its Grad-CAM overlay side by side, with the label and probability.
+
+    Args:
+        image: The X-ray (``uint8`` array).
+        heatmap: Its heatmap in ``[0, 1]``.
+        label: The predicted class name.
+        probability: The probability of PNEUMONIA.
+        title: Optional title (e.g. the file name).
+        path: Where to save the PNG (optional).
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    from matplotlib.figure import Figure
+
+    rgb = _as_rgb_uint8(image)
+    figure = Figure(figsize=(8.0, 4.4), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.imshow(rgb)
+    left.set_title("X-ray")
+    image_artist = right.imshow(overlay(rgb, heatmap, alpha=alpha))
+    right.set_title("Grad-CAM")
+    import matplotlib
+
+    figure.colorbar(
+        matplotlib.cm.ScalarMappable(cmap="jet"), ax=right, fraction=0.046, pad=0.02, label="relevance"
+    )
+    del image_artist
+    for ax in (left, right):
+        ax.axis("off")
+    figure.suptitle(f"{title + ': ' if title else ''}{label}  (P(pneumonia) = {probability:.3f})")
+    if path is not None:
+        from keras_pneumonia._io import atomic_path
+
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=110)
+    return figure

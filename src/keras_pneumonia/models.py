@@ -1,0 +1,279 @@
+"""`PneumoniaCNN`: the model factory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+
+from keras_pneumonia.layers import PerImageStandardization
+from keras_pneumonia.metrics import SparseAUC
+
+HEADS = ("flatten", "avg", "max")
+NORMALIZATIONS = ("per_image", "rescale")
+DEFAULT_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+
+
+def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2:
+        raise ValueError(f"`image_size` must be an int or (height, width); received {image_size!r}.")
+    return size
+
+
+@keras.saving.register_keras_serializable(package="keras_pneumonia")
+class PneumoniaCNN(keras.Model):
+    """A small convolutional network that classifies chest X-rays.
+
+    The network is the seed design made configurable: blocks of convolution
+    (+ batch normalization, ReLU) and max-pooling, a flatten or global-pooling
+    head, dense layers with dropout, and a softmax over the classes.
+
+    Preprocessing lives inside the model: it takes **raw pixel values**
+    (``0``-``255``, any dtype, any batch size, shape ``(H, W, channels)`` at the
+    model's ``image_size``) and rescales them itself, so a saved model cannot be
+    fed wrongly. Light geometric augmentation (rotation, translation, zoom) is
+    part of the graph too and is active only in training.
+
+    The class names and the decision ``threshold`` on the probability of the
+    last class (PNEUMONIA) are stored in the config, so they travel with a
+    ``.keras`` file.
+
+    Args:
+        image_size: Input height and width in pixels (an int for a square).
+        channels: 1 for grayscale X-rays, or 3 for RGB.
+        filters: Number of filters of each convolutional block; each block ends
+            with a 2x2 max-pooling, so ``image_size`` must be at least
+            ``2 ** len(filters)``.
+        convs_per_block: Convolutions in each block before its pooling.
+        dense_units: Units of each hidden dense layer of the head (may be empty).
+        dropout: Dropout rate before each dense layer.
+        head: ``"flatten"`` (as in the seed), ``"avg"`` or ``"max"`` (global pooling).
+        normalization: ``"per_image"`` (zero mean and unit variance per image,
+            robust to exposure) or ``"rescale"`` (divide by 255, as in the seed).
+        augmentation: Whether to add random rotation, translation and zoom
+            (training only).
+        class_names: Names of the output classes, in label order.
+        threshold: Decision threshold on the probability of the last class.
+        **kwargs: Passed to `keras.Model` (``name``, ``dtype``...).
+
+    Examples:
+
+    >>> import numpy as np
+    >>> import keras_pneumonia as kp
+    >>> model = kp.PneumoniaCNN(image_size=64, filters=(8, 16), dense_units=(16,))
+    >>> model.compile()
+    >>> images = np.random.randint(0, 256, size=(2, 64, 64, 1), dtype="uint8")
+    >>> model.predict(images, verbose=0).shape
+    (2, 2)
+    >>> model.class_names
+    ['NORMAL', 'PNEUMONIA']
+    """
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 160,
+        channels: int = 1,
+        filters: Sequence[int] = (16, 32, 64, 128, 256),
+        convs_per_block: int = 2,
+        dense_units: Sequence[int] = (64,),
+        dropout: float = 0.3,
+        head: str = "avg",
+        normalization: str = "per_image",
+        augmentation: bool = True,
+        class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+        threshold: float = 0.5,
+        **kwargs,
+    ):
+        image_size = _as_size(image_size)
+        filters = tuple(int(f) for f in filters)
+        dense_units = tuple(int(u) for u in dense_units)
+        class_names = [str(c) for c in class_names]
+        _validate(image_size, channels, filters, convs_per_block, dropout, head, normalization, class_names, threshold)
+
+        # === Layers ===
+        if normalization == "per_image":
+            norm_layer = PerImageStandardization(name="standardize")
+        else:
+            norm_layer = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+        aug_layers = []
+        if augmentation:
+            aug_layers = [
+                keras.layers.RandomRotation(0.04, fill_mode="constant", name="random_rotation"),
+                keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", name="random_translation"),
+                keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", name="random_zoom"),
+            ]
+        conv_layers = []
+        for b, f in enumerate(filters, start=1):
+            block = []
+            for c in range(1, convs_per_block + 1):
+                block += [
+                    keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_conv{c}"),
+                    keras.layers.BatchNormalization(name=f"block{b}_bn{c}"),
+                    keras.layers.ReLU(name=f"block{b}_relu{c}"),
+                ]
+            block.append(keras.layers.MaxPooling2D(2, name=f"block{b}_pool"))
+            conv_layers.append(block)
+        if head == "flatten":
+            head_layer = keras.layers.Flatten(name="flatten")
+        elif head == "avg":
+            head_layer = keras.layers.GlobalAveragePooling2D(name="avg_pool")
+        else:
+            head_layer = keras.layers.GlobalMaxPooling2D(name="max_pool")
+        dense_layers = []
+        for i, units in enumerate(dense_units, start=1):
+            dense_layers += [
+                keras.layers.Dropout(dropout, name=f"dropout{i}"),
+                keras.layers.Dense(units, activation="relu", name=f"dense{i}"),
+            ]
+        output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
+        output_layer = keras.layers.Dense(
+            len(class_names), activation="softmax", dtype="float32", name="predictions"
+        )
+
+        # === Functional Model ===
+        inputs = keras.Input(shape=(*image_size, channels), name="image")
+        x = keras.ops.cast(inputs, "float32")
+        for layer in aug_layers:
+            x = layer(x)
+        x = norm_layer(x)
+        for block in conv_layers:
+            for layer in block:
+                x = layer(x)
+        x = head_layer(x)
+        for layer in dense_layers:
+            x = layer(x)
+        outputs = output_layer(output_dropout(x))
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.image_size = image_size
+        self.channels = channels
+        self.filters = filters
+        self.convs_per_block = convs_per_block
+        self.dense_units = dense_units
+        self.dropout = dropout
+        self.head = head
+        self.normalization = normalization
+        self.augmentation = augmentation
+        self.class_names = class_names
+        self.threshold = float(threshold)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "image_size": list(self.image_size),
+            "channels": self.channels,
+            "filters": list(self.filters),
+            "convs_per_block": self.convs_per_block,
+            "dense_units": list(self.dense_units),
+            "dropout": self.dropout,
+            "head": self.head,
+            "normalization": self.normalization,
+            "augmentation": self.augmentation,
+            "class_names": list(self.class_names),
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @property
+    def color_mode(self) -> str:
+        """``"grayscale"`` or ``"rgb"``: how images must be decoded for this model."""
+        return "grayscale" if self.channels == 1 else "rgb"
+
+    def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Configures the model for training, with the seed's defaults.
+
+        Args:
+            optimizer: ``"auto"`` gives ``keras.optimizers.Adam(1e-3)``.
+            loss: ``"auto"`` gives sparse categorical cross-entropy (integer labels).
+            metrics: ``"auto"`` gives accuracy and ROC AUC of the last class (``"auc"``).
+            **kwargs: Passed to `keras.Model.compile`.
+        """
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(1e-3)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy()
+        if metrics == "auto":
+            metrics = ["accuracy", SparseAUC(positive_index=len(self.class_names) - 1)]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model with its saved compile arguments (used by ``load_model``)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str | Path | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        offline: bool | None = None,
+        compile: bool = True,
+    ) -> PneumoniaCNN:
+        """Loads released weights (or a local ``.keras`` file, or a URL).
+
+        Args:
+            name: A preset name (see `keras_pneumonia.weights.list_presets`), a
+                path to a ``.keras`` file, or an ``http(s)://`` URL. ``None`` is
+                the default preset, which ships inside the package and needs
+                no network.
+            cache_dir: Where downloads are kept. Defaults to
+                ``$KERAS_PNEUMONIA_CACHE`` or ``$KERAS_HOME/keras_pneumonia``.
+            force_download: Download again even when a verified copy exists.
+            offline: Never touch the network (default: ``$KERAS_PNEUMONIA_OFFLINE``).
+            compile: Compile the loaded model with its defaults, ready to fine-tune.
+
+        Returns:
+            The loaded `PneumoniaCNN`, with its class names and threshold.
+
+        Example:
+
+        >>> import keras_pneumonia as kp
+        >>> model = kp.PneumoniaCNN.from_pretrained()
+        >>> model.class_names
+        ['NORMAL', 'PNEUMONIA']
+        """
+        from keras_pneumonia import weights
+
+        return weights.load_model(
+            name, cache_dir=cache_dir, force_download=force_download, offline=offline, compile=compile
+        )
+
+
+def _validate(image_size, channels, filters, convs_per_block, dropout, head, normalization, class_names, threshold):
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB); received {channels!r}.")
+    if not filters or any(f <= 0 for f in filters):
+        raise ValueError(
+            f"`filters` must list at least one positive filter count per block, e.g. (32, 64, 128); received {filters!r}."
+        )
+    min_size = 2 ** len(filters)
+    if min(image_size) < min_size:
+        raise ValueError(
+            f"`image_size` {image_size} is too small for {len(filters)} pooling stages: "
+            f"use an image_size of at least {min_size} or fewer `filters` blocks."
+        )
+    if convs_per_block < 1:
+        raise ValueError(f"`convs_per_block` must be >= 1; received {convs_per_block!r}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1); received {dropout!r}.")
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {HEADS}; received {head!r}.")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received {normalization!r}.")
+    if len(class_names) < 2 or len(set(class_names)) != len(class_names):
+        raise ValueError(f"`class_names` must hold at least two distinct names; received {class_names!r}.")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"`threshold` must be strictly between 0 and 1; received {threshold!r}.")

@@ -1,0 +1,106 @@
+"""Figures a person opens: training history, ROC curve, confusion matrix.
+
+Each function returns a `matplotlib.figure.Figure` (built without pyplot, so
+nothing pops up and no global state leaks) and saves a PNG when given a path.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots(1, ncols)
+    return figure, axes
+
+
+def _save(figure, path: str | Path | None):
+    if path is not None:
+        from keras_pneumonia._io import atomic_path
+
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=120)
+    return figure
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """Reads a ``CSVLogger`` file into ``{metric: [value per epoch]}``."""
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
+
+
+def plot_history(
+    history: Mapping[str, Sequence[float]] | str | Path, path: str | Path | None = None
+):
+    """Loss, accuracy and AUC per epoch, train against validation.
+
+    Args:
+        history: ``model.fit(...).history``, a ``keras.callbacks.History``, or the
+            path of a ``history.csv`` written by ``CSVLogger``.
+        path: Where to save the PNG (optional).
+    """
+    if isinstance(history, (str, Path)):
+        history = read_history(history)
+    history = getattr(history, "history", history)
+    metrics = [m for m in ("loss", "accuracy", "auc") if m in history]
+    figure, axes = _figure(4.2 * len(metrics), 3.4, len(metrics))
+    axes = np.atleast_1d(axes)
+    epochs = history.get("epoch")
+    for ax, metric in zip(axes, metrics):
+        x = np.asarray(epochs) + 1 if epochs is not None else np.arange(1, len(history[metric]) + 1)
+        ax.plot(x, history[metric], marker="o", ms=3, label="train")
+        if f"val_{metric}" in history:
+            ax.plot(x, history[f"val_{metric}"], marker="o", ms=3, label="validation")
+        ax.set_title(metric)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(figure, path)
+
+
+def plot_roc(y_true, probabilities, path: str | Path | None = None, threshold: float | None = None):
+    """ROC curve with its AUC, and the operating point of ``threshold`` if given."""
+    from keras_pneumonia.evaluation import EvaluationReport, roc_auc, roc_curve
+
+    fpr, tpr, _ = roc_curve(y_true, probabilities)
+    figure, ax = _figure(4.6, 4.4)
+    ax.plot(fpr, tpr, label=f"AUC = {roc_auc(y_true, probabilities):.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    if threshold is not None:
+        report = EvaluationReport.from_predictions(y_true, probabilities, threshold)
+        ax.plot(1 - report.specificity, report.sensitivity, "o", color="C3", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(
+    confusion_matrix, class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), path: str | Path | None = None
+):
+    """The confusion matrix as a heatmap with counts and row percentages."""
+    matrix = np.asarray(confusion_matrix)
+    figure, ax = _figure(4.4, 3.8)
+    image = ax.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=ax)
+    rows = matrix.sum(axis=1, keepdims=True)
+    for (i, j), count in np.ndenumerate(matrix):
+        share = count / rows[i, 0] if rows[i, 0] else 0.0
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(j, i, f"{count}\n{share:.1%}", ha="center", va="center", color=color)
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _save(figure, path)

@@ -1,0 +1,187 @@
+"""`train`: the whole training run behind ``keras-pneumonia train``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of the packages that decide a run's numbers."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("keras-pneumonia", "keras", "tensorflow", "numpy", "pillow", "jax", "torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    import keras
+
+    versions["keras_backend"] = keras.backend.backend()
+    return versions
+
+
+def _clone_without_optimizer(model):
+    """A copy of ``model`` with the same weights and no optimizer state (a smaller file)."""
+    clone = type(model).from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def train(
+    data_dir: str | Path,
+    output: str | Path,
+    *,
+    epochs: int = 30,
+    image_size: int = 160,
+    batch_size: int = 32,
+    validation_split: float = 0.1,
+    seed: int = 1337,
+    learning_rate: float = 1e-3,
+    callbacks: str = "default",
+    model_kwargs: Mapping[str, Any] | None = None,
+    class_weight: bool = True,
+    deterministic: bool = False,
+    tensorboard: bool = False,
+    overwrite: bool = False,
+    command: Sequence[str] | None = None,
+    verbose: int | str = "auto",
+) -> dict[str, Any]:
+    """Trains a `PneumoniaCNN` on a Kaggle-layout folder and writes a run folder.
+
+    The run folder ends up holding ``model.keras`` (best weights on validation,
+    the validation-chosen threshold inside), ``history.csv``, ``history.png``,
+    ``roc_val.png``, ``confusion_val.png`` (and ``*_test.png`` with a test split),
+    ``report.json``, ``split.json`` and ``run.json`` (command, package versions,
+    wall time). Each file is written atomically. Starting the same command
+    again after an interruption resumes after the last finished epoch.
+
+    Args:
+        data_dir: Kaggle root, see `load_chest_xray`.
+        output: The run folder.
+        epochs: Maximum number of epochs (early stopping may end sooner).
+        image_size: Square input size in pixels.
+        batch_size: Batch size.
+        validation_split: Fraction of the training data (by patient) for validation.
+        seed: Seeds the split, the initialisation and the shuffling.
+        learning_rate: Adam's initial learning rate.
+        callbacks: Callback preset, ``"default"`` or ``"fine_tune"``.
+        model_kwargs: More `PneumoniaCNN` arguments (filters, head, dropout...).
+        class_weight: Weight the loss by balanced class weights of the train part.
+        deterministic: Ask TensorFlow for deterministic ops (slower; see the docs).
+        tensorboard: Also log to ``output/tensorboard``.
+        overwrite: Allow writing over a finished run in ``output``.
+        command: The command line to record in ``run.json``.
+        verbose: Keras' ``fit`` verbosity.
+
+    Returns:
+        The report dictionary also written to ``report.json``.
+    """
+    import keras
+
+    from keras_pneumonia import callbacks as callback_presets
+    from keras_pneumonia import plots
+    from keras_pneumonia._io import atomic_save_model, atomic_write_text
+    from keras_pneumonia.data import load_chest_xray
+    from keras_pneumonia.evaluation import EvaluationReport, predict_proba, youden_threshold
+    from keras_pneumonia.models import PneumoniaCNN
+
+    if epochs < 1:
+        raise ValueError(f"`epochs` must be >= 1; received {epochs}.")
+    output = Path(output)
+    if (output / "model.keras").exists() and not (output / "backup").exists() and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    if overwrite and not (output / "backup").exists():
+        (output / "history.csv").unlink(missing_ok=True)
+    started = time.time()
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+    model_kwargs = dict(model_kwargs or {})
+    channels = int(model_kwargs.get("channels", 1))
+    data = load_chest_xray(
+        data_dir,
+        image_size=image_size,
+        color_mode="grayscale" if channels == 1 else "rgb",
+        batch_size=batch_size,
+        validation_split=validation_split,
+        seed=seed,
+    )
+    data.save_manifest(output / "split.json")
+    logger.info("Split: %s", data.counts)
+
+    model = PneumoniaCNN(image_size=image_size, class_names=data.class_names, **model_kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    history = model.fit(
+        data.train,
+        validation_data=data.val,
+        epochs=epochs,
+        class_weight=data.class_weight if class_weight else None,
+        callbacks=callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard),
+        verbose=verbose,
+    )
+
+    # The threshold is chosen on validation data only, then stored in the model.
+    y_val, p_val = predict_proba(model, data.val)
+    model.threshold = youden_threshold(y_val, p_val)
+    reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
+    predictions = {"val": (y_val, p_val)}
+    if data.test is not None:
+        predictions["test"] = predict_proba(model, data.test)
+        reports["test"] = EvaluationReport.from_predictions(*predictions["test"], model.threshold, data.class_names)
+
+    atomic_save_model(_clone_without_optimizer(model), output / "model.keras")
+    if (output / "history.csv").exists():
+        plots.plot_history(output / "history.csv", output / "history.png")
+    for split, (y, p) in predictions.items():
+        plots.plot_roc(y, p, output / f"roc_{split}.png", threshold=model.threshold)
+        plots.plot_confusion_matrix(reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png")
+
+    report = {
+        "threshold": model.threshold,
+        "threshold_rule": "Youden's J (max sensitivity + specificity - 1) on the validation split",
+        "epochs_run": len(history.history.get("loss", [])),
+        "counts": data.counts,
+        **{split: r.to_dict() for split, r in reports.items()},
+    }
+    atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
+    run = {
+        "command": shlex.join(command) if command else None,
+        "arguments": {
+            "data_dir": str(data_dir),
+            "epochs": epochs,
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "validation_split": validation_split,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "callbacks": callbacks,
+            "model_kwargs": model_kwargs,
+            "class_weight": class_weight,
+            "deterministic": deterministic,
+        },
+        "versions": package_versions(),
+        "platform": platform.platform(),
+        "argv": sys.argv,
+        "wall_time_s": round(time.time() - started, 1),
+        "model_params": model.count_params(),
+    }
+    atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
+    return report

@@ -1,0 +1,263 @@
+"""Pretrained weights: resolve a preset, a path or a URL to a verified local file.
+
+Where files live, in the order they are looked up:
+
+1. ``$KERAS_PNEUMONIA_READONLY_CACHE``: read-only folders (``os.pathsep``-separated)
+   pre-filled for containers and air-gapped machines; never written to.
+2. The cache: ``cache_dir=``, else ``$KERAS_PNEUMONIA_CACHE``, else
+   ``$KERAS_HOME/keras_pneumonia`` (``KERAS_HOME`` defaults to ``~/.keras``).
+3. The copy shipped inside the package (the default preset only).
+4. A download from the preset's URL, verified against its sha256.
+
+Downloads go through `keras.utils.get_file` into a private temporary folder
+inside the cache; the file is moved into place with an atomic rename only
+after its sha256 matches, so the cache never holds a partial or corrupt file,
+and two processes downloading at once both end with a good copy.
+
+Offline mode (``offline=True`` or ``KERAS_PNEUMONIA_OFFLINE=1``) never touches
+the network and says which file to put where.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlparse
+
+from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
+
+logger = logging.getLogger(__name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class WeightsError(ValueError):
+    """A weights file could not be found, downloaded or verified."""
+
+
+def list_presets() -> list[str]:
+    """Names of the released presets.
+
+    >>> "pneumonia_cnn_v1" in list_presets()
+    True
+    """
+    return sorted(PRESETS)
+
+
+def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """The writable cache folder (see the module docs for the order)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("KERAS_PNEUMONIA_CACHE"):
+        return Path(os.environ["KERAS_PNEUMONIA_CACHE"]).expanduser()
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
+    return Path(keras_home).expanduser() / "keras_pneumonia"
+
+
+def _readonly_dirs() -> list[Path]:
+    value = os.environ.get("KERAS_PNEUMONIA_READONLY_CACHE", "")
+    return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
+
+
+def _offline(offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return os.environ.get("KERAS_PNEUMONIA_OFFLINE", "").strip().lower() in _TRUE
+
+
+def sha256sum(path: str | Path) -> str:
+    """The hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, sha256: str | None) -> bool:
+    return path.is_file() and (sha256 is None or sha256sum(path) == sha256)
+
+
+def bundled_path(name: str) -> Path | None:
+    """The copy of a preset's file shipped in the package, if there is one."""
+    preset = PRESETS[name]
+    if not preset.get("bundled"):
+        return None
+    path = Path(str(resources.files("keras_pneumonia") / "assets" / preset["file_name"]))
+    return path if path.is_file() else None
+
+
+def download(url: str, destination: str | Path, sha256: str | None = None) -> Path:
+    """Downloads ``url`` to ``destination``, verified and atomically.
+
+    Args:
+        url: ``http(s)://`` address of the file.
+        destination: Final path of the file.
+        sha256: Expected hex sha256; on mismatch nothing is kept and
+            `WeightsError` is raised.
+
+    Returns:
+        ``destination``.
+    """
+    import keras
+
+    destination = Path(destination)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".download-"))
+    except OSError as error:
+        raise WeightsError(
+            f"Cannot write to the weights cache {destination.parent} ({error.strerror or error}). "
+            "Set KERAS_PNEUMONIA_CACHE (or cache_dir=) to a writable folder, or pre-fill "
+            "KERAS_PNEUMONIA_READONLY_CACHE."
+        ) from None
+    try:
+        try:
+            fetched = Path(
+                keras.utils.get_file(
+                    fname=destination.name, origin=url, cache_dir=str(staging), cache_subdir="."
+                )
+            )
+        except Exception as error:  # get_file raises bare Exception subclasses for HTTP/URL errors.
+            raise WeightsError(f"Could not download {url}: {error}") from None
+        if sha256 is not None:
+            actual = sha256sum(fetched)
+            if actual != sha256:
+                raise WeightsError(
+                    f"Downloaded {url} but its sha256 is {actual}, expected {sha256}: "
+                    "the file is corrupt or not the released one; nothing was kept."
+                )
+        os.replace(fetched, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("Saved %s to %s", url, destination)
+    return destination
+
+
+def _url_file_name(url: str) -> str:
+    base = os.path.basename(urlparse(url).path) or "model.keras"
+    return f"url-{hashlib.sha256(url.encode()).hexdigest()[:12]}-{base}"
+
+
+def get_file(
+    name: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    offline: bool | None = None,
+) -> Path:
+    """Resolves a preset name, a local path or a URL to a verified local ``.keras`` file.
+
+    Args:
+        name: Preset name (`list_presets`), path, or ``http(s)://`` URL;
+            ``None`` is the default preset.
+        cache_dir: Writable cache folder (see `default_cache_dir`).
+        force_download: Download again even when a verified copy exists.
+        offline: Never touch the network (default: ``$KERAS_PNEUMONIA_OFFLINE``).
+
+    Returns:
+        The path of the file.
+
+    Raises:
+        WeightsError: Unknown preset, offline without the file, download or
+            hash failure.
+        FileNotFoundError: A local path that does not exist.
+    """
+    name = DEFAULT_PRESET if name is None else name
+    text = str(name)
+    offline = _offline(offline)
+    cache = default_cache_dir(cache_dir)
+
+    if text.startswith(("http://", "https://")):
+        destination = cache / _url_file_name(text)
+        if destination.is_file() and not force_download:
+            return destination
+        if offline:
+            raise WeightsError(f"Offline mode: {text} is not cached; download it and place it at {destination}.")
+        return download(text, destination)
+
+    if text not in PRESETS:
+        path = Path(text).expanduser()
+        if path.suffix == ".keras" or os.sep in text or path.exists():
+            if not path.is_file():
+                raise FileNotFoundError(f"No weights file at {path}.")
+            return path
+        raise WeightsError(f"Unknown preset {text!r}. Known presets: {', '.join(list_presets())}.")
+
+    preset = PRESETS[text]
+    file_name, sha256 = preset["file_name"], preset["sha256"]
+    if not force_download:
+        for folder in [*_readonly_dirs(), cache]:
+            if _verified(folder / file_name, sha256):
+                return folder / file_name
+        shipped = bundled_path(text)
+        if shipped is not None and _verified(shipped, sha256):
+            return shipped
+    if offline:
+        raise WeightsError(
+            f"Offline mode: preset {text!r} needs {file_name} (sha256 {sha256}). Download it from "
+            f"{preset['url']} and place it at {cache / file_name}, or in a folder named by "
+            "KERAS_PNEUMONIA_READONLY_CACHE."
+        )
+    return download(preset["url"], cache / file_name, sha256)
+
+
+def load_model(
+    name: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    offline: bool | None = None,
+    compile: bool = True,
+):
+    """Loads a model from a preset, a path or a URL (see `get_file`).
+
+    Loading uses Keras' safe mode: a file that would run arbitrary code is refused.
+
+    Returns:
+        The loaded model (a `PneumoniaCNN` for the released presets), compiled
+        with its defaults if ``compile`` is true.
+    """
+    import keras
+
+    import keras_pneumonia.models  # noqa: F401  (registers the custom objects)
+
+    path = get_file(name, cache_dir=cache_dir, force_download=force_download, offline=offline)
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise WeightsError(f"{path} is not a loadable .keras model: {error}") from None
+    if compile:
+        model.compile()
+    return model
+
+
+def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | None = None) -> list[Path]:
+    """Fills the cache with the given presets (all when ``names`` is None), for offline use later.
+
+    Files already cached and verified are not downloaded again. The bundled
+    default is copied rather than downloaded.
+    """
+    cache = default_cache_dir(cache_dir)
+    paths = []
+    for name in names or list_presets():
+        if name not in PRESETS:
+            raise WeightsError(f"Unknown preset {name!r}. Known presets: {', '.join(list_presets())}.")
+        preset = PRESETS[name]
+        destination = cache / preset["file_name"]
+        if not _verified(destination, preset["sha256"]):
+            shipped = bundled_path(name)
+            if shipped is not None and _verified(shipped, preset["sha256"]):
+                from keras_pneumonia._io import atomic_path
+
+                with atomic_path(destination) as tmp:
+                    shutil.copyfile(shipped, tmp)
+            else:
+                download(preset["url"], destination, preset["sha256"])
+        paths.append(destination)
+    return paths

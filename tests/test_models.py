@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+from conftest import KAGGLE, TINY
+
+import keras
+import keras_pneumonia as kp
+from keras_pneumonia.data import load_image_folder
+
+
+def test_default_model_builds_with_seed_design():
+    model = kp.PneumoniaCNN()
+    assert model.input_shape == (None, 160, 160, 1)
+    assert model.output_shape == (None, 2)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"Conv2D", "MaxPooling2D", "Dense"} <= kinds
+    assert model.layers[-1].activation.__name__ == "softmax"
+    assert model.class_names == ["NORMAL", "PNEUMONIA"]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [32, (48, 40), 64])
+@pytest.mark.parametrize("head", ["flatten", "avg", "max"])
+def test_shapes_for_channels_sizes_and_heads(channels, size, head):
+    model = kp.PneumoniaCNN(image_size=size, channels=channels, filters=(4, 8), dense_units=(8,), head=head)
+    hw = (size, size) if isinstance(size, int) else size
+    x = np.random.default_rng(0).integers(0, 256, size=(3, *hw, channels), dtype=np.uint8)
+    out = model.predict(x, verbose=0)
+    assert out.shape == (3, 2)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_uint8_and_float_pixels_give_the_same_prediction():
+    model = kp.PneumoniaCNN(**TINY)
+    x = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 1), dtype=np.uint8)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), model.predict(x.astype("float32"), verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("normalization", ["per_image", "rescale"])
+def test_model_rescales_itself(normalization):
+    # Raw 0-255 pixels and the same pixels scaled must differ in input but the model sees
+    # standardized values: a constant image must give finite outputs in both modes.
+    model = kp.PneumoniaCNN(normalization=normalization, **TINY)
+    out = model.predict(np.full((1, 32, 32, 1), 255, np.uint8), verbose=0)
+    assert np.isfinite(out).all()
+
+
+def test_config_round_trip():
+    model = kp.PneumoniaCNN(
+        image_size=(40, 48), channels=3, filters=(4, 8, 16), convs_per_block=2, dense_units=(8, 4),
+        dropout=0.2, head="flatten", normalization="rescale", augmentation=False,
+        class_names=("healthy", "sick"), threshold=0.3, name="custom",
+    )
+    config = model.get_config()
+    clone = kp.PneumoniaCNN.from_config(config)
+    assert clone.get_config() == config
+    assert clone.count_params() == model.count_params()
+
+
+def test_save_and_load_predict_identically(tmp_path):
+    model = kp.PneumoniaCNN(class_names=("A", "B"), threshold=0.37, **TINY)
+    model.compile()
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, kp.PneumoniaCNN)
+    assert isinstance(loaded.optimizer, keras.optimizers.Adam)
+    assert loaded.class_names == ["A", "B"]
+    assert loaded.threshold == pytest.approx(0.37)
+    x = np.random.default_rng(2).integers(0, 256, size=(4, 32, 32, 1), dtype=np.uint8)
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+
+
+def test_compile_defaults_match_the_seed_plus_auc():
+    model = kp.PneumoniaCNN(**TINY)
+    model.compile()
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert isinstance(model.loss, keras.losses.SparseCategoricalCrossentropy)
+    x = np.zeros((2, 32, 32, 1), np.uint8)
+    logs = model.evaluate(x, np.array([0, 1]), verbose=0, return_dict=True)
+    assert {"loss", "accuracy", "auc"} <= set(logs)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=[])
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_size": 16, "filters": (8, 16, 32, 64, 128)}, "too small for 5 pooling stages"),
+        ({"channels": 2}, "`channels` must be 1"),
+        ({"filters": ()}, "`filters` must list"),
+        ({"filters": (8, 0)}, "`filters` must list"),
+        ({"head": "gap"}, "`head` must be one of"),
+        ({"dropout": 1.0}, "`dropout`"),
+        ({"class_names": ("only",)}, "`class_names`"),
+        ({"threshold": 1.0}, "`threshold`"),
+        ({"normalization": "none"}, "`normalization`"),
+    ],
+)
+def test_bad_arguments_raise_value_errors_that_say_what_to_change(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kp.PneumoniaCNN(**kwargs)
+
+
+def test_a_few_training_steps_on_real_xrays_lower_the_loss():
+    keras.utils.set_random_seed(0)
+    images, labels, _ = load_image_folder(KAGGLE / "train", image_size=32)
+    model = kp.PneumoniaCNN(augmentation=False, dropout=0.0, **TINY)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    losses = model.fit(images, labels, epochs=15, batch_size=8, verbose=0).history["loss"]
+    assert losses[-1] < 0.7 * losses[0]

@@ -1,0 +1,158 @@
+import csv
+import json
+import struct
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY
+
+import keras_pneumonia as kp
+from keras_pneumonia import callbacks, training
+from keras_pneumonia.cli import main
+
+TINY_CLI = ["--image-size", "32", "--filters", "8,16", "--dense-units", "16", "--convs-per-block", "1"]
+
+
+def _png_ok(path) -> bool:
+    data = path.read_bytes()
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    width, height = struct.unpack(">II", data[16:24])
+    return width > 100 and height > 100
+
+
+def test_default_preset_contents(tmp_path):
+    cbs = callbacks.preset("default", run_dir=tmp_path)
+    by_type = {type(c).__name__: c for c in cbs}
+    assert set(by_type) == {"EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "BackupAndRestore", "CSVLogger"}
+    assert by_type["EarlyStopping"].restore_best_weights
+    assert by_type["EarlyStopping"].monitor == "val_loss"
+    assert by_type["ModelCheckpoint"].save_best_only
+    assert str(by_type["ModelCheckpoint"].filepath).endswith(".keras")
+    fine = {type(c).__name__: c for c in callbacks.preset("fine_tune", run_dir=tmp_path, tensorboard=True)}
+    assert "TensorBoard" in fine
+    assert fine["EarlyStopping"].patience < by_type["EarlyStopping"].patience
+    with pytest.raises(ValueError, match="Unknown callback preset"):
+        callbacks.preset("fast", run_dir=tmp_path)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_interrupted_run_resumes_from_the_right_epoch(kaggle_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    original = callbacks.preset
+    monkeypatch.setattr(callbacks, "preset", lambda *a, **k: [*original(*a, **k), _Interrupt(epoch=1)])
+    args = dict(epochs=4, image_size=32, validation_split=0.25, model_kwargs={k: v for k, v in TINY.items() if k != "image_size"})
+    with pytest.raises(KeyboardInterrupt):
+        training.train(kaggle_dir, run, verbose=0, **args)
+    assert not (run / "model.keras").exists()
+    with open(run / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    monkeypatch.setattr(callbacks, "preset", original)
+    report = training.train(kaggle_dir, run, verbose=0, **args)
+    with open(run / "history.csv") as f:
+        epochs = [row["epoch"] for row in csv.DictReader(f)]
+    assert epochs == ["0", "1", "2", "3"]  # resumed at epoch 2, nothing redone or lost
+    assert report["epochs_run"] == 2
+
+
+def test_train_cli_writes_a_complete_run(kaggle_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", str(kaggle_dir), "--output", str(run), "--epochs", "2", "--validation-split", "0.25", *TINY_CLI])
+    assert code == 0
+    for name in ("model.keras", "history.csv", "history.png", "roc_val.png", "confusion_val.png",
+                 "roc_test.png", "confusion_test.png", "report.json", "split.json", "run.json"):
+        assert (run / name).is_file(), name
+    for png in run.glob("*.png"):
+        assert _png_ok(png), png
+    report = json.loads((run / "report.json").read_text())
+    assert {"val", "test", "threshold"} <= set(report)
+    assert report["test"]["n"] == 8
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.threshold == pytest.approx(report["threshold"])  # chosen on validation, stored in the model
+    assert model.threshold != 0.5
+    run_info = json.loads((run / "run.json").read_text())
+    assert run_info["command"].startswith("keras-pneumonia train")
+    assert "keras" in run_info["versions"] and "tensorflow" in run_info["versions"]
+    assert not list(run.glob("*.part"))
+    assert "threshold" in capsys.readouterr().out
+    # A finished run is not overwritten by accident.
+    code = main(["train", str(kaggle_dir), "--output", str(run), "--epochs", "1", *TINY_CLI])
+    assert code == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_threshold_is_chosen_on_validation_only(kaggle_dir, tmp_path, monkeypatch):
+    from keras_pneumonia import evaluation
+
+    seen = []
+    original = evaluation.youden_threshold
+
+    def spy(y, p):
+        seen.append(len(y))
+        return original(y, p)
+
+    monkeypatch.setattr(evaluation, "youden_threshold", spy)
+    report = training.train(kaggle_dir, tmp_path / "run", epochs=1, image_size=32, validation_split=0.25, verbose=0,
+                            model_kwargs={"filters": (8,), "dense_units": ()})
+    assert seen == [report["val"]["n"]]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "{missing}", "--output", "{run}"], "No chest X-ray layout found"),
+        (["train", "{empty_class}", "--output", "{run}"], "holds no images"),
+        (["evaluate", "{missing}", "--weights", "{model}"], "must hold NORMAL/ and PNEUMONIA/"),
+        (["split", "{missing}", "--manifest", "{run}/m.json"], "No chest X-ray layout found"),
+    ],
+)
+def test_cli_errors_are_one_line_without_traceback(argv, message, kaggle_dir, tmp_path, capsys):
+    for f in (kaggle_dir / "train" / "PNEUMONIA").iterdir():
+        f.unlink()
+    model = tmp_path / "m.keras"
+    kp.PneumoniaCNN(**TINY).save(model)
+    values = {"missing": tmp_path / "nope", "run": tmp_path / "run", "empty_class": kaggle_dir, "model": model}
+    code = main([a.format(**values) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["train", "x", "--output", "y", "--epochs", "0"], ["train", "x"], ["split", "x", "--manifest", "m", "--validation-split", "1.5"], ["nosuch"]])
+def test_cli_bad_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+
+
+def test_split_cli(kaggle_dir, tmp_path, capsys):
+    manifest = tmp_path / "split.json"
+    assert main(["split", str(kaggle_dir), "--validation-split", "0.25", "--seed", "0", "--manifest", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "train:" in out and "val:" in out and "test: 8 images" in out
+    data = json.loads(manifest.read_text())
+    assert {"path", "label", "patient"} <= set(data["train"][0])
+    assert not {e["patient"] for e in data["train"]} & {e["patient"] for e in data["val"]}
+
+
+def test_evaluate_cli_json(kaggle_dir, tmp_path, capsys):
+    model = kp.PneumoniaCNN(threshold=0.42, **TINY)
+    model.save(tmp_path / "m.keras")
+    assert main(["evaluate", str(kaggle_dir), "--weights", str(tmp_path / "m.keras"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"accuracy", "auc", "sensitivity", "specificity", "precision", "threshold", "n", "confusion_matrix"} <= set(report)
+    assert report["n"] == 8 and report["threshold"] == pytest.approx(0.42)
+    assert np.sum(report["confusion_matrix"]) == 8
+    assert main(["evaluate", str(kaggle_dir / "train"), "--weights", str(tmp_path / "m.keras")]) == 0
+    assert "| n | 32 |" in capsys.readouterr().out
