@@ -261,3 +261,47 @@ def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | 
                 download(preset["url"], destination, preset["sha256"])
         paths.append(destination)
     return paths
+
+
+def export_preset(model_path: str | Path, name: str = DEFAULT_PRESET, output_dir: str | Path | None = None) -> dict:
+    """Writes a trained model as a release file and returns its registry fields.
+
+    The file holds the model without optimizer state (a third of the size).
+    Copy the returned ``sha256`` and ``size`` into `keras_pneumonia.presets`, and
+    publish the file at the preset's ``url`` (see ``docs/weights.md``).
+
+    Args:
+        model_path: The trained ``.keras`` file (e.g. ``runs/release-v1/model.keras``).
+        name: The preset whose ``file_name`` to write.
+        output_dir: Defaults to the package's ``assets/`` folder.
+    """
+    import keras
+
+    from keras_pneumonia._io import atomic_save_model
+    from keras_pneumonia.models import PneumoniaCNN
+
+    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    clean = PneumoniaCNN.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    folder = Path(output_dir) if output_dir else Path(str(resources.files("keras_pneumonia") / "assets"))
+    destination = folder / PRESETS[name]["file_name"]
+    atomic_save_model(clean, destination)
+    return {
+        "file": str(destination),
+        "sha256": sha256sum(destination),
+        "size": destination.stat().st_size,
+        "params": clean.count_params(),
+        "image_size": list(clean.image_size),
+        "channels": clean.channels,
+        "class_names": list(clean.class_names),
+        "threshold": clean.threshold,
+    }
+
+
+if __name__ == "__main__":  # python -m keras_pneumonia.weights export RUN_DIR/model.keras
+    import json
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "export":
+        sys.exit("usage: python -m keras_pneumonia.weights export MODEL.keras")
+    print(json.dumps(export_preset(sys.argv[2]), indent=2))

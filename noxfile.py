@@ -1,0 +1,131 @@
+"""Developer sessions: ``nox -s tests`` (the README's test command), ``matrix``, ``lint``,
+``build``, ``docs``, ``bench`` and ``train_release``.
+
+``nox -l`` lists them. Sessions other than ``tests`` are slower and documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+ROOT = Path(__file__).parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TORCH = "torch==2.13.0"  # a CPU build; a plain "torch" pulls several GB of CUDA wheels
+JAX = "jax[cpu]"
+KERAS_MIN = ["keras==3.3.3", "tensorflow==2.16.2", "numpy<2"]  # the oldest pair we declare and test
+
+
+def _pytest(session: nox.Session, *default_args: str) -> None:
+    args = session.posargs or list(default_args)
+    session.run("python", "-m", "pytest", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite on this Python with the TensorFlow backend (the README's test command)."""
+    session.install("-e", ".[test]")
+    _pytest(session, "-q", "--doctest-modules", "src", "tests")
+
+
+MATRIX = [
+    ("3.10", "tensorflow"),
+    ("3.11", "tensorflow"),
+    ("3.11", "jax"),
+    ("3.11", "torch"),
+    ("3.12", "tensorflow"),
+    ("3.13", "tensorflow"),
+]
+
+
+@nox.session(name="matrix")
+@nox.parametrize(("python", "backend"), MATRIX, ids=[f"{p}-{b}" for p, b in MATRIX])
+def matrix(session: nox.Session, backend: str) -> None:
+    """The suite over Python 3.10-3.13 and the tensorflow / jax / torch Keras backends."""
+    session.install(".[test]")
+    if backend == "jax":
+        session.install(JAX)
+    elif backend == "torch":
+        session.install(TORCH)
+    session.env["KERAS_BACKEND"] = backend
+    session.run("python", "-c", "import keras; print('Keras', keras.__version__, 'on', keras.backend.backend())")
+    # A non-editable install: with the src layout, the tests import the installed package.
+    _pytest(session, "-q", "-p", "no:cacheprovider", "tests")
+
+
+@nox.session(python="3.11", name="keras_min")
+def keras_min(session: nox.Session) -> None:
+    """The suite against the lowest Keras and TensorFlow that pyproject.toml declares."""
+    session.install(".[test]", *KERAS_MIN)
+    session.run("python", "-c", "import keras, tensorflow as tf; print('Keras', keras.__version__, 'TF', tf.__version__)")
+    _pytest(session, "-q", "-p", "no:cacheprovider", "tests")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff format (check only) and ruff check."""
+    session.install("ruff")
+    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Builds wheel and sdist, installs the wheel in a fresh venv, loads the weights offline."""
+    session.install("build")
+    dist = Path(session.create_tmp()) / "dist"
+    session.run("python", "-m", "build", "--outdir", str(dist), ".")
+    wheel = next(dist.glob("*.whl"))
+    venv = Path(session.create_tmp()) / "fresh"
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    python = str(venv / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "-q", str(wheel), external=True)
+    check = (
+        "import keras_pneumonia as kp; kp.PneumoniaCNN().summary(); "
+        "m = kp.PneumoniaCNN.from_pretrained(); print('from_pretrained OK, threshold', m.threshold)"
+    )
+    offline_env = {
+        "KERAS_PNEUMONIA_OFFLINE": "1",
+        "KERAS_HOME": str(Path(session.create_tmp()) / "empty_keras_home"),
+        # Any network access fails: no proxy answers on port 9.
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    session.run(python, "-c", check, env=offline_env, external=True)
+    session.run(str(venv / "bin" / "keras-pneumonia"), "--version", external=True)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Builds the HTML docs with warnings as errors and runs their code examples (doctest)."""
+    session.install("-e", ".[docs]")
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", env=env)
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest", env=env)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed benchmarks (`benchmarks/run.py`); pass ``-- --quick`` for the 5-minute version."""
+    session.install("-e", ".")
+    args = session.posargs or ["--json", "benchmarks/results.json"]
+    session.run("python", "benchmarks/run.py", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@nox.session(name="train_release")
+def train_release(session: nox.Session) -> None:
+    """Retrains the released pneumonia_cnn_v1 weights (about an hour on 2 CPU cores)."""
+    session.install("-e", ".")
+    data = os.environ.get("CHEST_XRAY_DIR", str(SHARED_DATA / "chest_xray_224"))
+    session.run(
+        "keras-pneumonia", "train", data, "--output", "runs/release-v1", "--epochs", "40", "--seed", "1337",
+        env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    session.run("python", "-m", "keras_pneumonia.weights", "export", "runs/release-v1/model.keras")

@@ -1,0 +1,168 @@
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from conftest import FULLRES, TINY
+
+import keras_pneumonia as kp
+from keras_pneumonia.cli import main
+from keras_pneumonia.gradcam import find_last_conv_layer
+
+SIZE, PATCH = 48, 14
+
+
+def _striped_images(n, rng):
+    """Noise with one 14x14 striped patch at a random place: horizontal stripes for
+    class 0, vertical for class 1. Returns images, labels and each patch's corner."""
+    stripes = np.zeros((PATCH, PATCH), np.uint8)
+    stripes[::4] = stripes[1::4] = 230
+    labels = rng.integers(0, 2, size=n)
+    images = rng.integers(0, 60, size=(n, SIZE, SIZE, 1)).astype(np.uint8)
+    corners = rng.integers(2, SIZE - PATCH - 2, size=(n, 2))
+    for image, label, (r, c) in zip(images, labels, corners):
+        image[r : r + PATCH, c : c + PATCH, 0] = stripes if label == 0 else stripes.T
+    return images, labels, corners
+
+
+@pytest.fixture(scope="module")
+def patch_model():
+    """A PneumoniaCNN trained for a few seconds: the class is decided by the patch's stripes."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images, labels, _ = _striped_images(512, rng)
+    model = kp.PneumoniaCNN(
+        image_size=SIZE, filters=(8, 16, 32), convs_per_block=1, dense_units=(), dropout=0.0,
+        normalization="rescale", augmentation=False,
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(images, labels, epochs=10, batch_size=32, verbose=0)
+    test = _striped_images(32, rng)
+    assert model.evaluate(test[0], test[1], verbose=0, return_dict=True)["accuracy"] > 0.95
+    return model, *test
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_heat_falls_on_the_deciding_patch_for_both_classes(patch_model, method):
+    model, images, labels, corners = patch_model
+    for label in (0, 1):
+        chosen = np.flatnonzero(labels == label)[:6]
+        heatmaps = kp.gradcam(model, images[chosen], class_index=label, method=method)
+        for heatmap, (r, c) in zip(heatmaps, corners[chosen]):
+            region = np.zeros_like(heatmap, dtype=bool)
+            region[max(r - 4, 0) : r + PATCH + 4, max(c - 4, 0) : c + PATCH + 4] = True
+            inside = heatmap[region].sum() / heatmap.sum()
+            assert inside > 0.6, (label, inside)  # the region is about a fifth of the image
+
+
+def test_predicted_class_is_explained_by_default(patch_model):
+    model, images, labels, _ = patch_model
+    image = images[labels == 1][0]
+    np.testing.assert_allclose(kp.gradcam(model, image), kp.gradcam(model, image, class_index=1), atol=1e-5)
+
+
+def test_shapes_ranges_and_image_inputs():
+    model = kp.PneumoniaCNN(**TINY)
+    rng = np.random.default_rng(0)
+    one = kp.gradcam(model, rng.integers(0, 256, size=(70, 50), dtype=np.uint8))
+    assert one.shape == (70, 50) and one.min() >= 0 and one.max() <= 1
+    batch = kp.gradcam(model, rng.integers(0, 256, size=(3, 32, 32, 1), dtype=np.uint8))
+    assert batch.shape == (3, 32, 32)
+    mixed = kp.gradcam(
+        model, [rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8), *sorted(FULLRES.glob("*.jpeg"))]
+    )
+    assert [m.shape for m in mixed][0] == (20, 30)
+    assert mixed[1].shape[0] > 100  # heatmaps at the full resolution of the originals
+    for m in mixed:
+        assert m.dtype == np.float32 and 0.0 <= m.min() and m.max() <= 1.0
+
+
+def test_nested_pneumonia_cnn_inside_a_sequential(patch_model):
+    model, images, _, _ = patch_model
+    outer = keras.Sequential([keras.Input((SIZE, SIZE, 1)), model], name="wrapper")
+    assert find_last_conv_layer(outer) == f"{model.name}/block3_conv1"
+    nested = kp.gradcam(outer, images[:4])
+    direct = kp.gradcam(model, images[:4])
+    np.testing.assert_allclose(nested, direct, atol=1e-4)
+
+
+def test_keras_applications_backbone_inside_a_functional_model():
+    backbone = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None, alpha=0.35)
+    inputs = keras.Input((64, 64, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(backbone(inputs)))
+    model = keras.Model(inputs, outputs)
+    layer = find_last_conv_layer(model)
+    assert layer.startswith(backbone.name + "/")
+    heatmaps = kp.gradcam(model, np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+    assert heatmaps.shape == (2, 64, 64)
+    explicit = kp.gradcam(model, np.zeros((64, 64, 3), np.uint8) + 50, layer=f"{backbone.name}/block_1_project")
+    assert explicit.shape == (64, 64)
+
+
+def test_explicit_layer_and_errors(patch_model):
+    model, images, _, _ = patch_model
+    early = kp.gradcam(model, images[0], layer="block1_conv1")
+    assert early.shape == (SIZE, SIZE)
+    with pytest.raises(ValueError, match="not on the path"):
+        kp.gradcam(model, images[0], layer="nope")
+    with pytest.raises(ValueError, match="method"):
+        kp.gradcam(model, images[0], method="lime")
+    with pytest.raises(ValueError, match="class_index"):
+        kp.gradcam(model, images[0], class_index=5)
+
+
+def test_overlay_and_figure(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (60, 40), dtype=np.uint8)
+    heat = np.zeros((10, 10))
+    heat[:5] = 1.0
+    out = kp.overlay(image, heat, alpha=0.5)
+    assert out.shape == (60, 40, 3) and out.dtype == np.uint8
+    assert not np.array_equal(out[:30], out[30:])
+    assert np.array_equal(kp.overlay(image, heat, alpha=0.0)[..., 0], image)
+    figure = kp.explanation_figure(image, heat, label="PNEUMONIA", probability=0.9, path=tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
+    assert "PNEUMONIA" in figure.texts[0].get_text() if figure.texts else True
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path):
+    path = tmp_path / "tiny.keras"
+    kp.PneumoniaCNN(threshold=0.5, **TINY).save(path)
+    return path
+
+
+def test_predict_cli_on_full_resolution_images_with_a_broken_file(tmp_path, tiny_model_file, capsys):
+    images = tmp_path / "images"
+    shutil.copytree(FULLRES, images)
+    (images / "broken.jpeg").write_bytes((images / "IM-0314-0001.jpeg").read_bytes()[:5000])
+    files = sorted(str(p) for p in images.glob("*.jpeg"))
+    out_dir = tmp_path / "cams"
+    code = main(["predict", *files, "--weights", str(tiny_model_file), "--json", "--gradcam", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 1
+    results = json.loads(captured.out)
+    assert len(results) == 3
+    for r in results:
+        assert {"path", "label", "probability", "threshold"} <= set(r)
+        assert r["label"] in ("NORMAL", "PNEUMONIA") and 0 <= r["probability"] <= 1
+    assert "broken.jpeg" in captured.err and "Traceback" not in captured.err
+    assert sorted(p.name for p in out_dir.glob("*.png")) == sorted(
+        f"{p.stem}_gradcam.png" for p in FULLRES.glob("*.jpeg")
+    )
+    assert main(["predict", str(images / "IM-0314-0001.jpeg"), "--weights", str(tiny_model_file)]) == 0
+    assert "P(pneumonia)=" in capsys.readouterr().out
+
+
+def test_demo_runs_offline_with_the_released_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KERAS_PNEUMONIA_OFFLINE", "1")
+    assert main(["demo", "--output", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("P(pneumonia)=") >= 2
+    assert len(list((tmp_path / "demo").glob("*.png"))) >= 2
+
+
+def test_non_tensorflow_backend_gets_a_clear_error(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="TensorFlow backend"):
+        kp.gradcam(object(), np.zeros((8, 8)))

@@ -1,0 +1,227 @@
+"""The download path, against a real HTTP server on 127.0.0.1 (no mocks of the transfer)."""
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY
+
+import keras_pneumonia as kp
+from keras_pneumonia import presets, weights
+
+
+@pytest.fixture(scope="module")
+def model_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m") / "tiny.keras"
+    kp.PneumoniaCNN(threshold=0.4, **TINY).save(path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def served(http_server, model_bytes, monkeypatch, tmp_path):
+    """A preset 'tiny_test' served by the local server; a fresh cache; env cleared."""
+    http_server.files["/tiny.keras"] = model_bytes
+    monkeypatch.setitem(
+        presets.PRESETS,
+        "tiny_test",
+        {
+            "description": "test",
+            "file_name": "tiny_test.keras",
+            "url": http_server.url("/tiny.keras"),
+            "sha256": hashlib.sha256(model_bytes).hexdigest(),
+            "size": len(model_bytes),
+            "bundled": False,
+        },
+    )
+    for var in ("KERAS_PNEUMONIA_CACHE", "KERAS_PNEUMONIA_OFFLINE", "KERAS_PNEUMONIA_READONLY_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    return http_server
+
+
+def _cache_entries(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_download_then_cached_call_makes_no_request(served, tmp_path):
+    cache = tmp_path / "cache"
+    path = weights.get_file("tiny_test", cache_dir=cache)
+    assert path == cache / "tiny_test.keras"
+    assert served.requests == ["/tiny.keras"]
+    assert weights.get_file("tiny_test", cache_dir=cache) == path
+    assert served.requests == ["/tiny.keras"]
+    model = kp.PneumoniaCNN.from_pretrained("tiny_test", cache_dir=cache)
+    assert model.threshold == pytest.approx(0.4)
+    assert served.requests == ["/tiny.keras"]
+    weights.get_file("tiny_test", cache_dir=cache, force_download=True)
+    assert len(served.requests) == 2
+    assert _cache_entries(cache) == ["tiny_test.keras"]
+
+
+def test_default_cache_is_under_keras_home(served, tmp_path, monkeypatch):
+    path = weights.get_file("tiny_test")
+    assert path == tmp_path / "keras_home" / "keras_pneumonia" / "tiny_test.keras"
+    monkeypatch.setenv("KERAS_PNEUMONIA_CACHE", str(tmp_path / "env_cache"))
+    assert weights.get_file("tiny_test") == tmp_path / "env_cache" / "tiny_test.keras"
+
+
+def test_hash_mismatch_leaves_nothing_in_the_cache(served, tmp_path):
+    served.files["/tiny.keras"] = b"not the released file"
+    cache = tmp_path / "cache"
+    with pytest.raises(weights.WeightsError, match="sha256"):
+        weights.get_file("tiny_test", cache_dir=cache)
+    assert _cache_entries(cache) == []
+
+
+def test_truncated_transfer_leaves_nothing(served, tmp_path):
+    served.modes["/tiny.keras"] = "truncate"
+    cache = tmp_path / "cache"
+    with pytest.raises(weights.WeightsError, match="Could not download"):
+        weights.get_file("tiny_test", cache_dir=cache)
+    assert _cache_entries(cache) == []
+
+
+def test_server_error(served, tmp_path):
+    served.modes["/tiny.keras"] = "error"
+    with pytest.raises(weights.WeightsError, match="500"):
+        weights.get_file("tiny_test", cache_dir=tmp_path / "cache")
+    assert _cache_entries(tmp_path / "cache") == []
+
+
+def test_server_down(served, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setitem(presets.PRESETS["tiny_test"], "url", f"http://127.0.0.1:{port}/tiny.keras")
+    with pytest.raises(weights.WeightsError, match="Could not download"):
+        weights.get_file("tiny_test", cache_dir=tmp_path / "cache")
+
+
+def test_offline_mode_never_touches_the_network(served, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_PNEUMONIA_OFFLINE", "1")
+    cache = tmp_path / "cache"
+    with pytest.raises(weights.WeightsError) as info:
+        weights.get_file("tiny_test", cache_dir=cache)
+    assert "tiny_test.keras" in str(info.value) and str(cache / "tiny_test.keras") in str(info.value)
+    assert served.requests == []
+    # With the file placed where the message says, offline loading works.
+    monkeypatch.delenv("KERAS_PNEUMONIA_OFFLINE")
+    weights.get_file("tiny_test", cache_dir=cache)
+    monkeypatch.setenv("KERAS_PNEUMONIA_OFFLINE", "1")
+    assert kp.PneumoniaCNN.from_pretrained("tiny_test", cache_dir=cache).threshold == pytest.approx(0.4)
+    assert len(served.requests) == 1
+
+
+def test_readonly_prefilled_cache_is_used_and_never_written(served, tmp_path, monkeypatch, model_bytes):
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    (readonly / "tiny_test.keras").write_bytes(model_bytes)
+    readonly.chmod(0o555)
+    monkeypatch.setenv("KERAS_PNEUMONIA_READONLY_CACHE", str(readonly))
+    cache = tmp_path / "cache"
+    assert weights.get_file("tiny_test", cache_dir=cache) == readonly / "tiny_test.keras"
+    assert served.requests == [] and not cache.exists()
+    assert _cache_entries(readonly) == ["tiny_test.keras"]
+
+
+def test_unwritable_cache_is_a_clear_error(served, tmp_path):
+    blocker = tmp_path / "file_not_folder"
+    blocker.write_text("x")
+    with pytest.raises(weights.WeightsError, match="Cannot write to the weights cache"):
+        weights.get_file("tiny_test", cache_dir=blocker / "cache")
+
+
+def test_two_processes_downloading_at_once(served, tmp_path, model_bytes):
+    served.files["/big.keras"] = model_bytes
+    served.modes["/tiny.keras"] = "slow"
+    cache = tmp_path / "cache"
+    code = (
+        "import sys; from keras_pneumonia import weights; "
+        "weights.download(sys.argv[1], sys.argv[2], sys.argv[3])"
+    )
+    args = [served.url("/tiny.keras"), str(cache / "tiny_test.keras"), hashlib.sha256(model_bytes).hexdigest()]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    assert len(served.requests) == 2
+    assert _cache_entries(cache) == ["tiny_test.keras"]
+    assert (cache / "tiny_test.keras").read_bytes() == model_bytes
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(weights.WeightsError, match="Unknown preset 'nope'.*pneumonia_cnn_v1"):
+        weights.get_file("nope")
+
+
+def test_local_path_and_missing_path(tmp_path, model_bytes):
+    path = tmp_path / "mine.keras"
+    path.write_bytes(model_bytes)
+    assert kp.PneumoniaCNN.from_pretrained(path).threshold == pytest.approx(0.4)
+    with pytest.raises(FileNotFoundError, match="No weights file"):
+        kp.PneumoniaCNN.from_pretrained(tmp_path / "missing.keras")
+
+
+def test_url_download_is_cached(served, tmp_path):
+    url = served.url("/tiny.keras")
+    first = weights.get_file(url, cache_dir=tmp_path / "c")
+    second = weights.get_file(url, cache_dir=tmp_path / "c")
+    assert first == second and len(served.requests) == 1
+
+
+def test_corrupt_local_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"PK\x03\x04 broken zip")
+    with pytest.raises(weights.WeightsError, match="bad.keras is not a loadable"):
+        weights.load_model(bad)
+
+
+def test_default_preset_ships_in_the_package_and_loads_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_PNEUMONIA_OFFLINE", "1")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_PNEUMONIA_CACHE", raising=False)
+    preset = presets.PRESETS[presets.DEFAULT_PRESET]
+    path = weights.get_file()
+    assert path == weights.bundled_path(presets.DEFAULT_PRESET)
+    assert weights.sha256sum(path) == preset["sha256"]
+    assert path.stat().st_size == preset["size"] <= 10 * 1024 * 1024
+    model = kp.PneumoniaCNN.from_pretrained()
+    assert isinstance(model, kp.PneumoniaCNN)
+    assert list(model.input_shape[1:]) == [*preset["image_size"], preset["channels"]]
+    assert model.class_names == preset["class_names"]
+    assert model.threshold == pytest.approx(preset["threshold"])
+
+
+def test_download_cli_fills_a_cache_for_air_gapped_machines(tmp_path, capsys):
+    from keras_pneumonia.cli import main
+
+    assert main(["download", "--cache-dir", str(tmp_path)]) == 0
+    name = presets.PRESETS[presets.DEFAULT_PRESET]["file_name"]
+    assert (tmp_path / name).is_file()
+    assert main(["download", "--list"]) == 0
+    assert presets.DEFAULT_PRESET in capsys.readouterr().out
+
+
+def test_wheel_contains_the_default_weights_and_samples(tmp_path):
+    pytest.importorskip("hatchling")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
+        cwd=root, check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    name = presets.PRESETS[presets.DEFAULT_PRESET]["file_name"]
+    assert f"keras_pneumonia/assets/{name}" in names
+    assert sum(n.startswith("keras_pneumonia/assets/samples/") and n.endswith(".jpeg") for n in names) >= 2
+    assert "keras_pneumonia/py.typed" in names
