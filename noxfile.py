@@ -63,7 +63,9 @@ def matrix(session: nox.Session, backend: str) -> None:
 def keras_min(session: nox.Session) -> None:
     """The suite against the lowest Keras and TensorFlow that pyproject.toml declares."""
     session.install(".[test]", *KERAS_MIN)
-    session.run("python", "-c", "import keras, tensorflow as tf; print('Keras', keras.__version__, 'TF', tf.__version__)")
+    session.run(
+        "python", "-c", "import keras, tensorflow as tf; print('Keras', keras.__version__, 'TF', tf.__version__)"
+    )
     _pytest(session, "-q", "-p", "no:cacheprovider", "tests")
 
 
@@ -125,7 +127,15 @@ def train_release(session: nox.Session) -> None:
     session.install("-e", ".")
     data = os.environ.get("CHEST_XRAY_DIR", str(SHARED_DATA / "chest_xray_224"))
     session.run(
-        "keras-pneumonia", "train", data, "--output", "runs/release-v1", "--epochs", "40", "--seed", "1337",
+        "keras-pneumonia",
+        "train",
+        data,
+        "--output",
+        "runs/release-v1",
+        "--epochs",
+        "40",
+        "--seed",
+        "1337",
         env={"TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     session.run("python", "-m", "keras_pneumonia.weights", "export", "runs/release-v1/model.keras")

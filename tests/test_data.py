@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FULLRES, KAGGLE
 from PIL import Image
 
 import keras_pneumonia as kp
+from conftest import FULLRES, KAGGLE
 from keras_pneumonia.data import (
     FileEntry,
     balanced_class_weight,
@@ -40,7 +40,9 @@ def _synthetic_entries():
     for p in range(60):  # 60 normal patients with 1-3 images
         entries += [FileEntry(f"train/NORMAL/IM-{p:04d}-{i:04d}.jpeg", 0, f"IM-{p:04d}") for i in range(1 + p % 3)]
     for p in range(150):  # 150 pneumonia patients with 1-4 images
-        entries += [FileEntry(f"train/PNEUMONIA/person{p}_bacteria_{i}.jpeg", 1, f"person{p}") for i in range(1 + p % 4)]
+        entries += [
+            FileEntry(f"train/PNEUMONIA/person{p}_bacteria_{i}.jpeg", 1, f"person{p}") for i in range(1 + p % 4)
+        ]
     return entries
 
 
@@ -126,7 +128,10 @@ def test_kaggle_val_folder_pooled_by_default_or_kept(kaggle_dir):
     all_paths = {e.path for s in ("train", "val") for e in pooled.files[s]}
     assert "val/NORMAL/IM-0115-0001.jpeg" in all_paths
     kept = kp.load_chest_xray(kaggle_dir, image_size=8, kaggle_val="keep")
-    assert [e.path for e in kept.files["val"]] == ["val/NORMAL/IM-0115-0001.jpeg", "val/PNEUMONIA/person1_bacteria_1.jpeg"]
+    assert [e.path for e in kept.files["val"]] == [
+        "val/NORMAL/IM-0115-0001.jpeg",
+        "val/PNEUMONIA/person1_bacteria_1.jpeg",
+    ]
 
 
 def test_unusable_layout_error_shows_what_was_found(tmp_path):

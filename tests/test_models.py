@@ -1,9 +1,9 @@
+import keras
 import numpy as np
 import pytest
-from conftest import KAGGLE, TINY
 
-import keras
 import keras_pneumonia as kp
+from conftest import KAGGLE, TINY
 from keras_pneumonia.data import load_image_folder
 
 
@@ -48,9 +48,18 @@ def test_model_rescales_itself(normalization):
 
 def test_config_round_trip():
     model = kp.PneumoniaCNN(
-        image_size=(40, 48), channels=3, filters=(4, 8, 16), convs_per_block=2, dense_units=(8, 4),
-        dropout=0.2, head="flatten", normalization="rescale", augmentation=False,
-        class_names=("healthy", "sick"), threshold=0.3, name="custom",
+        image_size=(40, 48),
+        channels=3,
+        filters=(4, 8, 16),
+        convs_per_block=2,
+        dense_units=(8, 4),
+        dropout=0.2,
+        head="flatten",
+        normalization="rescale",
+        augmentation=False,
+        class_names=("healthy", "sick"),
+        threshold=0.3,
+        name="custom",
     )
     config = model.get_config()
     clone = kp.PneumoniaCNN.from_config(config)

@@ -5,9 +5,9 @@ import struct
 import keras
 import numpy as np
 import pytest
-from conftest import TINY
 
 import keras_pneumonia as kp
+from conftest import TINY
 from keras_pneumonia import callbacks, training
 from keras_pneumonia.cli import main
 
@@ -51,7 +51,12 @@ def test_interrupted_run_resumes_from_the_right_epoch(kaggle_dir, tmp_path, monk
     run = tmp_path / "run"
     original = callbacks.preset
     monkeypatch.setattr(callbacks, "preset", lambda *a, **k: [*original(*a, **k), _Interrupt(epoch=1)])
-    args = dict(epochs=4, image_size=32, validation_split=0.25, model_kwargs={k: v for k, v in TINY.items() if k != "image_size"})
+    args = {
+        "epochs": 4,
+        "image_size": 32,
+        "validation_split": 0.25,
+        "model_kwargs": {k: v for k, v in TINY.items() if k != "image_size"},
+    }
     with pytest.raises(KeyboardInterrupt):
         training.train(kaggle_dir, run, verbose=0, **args)
     assert not (run / "model.keras").exists()
@@ -67,10 +72,22 @@ def test_interrupted_run_resumes_from_the_right_epoch(kaggle_dir, tmp_path, monk
 
 def test_train_cli_writes_a_complete_run(kaggle_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", str(kaggle_dir), "--output", str(run), "--epochs", "2", "--validation-split", "0.25", *TINY_CLI])
+    code = main(
+        ["train", str(kaggle_dir), "--output", str(run), "--epochs", "2", "--validation-split", "0.25", *TINY_CLI]
+    )
     assert code == 0
-    for name in ("model.keras", "history.csv", "history.png", "roc_val.png", "confusion_val.png",
-                 "roc_test.png", "confusion_test.png", "report.json", "split.json", "run.json"):
+    for name in (
+        "model.keras",
+        "history.csv",
+        "history.png",
+        "roc_val.png",
+        "confusion_val.png",
+        "roc_test.png",
+        "confusion_test.png",
+        "report.json",
+        "split.json",
+        "run.json",
+    ):
         assert (run / name).is_file(), name
     for png in run.glob("*.png"):
         assert _png_ok(png), png
@@ -102,8 +119,15 @@ def test_threshold_is_chosen_on_validation_only(kaggle_dir, tmp_path, monkeypatc
         return original(y, p)
 
     monkeypatch.setattr(evaluation, "youden_threshold", spy)
-    report = training.train(kaggle_dir, tmp_path / "run", epochs=1, image_size=32, validation_split=0.25, verbose=0,
-                            model_kwargs={"filters": (8,), "dense_units": ()})
+    report = training.train(
+        kaggle_dir,
+        tmp_path / "run",
+        epochs=1,
+        image_size=32,
+        validation_split=0.25,
+        verbose=0,
+        model_kwargs={"filters": (8,), "dense_units": ()},
+    )
     assert seen == [report["val"]["n"]]
 
 
@@ -129,7 +153,15 @@ def test_cli_errors_are_one_line_without_traceback(argv, message, kaggle_dir, tm
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("argv", [["train", "x", "--output", "y", "--epochs", "0"], ["train", "x"], ["split", "x", "--manifest", "m", "--validation-split", "1.5"], ["nosuch"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "x", "--output", "y", "--epochs", "0"],
+        ["train", "x"],
+        ["split", "x", "--manifest", "m", "--validation-split", "1.5"],
+        ["nosuch"],
+    ],
+)
 def test_cli_bad_options_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -138,7 +170,9 @@ def test_cli_bad_options_exit_2(argv, capsys):
 
 def test_split_cli(kaggle_dir, tmp_path, capsys):
     manifest = tmp_path / "split.json"
-    assert main(["split", str(kaggle_dir), "--validation-split", "0.25", "--seed", "0", "--manifest", str(manifest)]) == 0
+    assert (
+        main(["split", str(kaggle_dir), "--validation-split", "0.25", "--seed", "0", "--manifest", str(manifest)]) == 0
+    )
     out = capsys.readouterr().out
     assert "train:" in out and "val:" in out and "test: 8 images" in out
     data = json.loads(manifest.read_text())
@@ -151,7 +185,9 @@ def test_evaluate_cli_json(kaggle_dir, tmp_path, capsys):
     model.save(tmp_path / "m.keras")
     assert main(["evaluate", str(kaggle_dir), "--weights", str(tmp_path / "m.keras"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert {"accuracy", "auc", "sensitivity", "specificity", "precision", "threshold", "n", "confusion_matrix"} <= set(report)
+    assert {"accuracy", "auc", "sensitivity", "specificity", "precision", "threshold", "n", "confusion_matrix"} <= set(
+        report
+    )
     assert report["n"] == 8 and report["threshold"] == pytest.approx(0.42)
     assert np.sum(report["confusion_matrix"]) == 8
     assert main(["evaluate", str(kaggle_dir / "train"), "--weights", str(tmp_path / "m.keras")]) == 0

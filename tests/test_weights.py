@@ -6,12 +6,10 @@ import subprocess
 import sys
 import zipfile
 
-import keras
-import numpy as np
 import pytest
-from conftest import TINY
 
 import keras_pneumonia as kp
+from conftest import TINY
 from keras_pneumonia import presets, weights
 
 
@@ -142,10 +140,7 @@ def test_two_processes_downloading_at_once(served, tmp_path, model_bytes):
     served.files["/big.keras"] = model_bytes
     served.modes["/tiny.keras"] = "slow"
     cache = tmp_path / "cache"
-    code = (
-        "import sys; from keras_pneumonia import weights; "
-        "weights.download(sys.argv[1], sys.argv[2], sys.argv[3])"
-    )
+    code = "import sys; from keras_pneumonia import weights; weights.download(sys.argv[1], sys.argv[2], sys.argv[3])"
     args = [served.url("/tiny.keras"), str(cache / "tiny_test.keras"), hashlib.sha256(model_bytes).hexdigest()]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     procs = [subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE) for _ in range(2)]
@@ -217,7 +212,9 @@ def test_wheel_contains_the_default_weights_and_samples(tmp_path):
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
         [sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)],
-        cwd=root, check=True, capture_output=True,
+        cwd=root,
+        check=True,
+        capture_output=True,
     )
     (wheel,) = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -120,7 +120,10 @@ def _cmd_split(args) -> int:
     from keras_pneumonia.data import load_chest_xray
 
     data = load_chest_xray(
-        args.data_dir, validation_split=args.validation_split, seed=args.seed, kaggle_val=args.kaggle_val,
+        args.data_dir,
+        validation_split=args.validation_split,
+        seed=args.seed,
+        kaggle_val=args.kaggle_val,
         image_size=8,
     )
     data.save_manifest(args.manifest)
@@ -129,7 +132,7 @@ def _cmd_split(args) -> int:
         shares = ", ".join(f"{name} {n} ({n / total:.1%})" for name, n in counts.items())
         print(f"{split}: {total} images: {shares}")
     patients = {split: {e.patient for e in entries} for split, entries in data.files.items()}
-    print(f"patients: " + ", ".join(f"{s} {len(p)}" for s, p in patients.items()))
+    print("patients: " + ", ".join(f"{s} {len(p)}" for s, p in patients.items()))
     print(f"manifest written to {args.manifest}")
     return 0
 
@@ -165,9 +168,8 @@ def _cmd_train(args) -> int:
 
     for split in ("val", "test"):
         if split in report:
-            values = {k: v for k, v in report[split].items()}
-            print(f"\n{split} ({values['n']} images), threshold {report['threshold']:.4f}:")
-            print(EvaluationReport(**{k: (float("nan") if v is None else v) for k, v in values.items()}).to_markdown())
+            print(f"\n{split} ({report[split]['n']} images), threshold {report['threshold']:.4f}:")
+            print(EvaluationReport.from_dict(report[split]).to_markdown())
     print(f"\nRun written to {args.output}")
     return 0
 

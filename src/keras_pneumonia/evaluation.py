@@ -168,6 +168,11 @@ class EvaluationReport:
             },
         )
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
+        """The inverse of `to_dict` (``None`` becomes NaN again)."""
+        return cls(**{k: float("nan") if v is None else v for k, v in values.items()})
+
     def to_dict(self) -> dict[str, Any]:
         """The report as plain Python values (NaN becomes ``None``)."""
 

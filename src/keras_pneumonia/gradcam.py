@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -315,9 +314,7 @@ def explanation_figure(
     right.set_title("Grad-CAM")
     import matplotlib
 
-    figure.colorbar(
-        matplotlib.cm.ScalarMappable(cmap="jet"), ax=right, fraction=0.046, pad=0.02, label="relevance"
-    )
+    figure.colorbar(matplotlib.cm.ScalarMappable(cmap="jet"), ax=right, fraction=0.046, pad=0.02, label="relevance")
     del image_artist
     for ax in (left, right):
         ax.axis("off")

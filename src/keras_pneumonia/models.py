@@ -130,9 +130,7 @@ class PneumoniaCNN(keras.Model):
                 keras.layers.Dense(units, activation="relu", name=f"dense{i}"),
             ]
         output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
-        output_layer = keras.layers.Dense(
-            len(class_names), activation="softmax", dtype="float32", name="predictions"
-        )
+        output_layer = keras.layers.Dense(len(class_names), activation="softmax", dtype="float32", name="predictions")
 
         # === Functional Model ===
         inputs = keras.Input(shape=(*image_size, channels), name="image")
@@ -257,7 +255,8 @@ def _validate(image_size, channels, filters, convs_per_block, dropout, head, nor
         raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB); received {channels!r}.")
     if not filters or any(f <= 0 for f in filters):
         raise ValueError(
-            f"`filters` must list at least one positive filter count per block, e.g. (32, 64, 128); received {filters!r}."
+            "`filters` must list at least one positive filter count per block, "
+            f"e.g. (32, 64, 128); received {filters!r}."
         )
     min_size = 2 ** len(filters)
     if min(image_size) < min_size:

@@ -37,9 +37,7 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
     return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
 
 
-def plot_history(
-    history: Mapping[str, Sequence[float]] | str | Path, path: str | Path | None = None
-):
+def plot_history(history: Mapping[str, Sequence[float]] | str | Path, path: str | Path | None = None):
     """Loss, accuracy and AUC per epoch, train against validation.
 
     Args:

@@ -152,7 +152,9 @@ def train(
         plots.plot_history(output / "history.csv", output / "history.png")
     for split, (y, p) in predictions.items():
         plots.plot_roc(y, p, output / f"roc_{split}.png", threshold=model.threshold)
-        plots.plot_confusion_matrix(reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png")
+        plots.plot_confusion_matrix(
+            reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png"
+        )
 
     report = {
         "threshold": model.threshold,

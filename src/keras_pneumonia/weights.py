@@ -119,9 +119,7 @@ def download(url: str, destination: str | Path, sha256: str | None = None) -> Pa
     try:
         try:
             fetched = Path(
-                keras.utils.get_file(
-                    fname=destination.name, origin=url, cache_dir=str(staging), cache_subdir="."
-                )
+                keras.utils.get_file(fname=destination.name, origin=url, cache_dir=str(staging), cache_subdir=".")
             )
         except Exception as error:  # get_file raises bare Exception subclasses for HTTP/URL errors.
             raise WeightsError(f"Could not download {url}: {error}") from None

@@ -1,0 +1,351 @@
+"""Speed benchmarks of keras-pneumonia against the seed's way, on this machine.
+
+    python benchmarks/run.py [--quick] [--json out.json] [--data DIR]
+
+Every figure is the median of ``--repeats`` runs (3 by default) taken in this one
+process, so ours and the alternative see the same machine state. Keys:
+
+- ``pipeline_speedup``: images/s of one epoch through `load_chest_xray`'s datasets
+  (decoded once, kept in memory) over `keras.utils.image_dataset_from_directory` (which
+  decodes every epoch), same size and color mode; the first pass is reported too.
+- ``train_speedup_vs_seed``: training images/s of the default `PneumoniaCNN` through our
+  pipeline over the seed (three conv+max-pool blocks, flatten, dense 128, softmax, fed by
+  `image_dataset_from_directory` without cache or prefetch), same image size.
+- ``inference_images_per_s``: the released model on this CPU at batch 32 (batch 1 too).
+- ``flops_utilization``: the model's FLOPs per image (counted from its layers) times the
+  measured images/s, over the peak of a large float32 matrix multiply in this process.
+- ``import_s``, ``peak_rss_mb``: import time against ``import keras``; peak memory of a
+  training epoch, each in a fresh subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chest_xray_224"
+
+
+def median_of(fn, repeats):
+    values = [fn() for _ in range(repeats)]
+    return statistics.median(values), values
+
+
+def subset_dir(data: Path, per_class: int | None) -> Path:
+    """A Kaggle-layout folder of symlinks to the first ``per_class`` images of each class."""
+    if per_class is None:
+        return data
+    target = Path(tempfile.mkdtemp(prefix="kp-bench-"))
+    for name in ("NORMAL", "PNEUMONIA"):
+        (target / "train" / name).mkdir(parents=True)
+        for path in sorted((data / "train" / name).iterdir())[:per_class]:
+            (target / "train" / name / path.name).symlink_to(path.resolve())
+    return target
+
+
+# --------------------------------------------------------------------------- FLOPs
+
+
+def count_flops(model) -> int:
+    """Forward FLOPs per image (multiply-adds count 2) of Conv2D and Dense layers."""
+    import keras
+
+    flops = 0
+    for layer in _leaf_layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            c_in = layer.input.shape[-1]
+            flops += 2 * h * w * kh * kw * c_in * c_out
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return int(flops)
+
+
+def _leaf_layers(model):
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def peak_matmul_flops(repeats: int) -> float:
+    """FLOP/s of a 2048x2048 float32 matrix multiply (TensorFlow, all cores)."""
+    import tensorflow as tf
+
+    n = 2048
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.linalg.matmul(a, b).numpy()
+
+    def run():
+        start = time.perf_counter()
+        for _ in range(5):
+            c = tf.linalg.matmul(a, b)
+        c.numpy()
+        return 5 * 2 * n**3 / (time.perf_counter() - start)
+
+    return median_of(run, repeats)[0]
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def bench_pipeline(data: Path, size: int, repeats: int) -> dict:
+    import keras
+
+    import keras_pneumonia as kp
+
+    def ours():
+        start = time.perf_counter()
+        loaded = kp.load_chest_xray(data, image_size=size, validation_split=0.1, seed=0)
+        built = time.perf_counter() - start
+        n = sum(sum(c.values()) for c in loaded.counts.values())
+        start = time.perf_counter()
+        for _ in loaded.train:
+            pass
+        for _ in loaded.val:
+            pass
+        return n / built, n / (time.perf_counter() - start)
+
+    def theirs():
+        dataset = keras.utils.image_dataset_from_directory(
+            data / "train", image_size=(size, size), color_mode="grayscale", batch_size=32, seed=0, verbose=False
+        )
+        rates = []
+        for _ in range(2):
+            start, n = time.perf_counter(), 0
+            for images, _ in dataset:
+                n += int(images.shape[0])
+            rates.append(n / (time.perf_counter() - start))
+        return tuple(rates)
+
+    ours_runs = [ours() for _ in range(repeats)]
+    theirs_runs = [theirs() for _ in range(repeats)]
+    result = {
+        "ours_first_pass_images_per_s": statistics.median(r[0] for r in ours_runs),
+        "ours_epoch_images_per_s": statistics.median(r[1] for r in ours_runs),
+        "keras_first_pass_images_per_s": statistics.median(r[0] for r in theirs_runs),
+        "keras_epoch_images_per_s": statistics.median(r[1] for r in theirs_runs),
+    }
+    result["pipeline_speedup"] = result["ours_epoch_images_per_s"] / result["keras_epoch_images_per_s"]
+    result["pipeline_first_pass_speedup"] = (
+        result["ours_first_pass_images_per_s"] / result["keras_first_pass_images_per_s"]
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- training
+
+
+def seed_model(size: int):
+    """The seed's architecture: three conv + max-pool blocks, flatten, dense 128, softmax."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((size, size, 1)),
+            keras.layers.Rescaling(1.0 / 255),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(128, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def bench_training(data: Path, size: int, repeats: int) -> dict:
+    import keras
+
+    import keras_pneumonia as kp
+
+    loaded = kp.load_chest_xray(data, image_size=size, validation_split=0.1, seed=0)
+    n_ours = sum(loaded.counts["train"].values())
+    ours = kp.PneumoniaCNN(image_size=size)
+    ours.compile()
+    ours.fit(loaded.train.take(3), epochs=1, verbose=0)  # warm-up: tracing
+
+    def ours_epoch():
+        start = time.perf_counter()
+        ours.fit(loaded.train, epochs=1, verbose=0, class_weight=loaded.class_weight)
+        return n_ours / (time.perf_counter() - start)
+
+    seed_data = keras.utils.image_dataset_from_directory(
+        data / "train",
+        image_size=(size, size),
+        color_mode="grayscale",
+        batch_size=32,
+        seed=0,
+        validation_split=0.1,
+        subset="training",
+        verbose=False,
+    )
+    n_seed = sum(int(x.shape[0]) for x, _ in seed_data)
+    seed = seed_model(size)
+    seed.fit(seed_data.take(3), epochs=1, verbose=0)
+
+    def seed_epoch():
+        start = time.perf_counter()
+        seed.fit(seed_data, epochs=1, verbose=0)
+        return n_seed / (time.perf_counter() - start)
+
+    ours_rate, ours_all = median_of(ours_epoch, repeats)
+    seed_rate, seed_all = median_of(seed_epoch, repeats)
+    return {
+        "ours_train_images_per_s": ours_rate,
+        "seed_train_images_per_s": seed_rate,
+        "train_speedup_vs_seed": ours_rate / seed_rate,
+        "ours_params": ours.count_params(),
+        "seed_params": seed.count_params(),
+        "ours_forward_flops_per_image": count_flops(ours),
+        "seed_forward_flops_per_image": count_flops(seed),
+        "runs": {"ours": ours_all, "seed": seed_all},
+    }
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def bench_inference(repeats: int) -> dict:
+    import numpy as np
+
+    import keras_pneumonia as kp
+
+    model = kp.PneumoniaCNN.from_pretrained(compile=False)
+    rng = np.random.default_rng(0)
+    result = {"model_params": model.count_params(), "forward_flops_per_image": count_flops(model)}
+    for batch in (1, 32):
+        x = rng.integers(0, 256, size=(batch, *model.input_shape[1:]), dtype=np.uint8).astype("float32")
+        for _ in range(3):
+            model.predict_on_batch(x)  # warm-up
+        calls = 64 if batch == 1 else 8
+
+        def run(x=x, calls=calls):
+            start = time.perf_counter()
+            for _ in range(calls):
+                model.predict_on_batch(x)
+            return (time.perf_counter() - start) / calls
+
+        latency, _ = median_of(run, repeats)
+        result[f"latency_ms_batch{batch}"] = latency * 1000
+        result[f"images_per_s_batch{batch}"] = batch / latency
+    result["inference_images_per_s"] = result["images_per_s_batch32"]
+    return result
+
+
+# --------------------------------------------------------------------------- import, memory
+
+
+def _fresh_python(code: str) -> str:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+
+
+def bench_import(repeats: int) -> dict:
+    timer = "import time; t = time.perf_counter(); import {}; print(time.perf_counter() - t)"
+    ours = [float(_fresh_python(timer.format("keras_pneumonia")).split()[-1]) for _ in range(repeats)]
+    keras = [float(_fresh_python(timer.format("keras")).split()[-1]) for _ in range(repeats)]
+    return {"import_s": statistics.median(ours), "import_keras_s": statistics.median(keras)}
+
+
+def bench_memory(data: Path, size: int) -> dict:
+    code = (
+        "import resource, keras_pneumonia as kp\n"
+        f"d = kp.load_chest_xray({str(data)!r}, image_size={size}, validation_split=0.1, seed=0)\n"
+        f"m = kp.PneumoniaCNN(image_size={size}); m.compile()\n"
+        "m.fit(d.train, validation_data=d.val, epochs=1, verbose=0, class_weight=d.class_weight)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    return {"peak_rss_mb": float(_fresh_python(code).split()[-1])}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("keras-pneumonia", "keras", "tensorflow", "numpy", "pillow"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run (under five minutes)")
+    parser.add_argument("--json", type=Path, help="write all figures to this JSON file")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder (train/ is used)")
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+
+    data = subset_dir(args.data, 160 if args.quick else None)
+    size, repeats = args.image_size, args.repeats
+    results = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "versions": versions(),
+        "settings": {"quick": args.quick, "image_size": size, "repeats": repeats, "data": str(args.data)},
+    }
+
+    def step(name, fn):
+        start = time.perf_counter()
+        results[name] = fn()
+        print(f"[{name}] {time.perf_counter() - start:.0f} s: {json.dumps(results[name], default=float)}", flush=True)
+
+    step("peak", lambda: {"matmul_flops_per_s": peak_matmul_flops(repeats)})
+    step("pipeline", lambda: bench_pipeline(data, size, repeats))
+    step("training", lambda: bench_training(data, size, repeats))
+    step("inference", lambda: bench_inference(repeats))
+    step("import", lambda: bench_import(repeats))
+    step("memory", lambda: bench_memory(data, size))
+
+    peak = results["peak"]["matmul_flops_per_s"]
+    training, inference = results["training"], results["inference"]
+    results["summary"] = {
+        "pipeline_speedup": results["pipeline"]["pipeline_speedup"],
+        "train_speedup_vs_seed": training["train_speedup_vs_seed"],
+        "inference_images_per_s": inference["inference_images_per_s"],
+        "flops_utilization": {
+            # A training step costs about 3 forward passes (forward + two for the backward).
+            "training": 3 * training["ours_forward_flops_per_image"] * training["ours_train_images_per_s"] / peak,
+            "training_seed": 3 * training["seed_forward_flops_per_image"] * training["seed_train_images_per_s"] / peak,
+            "inference": inference["forward_flops_per_image"] * inference["inference_images_per_s"] / peak,
+        },
+        "import_s": results["import"]["import_s"],
+        "peak_rss_mb": results["memory"]["peak_rss_mb"],
+        "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads()},
+    }
+    print(json.dumps(results["summary"], indent=2, default=float))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The examples run end to end on tiny real data, so they cannot rot."""
+
+import importlib.util
+from pathlib import Path
+
+import keras
+import pytest
+
+import keras_pneumonia as kp
+from conftest import FULLRES, TINY
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["train", "finetune", "explain"])
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as info:
+        _load(name).main(["--help"])
+    assert info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_train_example(kaggle_dir, tmp_path):
+    _load("train").main(
+        [
+            str(kaggle_dir),
+            "--output",
+            str(tmp_path / "run"),
+            "--epochs",
+            "2",
+            "--image-size",
+            "32",
+            "--filters",
+            "8,16",
+            "--validation-split",
+            "0.25",
+        ]
+    )
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert model.threshold != 0.5
+    assert (tmp_path / "run" / "history.png").is_file()
+
+
+def test_finetune_example(kaggle_dir, tmp_path):
+    base = tmp_path / "base.keras"
+    kp.PneumoniaCNN(**TINY).save(base)
+    _load("finetune").main(
+        [
+            str(kaggle_dir),
+            "--weights",
+            str(base),
+            "--output",
+            str(tmp_path / "ft"),
+            "--head-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--validation-split",
+            "0.25",
+        ]
+    )
+    assert (tmp_path / "ft" / "model.keras").is_file()
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Grad-CAM needs the TensorFlow backend")
+def test_explain_example(tmp_path, capsys):
+    model = tmp_path / "m.keras"
+    kp.PneumoniaCNN(**TINY).save(model)
+    _load("explain").main([str(FULLRES), "--weights", str(model), "--output", str(tmp_path / "cams")])
+    assert len(list((tmp_path / "cams").glob("*_gradcam.png"))) == 3
