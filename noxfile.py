@@ -15,6 +15,12 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
+# The matrix's interpreters: pyenv installs them side by side; put each on PATH (after
+# what is there already) so nox finds python3.10 ... python3.13 without `pyenv global`.
+_PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+for _bin in sorted(_PYENV.glob("3.1[0-3].*/bin")):
+    os.environ["PATH"] += os.pathsep + str(_bin)
+
 ROOT = Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TORCH = "torch==2.13.0"  # a CPU build; a plain "torch" pulls several GB of CUDA wheels
@@ -138,4 +144,8 @@ def train_release(session: nox.Session) -> None:
         "1337",
         env={"TF_CPP_MIN_LOG_LEVEL": "2"},
     )
-    session.run("python", "-m", "keras_pneumonia.weights", "export", "runs/release-v1/model.keras")
+    export = (
+        "import json; from keras_pneumonia.weights import export_preset; "
+        "print(json.dumps(export_preset('runs/release-v1/model.keras'), indent=2))"
+    )
+    session.run("python", "-c", export)

@@ -4,7 +4,9 @@
 
 - ``gradcam_samples.png``: the released model's Grad-CAM on the four bundled sample X-rays;
 - ``gradcam_grid.png``: the same on more full-resolution X-rays if ``--xrays`` is given;
-- ``history.png``, ``roc_val.png``, ``confusion_val.png``: copied from the release run.
+- ``history.png``, ``roc_val.png``, ``confusion_val.png``: copied from the release run;
+- prints the model card's validation breakdown: metrics per file-name family and a
+  bootstrap 95% interval of the AUC, recomputed from the run's ``split.json``.
 """
 
 import argparse
@@ -38,10 +40,46 @@ def grid(model, paths, out: Path, columns: int = 4) -> None:
     figure.savefig(out, dpi=90)
 
 
+def validation_breakdown(model, run: Path, data_root: Path, resamples: int = 2000) -> None:
+    """Validation metrics of the released model, overall and per file-name family."""
+    import json
+
+    from keras_pneumonia.evaluation import EvaluationReport, roc_auc
+
+    split = json.loads((run / "split.json").read_text())
+    entries = split["val"]
+    images = np.stack([kp.load_image(data_root / e["path"], model.image_size, model.color_mode) for e in entries])
+    labels = np.array([e["label"] for e in entries])
+    p = model.predict(images, verbose=0)[:, 1]
+    report = EvaluationReport.from_predictions(labels, p, model.threshold)
+    rng = np.random.default_rng(0)
+    aucs = []
+    for _ in range(resamples):
+        index = rng.integers(0, len(labels), len(labels))
+        aucs.append(roc_auc(labels[index], p[index]))
+    print(report.to_markdown())
+    print(f"AUC bootstrap 95% interval: {np.percentile(aucs, 2.5):.4f}-{np.percentile(aucs, 97.5):.4f}")
+    print("| family | n | share called PNEUMONIA |\n| --- | --- | --- |")
+    families = np.array([family(Path(e["path"]).name) for e in entries])
+    for name in ("IM (NORMAL)", "NORMAL2-IM (NORMAL)", "bacteria (PNEUMONIA)", "virus (PNEUMONIA)"):
+        mask = families == name
+        print(f"| {name} | {mask.sum()} | {np.mean(p[mask] >= model.threshold):.3f} |")
+
+
+def family(name: str) -> str:
+    """The file-name family of a Kaggle chest X-ray (the batches the data came in)."""
+    if name.startswith("NORMAL2-"):
+        return "NORMAL2-IM (NORMAL)"
+    if name.startswith("IM-"):
+        return "IM (NORMAL)"
+    return "bacteria (PNEUMONIA)" if "_bacteria_" in name else "virus (PNEUMONIA)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/release-v1"), help="release run folder")
     parser.add_argument("--xrays", type=Path, help="folder of more X-rays for gradcam_grid.png")
+    parser.add_argument("--data", type=Path, help="the run's data folder: print the validation breakdown")
     args = parser.parse_args()
     model = kp.PneumoniaCNN.from_pretrained(compile=False)
     samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
@@ -51,6 +89,8 @@ def main():
     for name in ("history.png", "roc_val.png", "confusion_val.png"):
         if (args.run / name).exists():
             shutil.copyfile(args.run / name, STATIC / name)
+    if args.data:
+        validation_breakdown(model, args.run, args.data)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,40 @@ from __future__ import annotations
 
 DEFAULT_PRESET = "pneumonia_cnn_v1"
 
+_DATA_LICENSE = (
+    "Trained on Kermany, Zhang, Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and "
+    "Chest X-Ray Images for Classification, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0."
+)
+
 PRESETS: dict[str, dict] = {
     "pneumonia_cnn_v1": {
-        "description": "PLACEHOLDER",
+        "description": (
+            "PneumoniaCNN, 160x160 grayscale, 5 blocks of 2 convolutions (16-256 filters), "
+            "global average pooling, trained from scratch on the official training split of the "
+            "pediatric chest X-ray data (Kermany et al. 2018) with a patient-disjoint validation split."
+        ),
+        "params": 1_198_034,
         "file_name": "pneumonia_cnn_v1.keras",
         "url": "https://github.com/keras-pneumonia/keras-pneumonia/releases/download/v0.1.0/pneumonia_cnn_v1.keras",
-        "sha256": "0" * 64,
-        "size": 0,
+        "sha256": "f8e0fafd3e8d02deb4540693f988fb0eeda61721b33bb97913e583a2bdb967ca",
+        "size": 4_908_423,
         "bundled": True,
+        "image_size": [160, 160],
+        "channels": 1,
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "threshold": 0.3281414359807968,
+        # Patient-disjoint validation split (523 images, seed 1337): not the official test split.
+        "validation_metrics": {
+            "n": 523,
+            "accuracy": 0.9828,
+            "sensitivity": 0.9897,
+            "specificity": 0.9627,
+            "auc": 0.9957,
+            "ece": 0.0120,
+        },
+        "training_command": (
+            "keras-pneumonia train chest_xray_224 --output runs/release-v1 --epochs 40 --seed 1337"
+        ),
+        "data_license": _DATA_LICENSE,
     },
 }

@@ -133,6 +133,7 @@ def train(
         data.train,
         validation_data=data.val,
         epochs=epochs,
+        shuffle=False,  # data.train already reshuffles every epoch
         class_weight=data.class_weight if class_weight else None,
         callbacks=callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard),
         verbose=verbose,

@@ -295,11 +295,3 @@ def export_preset(model_path: str | Path, name: str = DEFAULT_PRESET, output_dir
         "threshold": clean.threshold,
     }
 
-
-if __name__ == "__main__":  # python -m keras_pneumonia.weights export RUN_DIR/model.keras
-    import json
-    import sys
-
-    if len(sys.argv) != 3 or sys.argv[1] != "export":
-        sys.exit("usage: python -m keras_pneumonia.weights export MODEL.keras")
-    print(json.dumps(export_preset(sys.argv[2]), indent=2))
