@@ -194,6 +194,7 @@ def patient_id(filename: str | Path) -> str | None:
     ``IM-0115-0001.jpeg`` -> ``"IM-0115"``;
     ``NORMAL2-IM-0381-0001.jpeg`` -> ``"NORMAL2-IM-0381"``; any other name -> ``None``.
 
+    >>> from keras_pneumonia.data import patient_id
     >>> patient_id("person1_virus_6.jpeg")
     'person1'
     """

@@ -132,6 +132,7 @@ class EvaluationReport:
     ) -> EvaluationReport:
         """Builds the report from labels and predicted probabilities of PNEUMONIA.
 
+        >>> from keras_pneumonia import EvaluationReport
         >>> r = EvaluationReport.from_predictions([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.9])
         >>> r.accuracy, r.sensitivity, r.specificity, r.confusion_matrix
         (0.75, 1.0, 0.5, [[1, 1], [0, 2]])

@@ -267,6 +267,7 @@ def overlay(image, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet
         An RGB ``uint8`` image of the X-ray's size.
 
     >>> import numpy as np
+    >>> from keras_pneumonia import overlay
     >>> overlay(np.zeros((4, 4), "uint8"), np.ones((2, 2))).shape
     (4, 4, 3)
     """

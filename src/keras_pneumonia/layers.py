@@ -21,7 +21,9 @@ class PerImageStandardization(keras.layers.Layer):
 
     Example:
 
+    >>> import keras
     >>> import numpy as np
+    >>> from keras_pneumonia import PerImageStandardization
     >>> layer = PerImageStandardization()
     >>> out = keras.ops.convert_to_numpy(layer(np.full((1, 4, 4, 1), 7.0)))
     >>> float(abs(out).max())

@@ -161,6 +161,7 @@ class PneumoniaCNN(keras.Model):
         self.threshold = float(threshold)
 
     def get_config(self):
+        """The constructor arguments, so that ``PneumoniaCNN.from_config(config)`` rebuilds the model."""
         return {
             "name": self.name,
             "trainable": self.trainable,
@@ -179,6 +180,7 @@ class PneumoniaCNN(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        """Rebuilds a model (untrained) from `get_config`'s output."""
         return cls(**config)
 
     @property

@@ -43,6 +43,7 @@ class WeightsError(ValueError):
 def list_presets() -> list[str]:
     """Names of the released presets.
 
+    >>> from keras_pneumonia.weights import list_presets
     >>> "pneumonia_cnn_v1" in list_presets()
     True
     """
