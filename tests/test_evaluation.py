@@ -57,11 +57,30 @@ def test_degenerate_all_predictions_one_class():
 def test_youden_threshold_separates_and_prefers_half():
     y = np.array([0, 0, 0, 1, 1, 1])
     p = np.array([0.05, 0.1, 0.3, 0.6, 0.8, 0.9])
-    t = youden_threshold(y, p)
-    assert 0.3 < t <= 0.6
-    assert EvaluationReport.from_predictions(y, p, t).accuracy == 1.0
+    for rule in (True, False):
+        t = youden_threshold(y, p, one_standard_error=rule)
+        assert t == 0.5  # 0.5 separates perfectly, like every threshold in (0.3, 0.6]
     with pytest.raises(ValueError, match="both classes"):
         youden_threshold([1, 1], [0.2, 0.3])
+
+
+def test_youden_moves_away_from_half_only_for_a_clear_gain():
+    rng = np.random.default_rng(0)
+    # Many images: positives score 0.2-0.35 more often than negatives, so the best J is
+    # clearly at a low threshold, far more than one standard error better than 0.5.
+    y = np.r_[np.zeros(400, int), np.ones(400, int)]
+    p = np.r_[rng.uniform(0.0, 0.2, 400), rng.uniform(0.2, 0.35, 300), rng.uniform(0.6, 1.0, 100)]
+    t = youden_threshold(y, p)
+    assert 0.19 < t < 0.21
+    # Overlapping scores: the best J (at 0.42) beats 0.5 by less than one standard error.
+    rng = np.random.default_rng(2)
+    y = np.r_[np.zeros(50, int), np.ones(50, int)]
+    p = np.r_[rng.uniform(0.0, 0.6, 50), rng.uniform(0.4, 1.0, 50)]
+    strict = youden_threshold(y, p, one_standard_error=False)
+    assert 0.41 < strict < 0.43
+    j = [EvaluationReport.from_predictions(y, p, t) for t in (strict, 0.5)]
+    assert j[0].sensitivity + j[0].specificity > j[1].sensitivity + j[1].specificity
+    assert youden_threshold(y, p) == 0.5
 
 
 def test_expected_calibration_error():

@@ -86,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     evaluate.add_argument("--threshold", type=_fraction, help="override the model's decision threshold")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (32)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
     predict = commands.add_parser("predict", help="classify X-ray images (optionally with Grad-CAM overlays)")
@@ -174,7 +173,7 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _evaluation_data(data_dir: Path, image_size, color_mode: str, batch_size: int):
+def _evaluation_data(data_dir: Path, image_size, color_mode: str):
     from keras_pneumonia.data import CLASS_NAMES, _has_class_dirs, find_kaggle_root, load_image_folder
 
     folder = data_dir
@@ -201,7 +200,7 @@ def _cmd_evaluate(args) -> int:
     model = load_model(args.weights, compile=False)
     image_size = tuple(model.input_shape[1:3])
     color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
-    images, labels = _evaluation_data(args.data_dir, image_size, color_mode, args.batch_size)
+    images, labels = _evaluation_data(args.data_dir, image_size, color_mode)
     report = evaluate(model, (images, labels), threshold=args.threshold)
     if args.json:
         print(report.to_json())

@@ -47,24 +47,48 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-def youden_threshold(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold that maximises Youden's J = sensitivity + specificity - 1.
+def youden_threshold(y_true: np.ndarray, scores: np.ndarray, one_standard_error: bool = True) -> float:
+    """The decision threshold chosen by Youden's J = sensitivity + specificity - 1.
 
-    Ties are broken towards 0.5. The returned value is the midpoint between
-    the score at the optimum and the next lower score, so it generalises better
-    than an observed score. Needs both classes.
+    Candidate thresholds are the midpoints between consecutive distinct scores, and
+    0.5. With ``one_standard_error`` (the default), every candidate whose J is within
+    one standard error of the best J counts as optimal, and the one closest to 0.5 is
+    returned: the "one-standard-error rule" of model selection (Breiman et al. 1984).
+    A model trained with balanced class weights already puts its equal-cost decision
+    at 0.5, so the threshold moves away from 0.5 only when validation shows a clear
+    gain, not for a gain of one or two images that would not carry over to new data.
+    With ``one_standard_error=False`` the best J wins, ties broken towards 0.5.
+
+    The standard error is that of J at the best threshold,
+    ``sqrt(sens (1 - sens) / n_pos + spec (1 - spec) / n_neg)``.
+
+    Args:
+        y_true: Labels, 1 for PNEUMONIA.
+        scores: Predicted probabilities of PNEUMONIA.
+        one_standard_error: Apply the one-standard-error rule.
+
+    Raises:
+        ValueError: Only one class is present.
     """
     y_true = np.asarray(y_true).astype(bool)
-    if y_true.all() or (~y_true).all():
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
+    if n_pos == 0 or n_neg == 0:
         raise ValueError("Choosing a threshold needs validation images of both classes.")
-    fpr, tpr, thresholds = roc_curve(y_true, scores)
-    j = tpr - fpr
-    candidates = np.flatnonzero(np.isclose(j, j.max()))
-    # The thresholds array starts with inf; the point after it is the next lower score.
-    best = min(candidates, key=lambda i: abs(min(thresholds[i], 1.0) - 0.5))
-    upper = min(thresholds[best], 1.0)
-    lower = thresholds[best + 1] if best + 1 < len(thresholds) else 0.0
-    return float(np.clip((upper + lower) / 2, 1e-6, 1 - 1e-6))
+    distinct = np.unique(scores)
+    candidates = np.unique(np.r_[(distinct[1:] + distinct[:-1]) / 2, distinct[0] / 2, (distinct[-1] + 1) / 2, 0.5])
+    predicted = scores[None, :] >= candidates[:, None]
+    sensitivity = (predicted & y_true).sum(axis=1) / n_pos
+    specificity = (~predicted & ~y_true).sum(axis=1) / n_neg
+    j = sensitivity + specificity - 1
+    best = int(np.argmax(j))
+    tolerance = 1e-12
+    if one_standard_error:
+        se = sensitivity[best] * (1 - sensitivity[best]) / n_pos + specificity[best] * (1 - specificity[best]) / n_neg
+        tolerance += float(np.sqrt(se))
+    good = np.flatnonzero(j >= j[best] - tolerance)
+    chosen = good[np.argmin(np.abs(candidates[good] - 0.5))]
+    return float(np.clip(candidates[chosen], 1e-6, 1 - 1e-6))
 
 
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:

@@ -304,6 +304,7 @@ def explanation_figure(
     Returns:
         The `matplotlib.figure.Figure`.
     """
+    from matplotlib.cm import ScalarMappable
     from matplotlib.figure import Figure
 
     rgb = _as_rgb_uint8(image)
