@@ -59,15 +59,21 @@ def main(argv=None) -> dict:
 
     keras.utils.set_random_seed(args.seed)
     train, val = keras.utils.image_dataset_from_directory(
-        args.data / "train", image_size=(args.image_size,) * 2, batch_size=32, seed=args.seed,
-        validation_split=0.2, subset="both",
+        args.data / "train",
+        image_size=(args.image_size,) * 2,
+        batch_size=32,
+        seed=args.seed,
+        validation_split=0.2,
+        subset="both",
     )
     train_patients = {patient_id(Path(p).name) for p in train.file_paths}
     leaked = sum(patient_id(Path(p).name) in train_patients for p in val.file_paths)
     model = seed_model(args.image_size)
     start = time.time()
     history = model.fit(
-        train, validation_data=val, epochs=args.epochs,
+        train,
+        validation_data=val,
+        epochs=args.epochs,
         callbacks=[keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True)],
     )
     labels, probabilities = predict_proba(model, val)  # one pass: the dataset reshuffles

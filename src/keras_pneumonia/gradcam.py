@@ -312,12 +312,9 @@ def explanation_figure(
     left, right = figure.subplots(1, 2)
     left.imshow(rgb)
     left.set_title("X-ray")
-    image_artist = right.imshow(overlay(rgb, heatmap, alpha=alpha))
+    right.imshow(overlay(rgb, heatmap, alpha=alpha))
     right.set_title("Grad-CAM")
-    import matplotlib
-
-    figure.colorbar(matplotlib.cm.ScalarMappable(cmap="jet"), ax=right, fraction=0.046, pad=0.02, label="relevance")
-    del image_artist
+    figure.colorbar(ScalarMappable(cmap="jet"), ax=right, fraction=0.046, pad=0.02, label="relevance")
     for ax in (left, right):
         ax.axis("off")
     figure.suptitle(f"{title + ': ' if title else ''}{label}  (P(pneumonia) = {probability:.3f})")

@@ -295,4 +295,3 @@ def export_preset(model_path: str | Path, name: str = DEFAULT_PRESET, output_dir
         "class_names": list(clean.class_names),
         "threshold": clean.threshold,
     }
-
