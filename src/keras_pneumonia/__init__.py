@@ -9,16 +9,8 @@ The public API::
     report = kp.evaluate(model, data.val)          # accuracy, AUC, sensitivity...
     heatmaps = kp.gradcam(model, images)           # why it decided
 
-Heavy optional modules (matplotlib, tf-keras-vis, Pillow) are imported only when
-used. Importing the package sets ``TF_CPP_MIN_LOG_LEVEL=1`` (TensorFlow's C++
-INFO lines off) unless it is already set or TensorFlow is already imported.
+Heavy optional modules (matplotlib, tf-keras-vis, Pillow) are imported only when used.
 """
-
-import os as _os
-import sys as _sys
-
-if "tensorflow" not in _sys.modules:
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from keras_pneumonia import callbacks, plots, weights
 from keras_pneumonia._version import __version__

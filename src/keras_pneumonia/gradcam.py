@@ -194,6 +194,7 @@ def gradcam(
     ((100, 80), True, True)
     """
     _require_tensorflow()
+    import keras
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
     from tf_keras_vis.scorecam import Scorecam
@@ -212,7 +213,9 @@ def gradcam(
     batch = np.stack([_model_input(model, item) for item in items]).astype("float32")
     path = layer or find_last_conv_layer(model)
     flat, target = _flat_clone(model, path)
-    probabilities = np.asarray(flat.predict(batch, verbose=0))
+    # A direct call, not predict(): each call builds a new flat model, and predict()
+    # would trace a new tf.function for it every time.
+    probabilities = keras.ops.convert_to_numpy(flat(batch, training=False))
     if class_index is None:
         classes = probabilities.argmax(axis=-1).tolist()
     else:
