@@ -109,7 +109,10 @@ def build(session: nox.Session) -> None:
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     session.run(python, "-c", check, env=offline_env, external=True)
-    session.run(str(venv / "bin" / "keras-pneumonia"), "--version", external=True)
+    cli = str(venv / "bin" / "keras-pneumonia")
+    session.run(cli, "--version", external=True)
+    # The default weights evaluate a labelled folder with no network.
+    session.run(cli, "evaluate", "tests/data/chest_xray", "--json", env=offline_env, external=True)
 
 
 @nox.session

@@ -178,29 +178,6 @@ def bench_pipeline(data: Path, size: int, repeats: int) -> dict:
 # --------------------------------------------------------------------------- training
 
 
-def seed_model(size: int):
-    """The seed's architecture: three conv + max-pool blocks, flatten, dense 128, softmax."""
-    import keras
-
-    model = keras.Sequential(
-        [
-            keras.Input((size, size, 1)),
-            keras.layers.Rescaling(1.0 / 255),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(128, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(2, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
 def bench_training(data: Path, size: int, repeats: int) -> dict:
     import keras
 
@@ -228,7 +205,9 @@ def bench_training(data: Path, size: int, repeats: int) -> dict:
         verbose=False,
     )
     n_seed = sum(int(x.shape[0]) for x, _ in seed_data)
-    seed = seed_model(size)
+    from seed_recipe import seed_model  # benchmarks/ is on sys.path when this script runs
+
+    seed = seed_model(size, channels=1)
     seed.fit(seed_data.take(3), epochs=1, verbose=0)
 
     def seed_epoch():

@@ -28,10 +28,11 @@ from keras_pneumonia.evaluation import EvaluationReport, predict_proba  # noqa: 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray_224"
 
 
-def seed_model(size: int) -> keras.Model:
+def seed_model(size: int, channels: int = 3) -> keras.Model:
+    """The seed's architecture: three conv + max-pool blocks, flatten, dense 128, softmax."""
     model = keras.Sequential(
         [
-            keras.Input((size, size, 3)),
+            keras.Input((size, size, channels)),
             keras.layers.Rescaling(1.0 / 255),
             keras.layers.Conv2D(32, 3, activation="relu"),
             keras.layers.MaxPooling2D(),

@@ -168,6 +168,24 @@ def test_cli_bad_options_exit_2(argv, capsys):
     assert info.value.code == 2
 
 
+def test_train_cli_can_keep_the_kaggle_val_folder(kaggle_dir, tmp_path):
+    for name in ("NORMAL", "PNEUMONIA"):
+        (kaggle_dir / "val" / name).mkdir(parents=True)
+    (kaggle_dir / "train/NORMAL/IM-0115-0001.jpeg").rename(kaggle_dir / "val/NORMAL/IM-0115-0001.jpeg")
+    (kaggle_dir / "train/PNEUMONIA/person1_bacteria_1.jpeg").rename(
+        kaggle_dir / "val/PNEUMONIA/person1_bacteria_1.jpeg"
+    )
+    run = tmp_path / "run"
+    argv = ["train", str(kaggle_dir), "--output", str(run), "--epochs", "1", "--kaggle-val", "keep", *TINY_CLI]
+    assert main(argv) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert [e["path"] for e in split["val"]] == [
+        "val/NORMAL/IM-0115-0001.jpeg",
+        "val/PNEUMONIA/person1_bacteria_1.jpeg",
+    ]
+    assert json.loads((run / "run.json").read_text())["arguments"]["kaggle_val"] == "keep"
+
+
 def test_split_cli(kaggle_dir, tmp_path, capsys):
     manifest = tmp_path / "split.json"
     assert (

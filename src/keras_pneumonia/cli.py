@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (32)")
     train.add_argument("--validation-split", type=_fraction, default=0.1, help="validation fraction, by patient (0.1)")
     train.add_argument("--seed", type=int, default=1337, help="seed of split, initialisation and shuffle (1337)")
+    train.add_argument(
+        "--kaggle-val", choices=("pool", "keep"), default="pool", help="pool val/ into train, or keep it as validation"
+    )
     train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (1e-3)")
     train.add_argument("--callbacks", choices=("default", "fine_tune"), default="default", help="callback preset")
     train.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1 grayscale, 3 RGB (1)")
@@ -151,6 +154,7 @@ def _cmd_train(args) -> int:
         batch_size=args.batch_size,
         validation_split=args.validation_split,
         seed=args.seed,
+        kaggle_val=args.kaggle_val,
         learning_rate=args.learning_rate,
         callbacks=args.callbacks,
         model_kwargs=model_kwargs,

@@ -47,6 +47,7 @@ def train(
     batch_size: int = 32,
     validation_split: float = 0.1,
     seed: int = 1337,
+    kaggle_val: str = "pool",
     learning_rate: float = 1e-3,
     callbacks: str = "default",
     model_kwargs: Mapping[str, Any] | None = None,
@@ -73,6 +74,7 @@ def train(
         image_size: Square input size in pixels.
         batch_size: Batch size.
         validation_split: Fraction of the training data (by patient) for validation.
+        kaggle_val: ``"pool"`` or ``"keep"``: what to do with a ``val/`` folder (see `load_chest_xray`).
         seed: Seeds the split, the initialisation and the shuffling.
         learning_rate: Adam's initial learning rate.
         callbacks: Callback preset, ``"default"`` or ``"fine_tune"``.
@@ -123,6 +125,7 @@ def train(
         batch_size=batch_size,
         validation_split=validation_split,
         seed=seed,
+        kaggle_val=kaggle_val,
     )
     data.save_manifest(output / "split.json")
     logger.info("Split: %s", data.counts)
@@ -173,6 +176,7 @@ def train(
             "image_size": image_size,
             "batch_size": batch_size,
             "validation_split": validation_split,
+            "kaggle_val": kaggle_val,
             "seed": seed,
             "learning_rate": learning_rate,
             "callbacks": callbacks,
