@@ -118,6 +118,7 @@ def _configure_logging(verbose: bool) -> None:
 def _cmd_split(args) -> int:
     from keras_pneumonia.data import load_chest_xray
 
+    # Every file is decoded (at 8 px, which is cheap) so that bad files are reported here.
     data = load_chest_xray(
         args.data_dir,
         validation_split=args.validation_split,
@@ -328,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("keras-pneumonia: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
+    except (CLIError, ValueError, RuntimeError, FileNotFoundError, FileExistsError, PermissionError) as error:
         if args.verbose:
             logger.exception("failed")
         message = str(error).strip() or type(error).__name__

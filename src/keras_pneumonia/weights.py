@@ -254,8 +254,11 @@ def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | 
             if shipped is not None and _verified(shipped, preset["sha256"]):
                 from keras_pneumonia._io import atomic_path
 
-                with atomic_path(destination) as tmp:
-                    shutil.copyfile(shipped, tmp)
+                try:
+                    with atomic_path(destination) as tmp:
+                        shutil.copyfile(shipped, tmp)
+                except OSError as error:
+                    raise WeightsError(f"Cannot write to the weights cache {cache}: {error}") from None
             else:
                 download(preset["url"], destination, preset["sha256"])
         paths.append(destination)
