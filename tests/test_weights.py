@@ -6,6 +6,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 
 import keras_pneumonia as kp
@@ -222,3 +223,18 @@ def test_wheel_contains_the_default_weights_and_samples(tmp_path):
     assert f"keras_pneumonia/assets/{name}" in names
     assert sum(n.startswith("keras_pneumonia/assets/samples/") and n.endswith(".jpeg") for n in names) >= 2
     assert "keras_pneumonia/py.typed" in names
+
+
+def test_export_preset_writes_a_loadable_file_without_optimizer_state(tmp_path):
+    model = kp.PneumoniaCNN(threshold=0.3, **TINY)
+    model.compile()
+    model.fit(np.zeros((4, 32, 32, 1), np.uint8), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
+    model.save(tmp_path / "trained.keras")
+    fields = weights.export_preset(tmp_path / "trained.keras", output_dir=tmp_path / "release")
+    path = tmp_path / "release" / presets.PRESETS[presets.DEFAULT_PRESET]["file_name"]
+    assert fields["sha256"] == weights.sha256sum(path) and fields["size"] == path.stat().st_size
+    assert fields["threshold"] == pytest.approx(0.3)
+    assert path.stat().st_size < (tmp_path / "trained.keras").stat().st_size  # no Adam moments
+    exported = kp.PneumoniaCNN.from_pretrained(path, compile=False)
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1), dtype=np.uint8)
+    np.testing.assert_allclose(exported.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)

@@ -31,7 +31,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _clone_without_optimizer(model):
+def clone_without_optimizer(model):
     """A copy of ``model`` with the same weights and no optimizer state (a smaller file)."""
     clone = type(model).from_config(model.get_config())
     clone.set_weights(model.get_weights())
@@ -151,7 +151,7 @@ def train(
         predictions["test"] = predict_proba(model, data.test)
         reports["test"] = EvaluationReport.from_predictions(*predictions["test"], model.threshold, data.class_names)
 
-    atomic_save_model(_clone_without_optimizer(model), output / "model.keras")
+    atomic_save_model(clone_without_optimizer(model), output / "model.keras")
     if (output / "history.csv").exists():
         plots.plot_history(output / "history.csv", output / "history.png")
     for split, (y, p) in predictions.items():

@@ -280,11 +280,9 @@ def export_preset(model_path: str | Path, name: str = DEFAULT_PRESET, output_dir
     import keras
 
     from keras_pneumonia._io import atomic_save_model
-    from keras_pneumonia.models import PneumoniaCNN
+    from keras_pneumonia.training import clone_without_optimizer
 
-    model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    clean = PneumoniaCNN.from_config(model.get_config())
-    clean.set_weights(model.get_weights())
+    clean = clone_without_optimizer(keras.saving.load_model(model_path, compile=False, safe_mode=True))
     folder = Path(output_dir) if output_dir else Path(str(resources.files("keras_pneumonia") / "assets"))
     destination = folder / PRESETS[name]["file_name"]
     atomic_save_model(clean, destination)
