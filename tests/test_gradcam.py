@@ -136,7 +136,7 @@ def test_overlay_and_figure(tmp_path):
     assert np.array_equal(kp.overlay(image, heat, alpha=0.0)[..., 0], image)
     figure = kp.explanation_figure(image, heat, label="PNEUMONIA", probability=0.9, path=tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
-    assert "PNEUMONIA" in figure.texts[0].get_text() if figure.texts else True
+    assert figure.get_suptitle() == "PNEUMONIA  (P(pneumonia) = 0.900)"
 
 
 @pytest.fixture
