@@ -85,7 +85,7 @@ def main():
     samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
     grid(model, samples, STATIC / "gradcam_samples.png")
     if args.xrays:
-        grid(model, sorted(args.xrays.rglob("*.jpeg")), STATIC / "gradcam_grid.png")
+        grid(model, sorted(args.xrays.rglob("*.jpeg")), STATIC / "gradcam_grid.png", columns=3)
     for name in ("history.png", "roc_val.png", "confusion_val.png"):
         if (args.run / name).exists():
             shutil.copyfile(args.run / name, STATIC / name)
