@@ -176,10 +176,10 @@ def _cmd_train(args) -> int:
 
 
 def _evaluation_data(data_dir: Path, image_size, color_mode: str):
-    from keras_pneumonia.data import CLASS_NAMES, _has_class_dirs, find_kaggle_root, load_image_folder
+    from keras_pneumonia.data import CLASS_NAMES, find_kaggle_root, has_class_dirs, load_image_folder
 
     folder = data_dir
-    if not _has_class_dirs(folder, CLASS_NAMES):
+    if not has_class_dirs(folder, CLASS_NAMES):
         try:
             root = find_kaggle_root(data_dir)
         except ValueError:
@@ -187,7 +187,7 @@ def _evaluation_data(data_dir: Path, image_size, color_mode: str):
                 f"{data_dir} must hold NORMAL/ and PNEUMONIA/ folders, or be a Kaggle root with test/."
             ) from None
         folder = root / "test"
-        if not _has_class_dirs(folder, CLASS_NAMES):
+        if not has_class_dirs(folder, CLASS_NAMES):
             raise CLIError(f"{root} has no test/NORMAL and test/PNEUMONIA folders to evaluate on.")
     images, labels, _ = load_image_folder(folder, image_size=image_size, color_mode=color_mode)
     if len(labels) == 0:

@@ -233,7 +233,8 @@ def _list_class_dir(class_dir: Path) -> list[Path]:
     )
 
 
-def _has_class_dirs(folder: Path, class_names: Sequence[str]) -> bool:
+def has_class_dirs(folder: Path, class_names: Sequence[str] = CLASS_NAMES) -> bool:
+    """Whether ``folder`` holds one sub-folder per class (``NORMAL/``, ``PNEUMONIA/``)."""
     return folder.is_dir() and all((folder / c).is_dir() for c in class_names)
 
 
@@ -259,7 +260,7 @@ def find_kaggle_root(data_dir: str | Path, class_names: Sequence[str] = CLASS_NA
     data_dir = Path(data_dir)
     candidates = [data_dir, data_dir / "chest_xray", data_dir / "chest_xray" / "chest_xray"]
     for candidate in candidates:
-        if _has_class_dirs(candidate / "train", class_names):
+        if has_class_dirs(candidate / "train", class_names):
             return candidate
     expected = "/".join(class_names)
     raise LayoutError(
@@ -415,7 +416,7 @@ def load_image_folder(
         labels, and the `FileEntry` of each image (paths relative to ``directory``).
     """
     directory = Path(directory)
-    if not _has_class_dirs(directory, class_names):
+    if not has_class_dirs(directory, class_names):
         raise LayoutError(
             f"{directory} must hold one folder per class ({', '.join(class_names)}). Found: {_describe(directory)}."
         )
@@ -514,7 +515,7 @@ def load_chest_xray(
     class_names = list(class_names)
 
     pool = _entries(root / "train", root, class_names)
-    has_val = _has_class_dirs(root / "val", class_names)
+    has_val = has_class_dirs(root / "val", class_names)
     given_val = _entries(root / "val", root, class_names) if has_val else []
     for name in class_names:
         if not any(e.label == class_names.index(name) for e in pool):
@@ -532,7 +533,7 @@ def load_chest_xray(
         train_entries, val_entries = pool, given_val
     else:
         train_entries, val_entries = split_by_patient(pool + given_val, validation_split, seed)
-    test_entries = _entries(root / "test", root, class_names) if _has_class_dirs(root / "test", class_names) else None
+    test_entries = _entries(root / "test", root, class_names) if has_class_dirs(root / "test", class_names) else None
 
     files: dict[str, list[FileEntry]] = {}
     datasets: dict[str, Any] = {}

@@ -40,7 +40,7 @@ PRESETS: dict[str, dict] = {
             "auc": 0.9957,
             "ece": 0.0120,
         },
-        "training_command": ("keras-pneumonia train chest_xray_224 --output runs/release-v1 --epochs 40 --seed 1337"),
+        "training_command": "keras-pneumonia train chest_xray_224 --output runs/release-v1 --epochs 40 --seed 1337",
         "data_license": _DATA_LICENSE,
     },
 }
