@@ -2,8 +2,9 @@
 
     python examples/train.py path/to/chest_xray --output runs/example --epochs 20
 
-The same as `keras-pneumonia train`, spelled out: patient-disjoint split, class weights,
-the default callback preset, the threshold chosen on validation, a saved model.
+The same as `keras-pneumonia train`, spelled out: patient-disjoint split, augmentation in
+the input pipeline (the model itself stays deterministic), class weights, the default
+callback preset, the threshold chosen on validation, a saved model.
 """
 
 import argparse
@@ -34,8 +35,10 @@ def main(argv=None):
     print("images per split:", data.counts)
     model = kp.PneumoniaCNN(image_size=args.image_size, filters=[int(f) for f in args.filters.split(",")])
     model.compile()
+    # Framing, exposure, blur and noise changes, applied by tf.data to each training batch.
+    train = kp.Augmentation.preset("strong").apply_to_dataset(data.train, seed=args.seed)
     history = model.fit(
-        data.train,
+        train,
         validation_data=data.val,
         epochs=args.epochs,
         class_weight=data.class_weight,

@@ -7,6 +7,7 @@ import keras
 import pytest
 
 import keras_pneumonia as kp
+from keras_pneumonia.evaluation import predict_proba, youden_threshold
 from conftest import FULLRES, TINY
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -44,7 +45,8 @@ def test_train_example(kaggle_dir, tmp_path):
         ]
     )
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
-    assert model.threshold != 0.5
+    data = kp.load_chest_xray(kaggle_dir, image_size=32, validation_split=0.25, seed=1337)
+    assert model.threshold == youden_threshold(*predict_proba(model, data.val))
     assert (tmp_path / "run" / "history.png").is_file()
 
 

@@ -14,24 +14,29 @@ Heavy optional modules (matplotlib, tf-keras-vis, Pillow) are imported only when
 
 from keras_pneumonia import callbacks, plots, weights
 from keras_pneumonia._version import __version__
+from keras_pneumonia.augmentation import Augmentation
 from keras_pneumonia.data import BadImageError, ChestXrayData, LayoutError, load_chest_xray, load_image
 from keras_pneumonia.evaluation import EvaluationReport, evaluate
 from keras_pneumonia.gradcam import explanation_figure, gradcam, overlay
 from keras_pneumonia.layers import PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 from keras_pneumonia.models import PneumoniaCNN
+from keras_pneumonia.robustness import RobustnessReport, evaluate_robustness
 
 __all__ = [
+    "Augmentation",
     "BadImageError",
     "ChestXrayData",
     "EvaluationReport",
     "LayoutError",
     "PerImageStandardization",
     "PneumoniaCNN",
+    "RobustnessReport",
     "SparseAUC",
     "__version__",
     "callbacks",
     "evaluate",
+    "evaluate_robustness",
     "explanation_figure",
     "gradcam",
     "load_chest_xray",

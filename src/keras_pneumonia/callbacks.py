@@ -43,6 +43,9 @@ PRESETS = {
         "early_stopping": {"monitor": "val_loss", "patience": 3, "restore_best_weights": True},
         "reduce_lr": {"monitor": "val_loss", "factor": 0.2, "patience": 1, "min_lr": 1e-7},
     },
+    # For a learning-rate schedule fixed in advance (e.g. cosine decay): no early
+    # stopping, no plateau, the last epoch is the result.
+    "fixed": {},
 }
 
 
@@ -80,13 +83,16 @@ def preset(
     if "double_checkpoint" in inspect.signature(keras.callbacks.BackupAndRestore).parameters:
         # Keeps the previous backup too, so a backup cut off mid-write is not fatal.
         backup_kwargs["double_checkpoint"] = True
-    callbacks = [
-        keras.callbacks.EarlyStopping(verbose=verbose, **settings["early_stopping"]),
-        keras.callbacks.ReduceLROnPlateau(verbose=verbose, **settings["reduce_lr"]),
+    callbacks = []
+    if "early_stopping" in settings:
+        callbacks.append(keras.callbacks.EarlyStopping(verbose=verbose, **settings["early_stopping"]))
+    if "reduce_lr" in settings:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(verbose=verbose, **settings["reduce_lr"]))
+    callbacks += [
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "checkpoints" / "epoch{epoch:03d}-val_loss{val_loss:.4f}.keras"),
             monitor="val_loss",
-            save_best_only=True,
+            save_best_only=bool(settings),
             verbose=verbose,
         ),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), **backup_kwargs),
@@ -95,3 +101,37 @@ def preset(
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     return callbacks
+
+
+class MonitorFolder(keras.callbacks.Callback):
+    """Scores the model on a fixed labelled set after every epoch, for the record.
+
+    Adds ``{prefix}accuracy``, ``{prefix}auc``, ``{prefix}sensitivity`` and
+    ``{prefix}specificity`` (at the model's threshold) to the epoch's logs, so
+    `keras.callbacks.CSVLogger` writes them. Put it before the logger in the
+    callback list. It changes nothing in training: use it to watch a second test
+    set, never to choose the epoch.
+
+    Args:
+        images: ``uint8`` images ``(n, h, w, c)``.
+        labels: Integer labels.
+        prefix: Prefix of the log keys.
+        batch_size: Prediction batch size.
+    """
+
+    def __init__(self, images, labels, prefix: str = "monitor_", batch_size: int = 64):
+        super().__init__()
+        self.images = images
+        self.labels = labels
+        self.prefix = prefix
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_pneumonia.evaluation import EvaluationReport
+
+        probabilities = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)[:, -1]
+        threshold = float(getattr(self.model, "threshold", 0.5))
+        report = EvaluationReport.from_predictions(self.labels, probabilities, threshold)
+        if logs is not None:
+            for key in ("accuracy", "auc", "sensitivity", "specificity"):
+                logs[self.prefix + key] = getattr(report, key)

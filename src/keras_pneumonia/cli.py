@@ -39,6 +39,18 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _name_list(text: str) -> list[str]:
+    from keras_pneumonia.robustness import PERTURBATIONS
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [n for n in names if n not in PERTURBATIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown perturbation(s) {', '.join(unknown) or text!r}; choose from {', '.join(PERTURBATIONS)}"
+        )
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also rendered in the docs' CLI reference)."""
     parser = argparse.ArgumentParser(
@@ -76,7 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dropout", type=float, help="dropout rate")
     train.add_argument("--head", choices=("flatten", "avg", "max"), help="flatten or global pooling")
     train.add_argument("--normalization", choices=("per_image", "rescale"), help="input normalisation")
-    train.add_argument("--no-augmentation", action="store_true", help="turn random rotation/translation/zoom off")
+    train.add_argument(
+        "--augmentation",
+        choices=("strong", "light", "none"),
+        default="strong",
+        help="augmentation of the training pipeline (strong: framing, exposure, blur, noise)",
+    )
+    train.add_argument("--no-augmentation", action="store_true", help="same as --augmentation none")
+    train.add_argument(
+        "--schedule",
+        choices=("plateau", "cosine"),
+        default="plateau",
+        help="plateau: halve the LR and stop early on validation loss; cosine: decay to 0 over --epochs",
+    )
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: plain Adam)")
+    train.add_argument("--ema", action="store_true", help="average the weights (exponential moving average)")
+    train.add_argument(
+        "--monitor",
+        type=Path,
+        metavar="DIR",
+        help="labelled folder scored after every epoch, for the record only (never chooses epoch or threshold)",
+    )
     train.add_argument("--no-class-weight", action="store_true", help="do not balance the classes in the loss")
     train.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops (slower)")
     train.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
@@ -89,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     evaluate.add_argument("--threshold", type=_fraction, help="override the model's decision threshold")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also score under framing/exposure/blur/JPEG/rotation perturbations, with flip rates",
+    )
+    evaluate.add_argument(
+        "--perturbations", type=_name_list, metavar="NAMES", help="comma-separated subset (default: all 14)"
+    )
+    evaluate.add_argument(
+        "--report-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --robustness: write robustness.json, robustness.md and robustness.png there",
+    )
 
     predict = commands.add_parser("predict", help="classify X-ray images (optionally with Grad-CAM overlays)")
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
@@ -145,8 +191,6 @@ def _cmd_train(args) -> int:
         value = getattr(args, key)
         if value is not None:
             model_kwargs[key] = value
-    if args.no_augmentation:
-        model_kwargs["augmentation"] = False
     report = train(
         args.data_dir,
         args.output,
@@ -158,6 +202,11 @@ def _cmd_train(args) -> int:
         kaggle_val=args.kaggle_val,
         learning_rate=args.learning_rate,
         callbacks=args.callbacks,
+        augmentation="none" if args.no_augmentation else args.augmentation,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
+        ema=args.ema,
+        monitor_dir=args.monitor,
         model_kwargs=model_kwargs,
         class_weight=not args.no_class_weight,
         deterministic=args.deterministic,
@@ -167,7 +216,7 @@ def _cmd_train(args) -> int:
     )
     from keras_pneumonia.evaluation import EvaluationReport
 
-    for split in ("val", "test"):
+    for split in ("val", "test", "monitor"):
         if split in report:
             print(f"\n{split} ({report[split]['n']} images), threshold {report['threshold']:.4f}:")
             print(EvaluationReport.from_dict(report[split]).to_markdown())
@@ -175,8 +224,8 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _evaluation_data(data_dir: Path, image_size, color_mode: str):
-    from keras_pneumonia.data import CLASS_NAMES, find_kaggle_root, has_class_dirs, load_image_folder
+def _evaluation_folder(data_dir: Path) -> Path:
+    from keras_pneumonia.data import CLASS_NAMES, find_kaggle_root, has_class_dirs
 
     folder = data_dir
     if not has_class_dirs(folder, CLASS_NAMES):
@@ -189,6 +238,13 @@ def _evaluation_data(data_dir: Path, image_size, color_mode: str):
         folder = root / "test"
         if not has_class_dirs(folder, CLASS_NAMES):
             raise CLIError(f"{root} has no test/NORMAL and test/PNEUMONIA folders to evaluate on.")
+    return folder
+
+
+def _evaluation_data(data_dir: Path, image_size, color_mode: str):
+    from keras_pneumonia.data import load_image_folder
+
+    folder = _evaluation_folder(data_dir)
     images, labels, _ = load_image_folder(folder, image_size=image_size, color_mode=color_mode)
     if len(labels) == 0:
         raise CLIError(f"{folder} holds no images (.jpeg, .jpg or .png).")
@@ -204,10 +260,33 @@ def _cmd_evaluate(args) -> int:
     color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
     images, labels = _evaluation_data(args.data_dir, image_size, color_mode)
     report = evaluate(model, (images, labels), threshold=args.threshold)
+    if not args.robustness:
+        print(report.to_json() if args.json else report.to_markdown())
+        return 0
+
+    from keras_pneumonia.robustness import evaluate_robustness
+
+    robustness = evaluate_robustness(
+        model, _evaluation_folder(args.data_dir), args.perturbations, threshold=args.threshold
+    )
+    if args.report_dir is not None:
+        from keras_pneumonia import plots
+        from keras_pneumonia._io import atomic_write_text
+
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.report_dir / "robustness.json", robustness.to_json() + "\n")
+        atomic_write_text(args.report_dir / "robustness.md", robustness.to_markdown() + "\n")
+        plots.plot_robustness(
+            robustness, args.report_dir / "robustness.png", title=f"{model.name} on {args.data_dir}"
+        )
     if args.json:
-        print(report.to_json())
+        print(json.dumps({"report": report.to_dict(), "robustness": robustness.to_dict()}, indent=2))
     else:
         print(report.to_markdown())
+        print()
+        print(robustness.to_markdown())
+        if args.report_dir is not None:
+            print(f"\nRobustness report written to {args.report_dir}")
     return 0
 
 

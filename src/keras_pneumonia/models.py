@@ -35,8 +35,10 @@ class PneumoniaCNN(keras.Model):
     Preprocessing lives inside the model: it takes **raw pixel values**
     (``0``-``255``, any dtype, any batch size, shape ``(H, W, channels)`` at the
     model's ``image_size``) and rescales them itself, so a saved model cannot be
-    fed wrongly. Light geometric augmentation (rotation, translation, zoom) is
-    part of the graph too and is active only in training.
+    fed wrongly. The model is deterministic: ``model(x)``, ``model.predict(x)``
+    and an exported SavedModel give the same answer. Training-time augmentation
+    belongs to the input pipeline (`keras_pneumonia.augmentation`, used by
+    `keras_pneumonia.training.train`).
 
     The class names and the decision ``threshold`` on the probability of the
     last class (PNEUMONIA) are stored in the config, so they travel with a
@@ -54,8 +56,11 @@ class PneumoniaCNN(keras.Model):
         head: ``"flatten"`` (as in the seed), ``"avg"`` or ``"max"`` (global pooling).
         normalization: ``"per_image"`` (zero mean and unit variance per image,
             robust to exposure) or ``"rescale"`` (divide by 255, as in the seed).
-        augmentation: Whether to add random rotation, translation and zoom
-            (training only).
+        augmentation: Adds 0.1.0's random rotation, translation and zoom layers
+            to the graph. They run only when the model is called with
+            ``training=True`` passed explicitly (as ``fit`` does), never from
+            ``model(x)``, ``predict`` or an export. Kept so that 0.1.0 files
+            load; new models leave it off and augment in the data pipeline.
         class_names: Names of the output classes, in label order.
         threshold: Decision threshold on the probability of the last class.
         **kwargs: Passed to `keras.Model` (``name``, ``dtype``...).
@@ -83,7 +88,7 @@ class PneumoniaCNN(keras.Model):
         dropout: float = 0.3,
         head: str = "avg",
         normalization: str = "per_image",
-        augmentation: bool = True,
+        augmentation: bool = False,
         class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
         threshold: float = 0.5,
         **kwargs,
@@ -136,7 +141,9 @@ class PneumoniaCNN(keras.Model):
         inputs = keras.Input(shape=(*image_size, channels), name="image")
         x = keras.ops.cast(inputs, "float32")
         for layer in aug_layers:
-            x = layer(x)
+            # Recorded with training=False: `fit` overrides it with an explicit
+            # training=True; a plain `model(x)` (training=None) keeps it off.
+            x = layer(x, training=False)
         x = norm_layer(x)
         for block in conv_layers:
             for layer in block:

@@ -102,3 +102,71 @@ def plot_confusion_matrix(
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     return _save(figure, path)
+
+
+def plot_robustness(reports, path: str | Path | None = None, title: str | None = None):
+    """Flip rate and sensitivity/specificity under each perturbation, one or several models side by side.
+
+    Args:
+        reports: A `keras_pneumonia.robustness.RobustnessReport`, its ``to_dict()``,
+            or a mapping ``{label: report}`` to compare models (e.g. v1 against v2).
+        path: Where to save the PNG (optional).
+        title: Figure title, e.g. which data set (``"test_dev (used for choices)"``).
+    """
+    if hasattr(reports, "results") or (isinstance(reports, Mapping) and "results" in reports):
+        reports = {"": reports}
+    reports = {label: getattr(r, "results", None) or r["results"] for label, r in reports.items()}
+    names = list(next(iter(reports.values())))
+    y = np.arange(len(names))
+    figure, (ax_flip, ax_rate) = _figure(11, 0.36 * len(names) + 1.6, 2)
+    height = 0.8 / len(reports)
+    for i, (label, results) in enumerate(reports.items()):
+        offset = (i - (len(reports) - 1) / 2) * height
+        flips = [100 * results[n]["flip_rate"] for n in names]
+        bars = ax_flip.barh(y + offset, flips, height=height, color=f"C{i}", label=label or None)
+        ax_flip.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        marker = "os^v"[i % 4]
+        ax_rate.plot([results[n]["specificity"] for n in names], y, marker, color="C3", alpha=0.9 - 0.3 * i,
+                     label=f"specificity {label}".strip())
+        ax_rate.plot([results[n]["sensitivity"] for n in names], y, marker, color="C2", alpha=0.9 - 0.3 * i,
+                     label=f"sensitivity {label}".strip())
+    ax_flip.axvline(5, color="grey", ls="--", lw=1)
+    ax_flip.set_xlabel("flip rate (% of images whose decision changes)")
+    ax_rate.set_xlabel("sensitivity / specificity at the model's threshold")
+    ax_rate.set_xlim(min(0.4, ax_rate.get_xlim()[0]), 1.01)
+    for ax in (ax_flip, ax_rate):
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.grid(alpha=0.3, axis="x")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8, loc="best")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_perturbations(image, path: str | Path | None = None, perturbations: Sequence[str] | None = None):
+    """One X-ray under each named perturbation, resized as the model sees it (what the robustness report tests).
+
+    Args:
+        image: A ``uint8`` image ``(h, w, c)`` at its original resolution.
+        path: Where to save the PNG (optional).
+        perturbations: Names (default: all of `keras_pneumonia.robustness.PERTURBATIONS`).
+    """
+    from keras_pneumonia.robustness import PERTURBATIONS, _resize, perturb
+
+    names = ["clean", *(perturbations or PERTURBATIONS)]
+    columns = 5
+    rows = -(-len(names) // columns)
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    size = image.shape[:2]
+    for ax, name in zip(axes, names):
+        shown = image if name == "clean" else _resize(perturb(image, name), size)
+        ax.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name, fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    return _save(figure, path)

@@ -14,6 +14,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+SCHEDULES = ("plateau", "cosine")
+
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and of the packages that decide a run's numbers."""
@@ -50,6 +52,11 @@ def train(
     kaggle_val: str = "pool",
     learning_rate: float = 1e-3,
     callbacks: str = "default",
+    augmentation: str = "strong",
+    schedule: str = "plateau",
+    weight_decay: float = 0.0,
+    ema: bool = False,
+    monitor_dir: str | Path | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     class_weight: bool = True,
     deterministic: bool = False,
@@ -77,7 +84,20 @@ def train(
         kaggle_val: ``"pool"`` or ``"keep"``: what to do with a ``val/`` folder (see `load_chest_xray`).
         seed: Seeds the split, the initialisation and the shuffling.
         learning_rate: Adam's initial learning rate.
-        callbacks: Callback preset, ``"default"`` or ``"fine_tune"``.
+        callbacks: Callback preset, ``"default"`` or ``"fine_tune"`` (with
+            ``schedule="plateau"``); a cosine schedule always uses ``"fixed"``.
+        augmentation: Augmentation preset of the training pipeline, ``"strong"``,
+            ``"light"`` or ``"none"`` (see `keras_pneumonia.augmentation`).
+        schedule: ``"plateau"`` (halve the learning rate when validation loss
+            stalls, stop early, keep the best epoch) or ``"cosine"`` (cosine decay
+            to zero over ``epochs``, no early stopping, keep the last epoch).
+        weight_decay: Decoupled weight decay (AdamW) when above 0.
+        ema: Keep an exponential moving average of the weights (Keras'
+            ``use_ema``) and finish with it.
+        monitor_dir: A labelled folder (one sub-folder per class) scored after
+            every epoch and at the end, for the record only: it never chooses the
+            epoch or the threshold. Logged as ``monitor_*`` in ``history.csv`` and
+            as ``"monitor"`` in ``report.json``.
         model_kwargs: More `PneumoniaCNN` arguments (filters, head, dropout...).
         class_weight: Weight the loss by balanced class weights of the train part.
         deterministic: Ask TensorFlow for deterministic ops (slower; see the docs).
@@ -94,6 +114,7 @@ def train(
     from keras_pneumonia import callbacks as callback_presets
     from keras_pneumonia import plots
     from keras_pneumonia._io import atomic_save_model, atomic_write_text
+    from keras_pneumonia.augmentation import Augmentation
     from keras_pneumonia.data import load_chest_xray
     from keras_pneumonia.evaluation import EvaluationReport, predict_proba, youden_threshold
     from keras_pneumonia.models import PneumoniaCNN
@@ -130,15 +151,43 @@ def train(
     data.save_manifest(output / "split.json")
     logger.info("Split: %s", data.counts)
 
+    monitor = None
+    if monitor_dir is not None:
+        from keras_pneumonia.data import load_image_folder
+
+        monitor = load_image_folder(
+            monitor_dir,
+            image_size=image_size,
+            color_mode="grayscale" if channels == 1 else "rgb",
+            class_names=data.class_names,
+        )[:2]
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {SCHEDULES}; received {schedule!r}.")
     model = PneumoniaCNN(image_size=image_size, class_names=data.class_names, **model_kwargs)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    lr = learning_rate
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * int(data.train.cardinality()))
+        callbacks = "fixed"
+    optimizer_kwargs = {"learning_rate": lr, "use_ema": ema}
+    if weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
+    else:
+        optimizer = keras.optimizers.Adam(**optimizer_kwargs)
+    model.compile(optimizer=optimizer)
+    callback_list = callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard)
+    if monitor is not None:
+        callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
+    train_data = data.train
+    if augmentation != "none":
+        train_data = Augmentation.preset(augmentation).apply_to_dataset(train_data, seed=seed)
     history = model.fit(
-        data.train,
+        train_data,
         validation_data=data.val,
         epochs=epochs,
         shuffle=False,  # data.train already reshuffles every epoch
         class_weight=data.class_weight if class_weight else None,
-        callbacks=callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard),
+        callbacks=callback_list,
         verbose=verbose,
     )
 
@@ -150,6 +199,11 @@ def train(
     if data.test is not None:
         predictions["test"] = predict_proba(model, data.test)
         reports["test"] = EvaluationReport.from_predictions(*predictions["test"], model.threshold, data.class_names)
+    if monitor is not None:
+        predictions["monitor"] = predict_proba(model, monitor)
+        reports["monitor"] = EvaluationReport.from_predictions(
+            *predictions["monitor"], model.threshold, data.class_names
+        )
 
     atomic_save_model(clone_without_optimizer(model), output / "model.keras")
     if (output / "history.csv").exists():
@@ -180,6 +234,11 @@ def train(
             "seed": seed,
             "learning_rate": learning_rate,
             "callbacks": callbacks,
+            "augmentation": augmentation,
+            "schedule": schedule,
+            "weight_decay": weight_decay,
+            "ema": ema,
+            "monitor_dir": None if monitor_dir is None else str(monitor_dir),
             "model_kwargs": model_kwargs,
             "class_weight": class_weight,
             "deterministic": deterministic,

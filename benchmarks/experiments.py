@@ -1,0 +1,145 @@
+"""The release-v2 experiment log: one row per recipe, scored the same way.
+
+    python benchmarks/experiments.py add runs/v2-a [--note "..."]     # a training run folder
+    python benchmarks/experiments.py add pneumonia_cnn_v1               # a released preset
+    python benchmarks/experiments.py add runs/v2-a runs/v2-b --name ens  # an ensemble (mean probability)
+    python benchmarks/experiments.py table                              # the Markdown table for the docs
+
+Each row holds, for the model(s) given:
+
+* **validation**: the patient-disjoint validation split of the training data
+  (``load_chest_xray(..., validation_split=0.1, seed=1337)``, 523 images), the same
+  for every row;
+* **test_dev (used for choices)**: the half of the official test split that the
+  project has (316 images), scored at the model's own threshold;
+* **flip rates** on test_dev under the robustness perturbations
+  (`keras_pneumonia.robustness`), crop 5% and 10% and the worst one;
+* training time and the exact command, from the run's ``run.json``.
+
+Rows are kept in ``benchmarks/experiments.json``; ``docs/experiments.md`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "chest_xray_224"
+LOG = Path(__file__).with_name("experiments.json")
+
+
+def _load(source: str):
+    import keras_pneumonia as kp
+
+    path = Path(source)
+    if path.is_dir():
+        model = kp.PneumoniaCNN.from_pretrained(path / "model.keras", compile=False)
+        run = json.loads((path / "run.json").read_text())
+        return model, run
+    return kp.PneumoniaCNN.from_pretrained(source, compile=False), None
+
+
+class _Mean:
+    """An ensemble: the mean probability of its members (all with one input spec)."""
+
+    def __init__(self, models, threshold):
+        self.models = models
+        self.threshold = threshold
+        self.input_shape = models[0].input_shape
+        self.class_names = models[0].class_names
+        self.name = "+".join(m.name for m in models)
+
+    def predict(self, x, batch_size=64, verbose=0):
+        return np.mean([m.predict(x, batch_size=batch_size, verbose=verbose) for m in self.models], axis=0)
+
+
+def _metrics(report) -> dict:
+    return {k: round(float(getattr(report, k)), 4) for k in ("accuracy", "auc", "sensitivity", "specificity")}
+
+
+def add(sources: list[str], name: str | None, note: str, data: Path) -> dict:
+    from keras_pneumonia.data import load_chest_xray, load_image_folder
+    from keras_pneumonia.evaluation import EvaluationReport
+    from keras_pneumonia.robustness import evaluate_robustness
+
+    loaded = [_load(s) for s in sources]
+    models = [m for m, _ in loaded]
+    model = models[0] if len(models) == 1 else _Mean(models, float(np.mean([m.threshold for m in models])))
+    size = tuple(model.input_shape[1:3])
+    color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
+    split = load_chest_xray(data, image_size=size, color_mode=color_mode, validation_split=0.1, seed=1337)
+    x_val = np.concatenate([x for x, _ in split.val])
+    y_val = split.labels("val")
+    x_dev, y_dev, _ = load_image_folder(data / "test_dev", image_size=size, color_mode=color_mode)
+
+    def scores(x):
+        return np.asarray(model.predict(x, batch_size=64, verbose=0))[:, -1]
+
+    val = EvaluationReport.from_predictions(y_val, scores(x_val), model.threshold)
+    dev = EvaluationReport.from_predictions(y_dev, scores(x_dev), model.threshold)
+    robustness = evaluate_robustness(model, data / "test_dev")
+    flips = {k: round(v["flip_rate"], 4) for k, v in robustness.results.items() if k != "clean"}
+    runs = [r for _, r in loaded if r is not None]
+    row = {
+        "name": name or Path(sources[0]).name,
+        "sources": sources,
+        "note": note,
+        "threshold": round(float(model.threshold), 4),
+        "val": _metrics(val),
+        "test_dev": _metrics(dev),
+        "test_dev_confusion": dev.confusion_matrix,
+        "flip_rates": flips,
+        "worst_flip": max(flips, key=flips.get),
+        "train_minutes": round(sum(r["wall_time_s"] for r in runs) / 60, 1) if runs else None,
+        "epochs": [r["arguments"]["epochs"] for r in runs] or None,
+        "params": int(sum(m.count_params() for m in models)),
+        "commands": [r["command"] for r in runs],
+        "robustness": robustness.to_dict(),
+    }
+    rows = json.loads(LOG.read_text()) if LOG.exists() else []
+    rows = [r for r in rows if r["name"] != row["name"]] + [row]
+    LOG.write_text(json.dumps(rows, indent=1) + "\n")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| recipe | val acc | val AUC | test_dev acc | test_dev AUC | sens | spec | flip crop 5% | flip crop 10% "
+        "| worst flip | train min |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        v, d, f = r["val"], r["test_dev"], r["flip_rates"]
+        lines.append(
+            f"| {r['name']} | {v['accuracy']:.3f} | {v['auc']:.3f} | {d['accuracy']:.3f} | {d['auc']:.3f} | "
+            f"{d['sensitivity']:.3f} | {d['specificity']:.3f} | {f['crop_5']:.1%} | {f['crop_10']:.1%} | "
+            f"{f[r['worst_flip']]:.1%} ({r['worst_flip']}) | {r['train_minutes'] or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_cmd = commands.add_parser("add", help="score run folders or presets and add (or replace) their row")
+    add_cmd.add_argument("sources", nargs="+", help="run folders (with model.keras and run.json) or preset names")
+    add_cmd.add_argument("--name", help="row name (default: the first source's name)")
+    add_cmd.add_argument("--note", default="", help="what the recipe changes")
+    add_cmd.add_argument("--data", type=Path, default=DATA, help=f"chest_xray_224 folder ({DATA})")
+    commands.add_parser("table", help="print the Markdown table")
+    args = parser.parse_args(argv)
+    if args.command == "add":
+        row = add(args.sources, args.name, args.note, args.data)
+        print(table([row]))
+    else:
+        print(table(json.loads(LOG.read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Training-time augmentation, applied in the ``tf.data`` pipeline (never in the model).
+
+The released 0.1.0 model learned shortcuts: how tightly a film is framed and
+how it is exposed decided its answer on X-rays from other batches. The
+augmentation here breaks those shortcuts by varying, per image:
+
+* **framing**: zoom in (a border crop) or out (a black border, as when a film
+  is letterboxed), aspect ratio, translation and a small rotation;
+* **exposure**: gamma (the film's tone curve) and contrast;
+* **sharpness and noise**: Gaussian blur and Gaussian noise (detectors, scanners).
+
+It runs on batches of ``uint8`` images in ``tf.data`` so that the model itself
+stays deterministic: ``model(x)``, ``model.predict(x)`` and an exported
+SavedModel give the same answer.
+
+Example:
+
+>>> import numpy as np
+>>> import tensorflow as tf
+>>> from keras_pneumonia.augmentation import Augmentation
+>>> images = np.full((4, 32, 32, 1), 128, dtype="uint8")
+>>> out = Augmentation.preset("strong")(tf.constant(images), seed=0)
+>>> out.dtype.name, tuple(out.shape)
+('uint8', (4, 32, 32, 1))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 0.1.0's in-graph augmentation, for comparison runs.
+    "light": {
+        "zoom": (0.9, 1.1),
+        "aspect": 1.0,
+        "translate": 0.06,
+        "rotate_deg": 14.4,
+        "gamma": (1.0, 1.0),
+        "contrast": 0.0,
+        "blur_prob": 0.0,
+        "noise_std": 0.0,
+    },
+    "strong": {},  # the dataclass defaults
+    "none": {
+        "zoom": (1.0, 1.0),
+        "aspect": 1.0,
+        "translate": 0.0,
+        "rotate_deg": 0.0,
+        "gamma": (1.0, 1.0),
+        "contrast": 0.0,
+        "blur_prob": 0.0,
+        "noise_std": 0.0,
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Random framing, exposure and sharpness changes for a batch of X-rays.
+
+    All geometry (zoom, aspect ratio, translation, rotation) is one affine
+    transform per image, applied with a single resampling
+    (``ImageProjectiveTransformV3``, the kernel behind Keras' own
+    ``RandomRotation``/``RandomZoom``). Written here rather than stacking those
+    Keras layers because each of them resamples (and blurs) the image again and
+    the oldest supported Keras has no gamma or blur layer.
+
+    Args:
+        zoom: Range of the zoom factor, sampled log-uniformly: above 1 crops the
+            borders (1.25 removes 10% from each side), below 1 adds a black
+            border (0.8 pads 12.5% each side).
+        aspect: Maximum aspect-ratio change (1.15 stretches one axis by up to 15%).
+        translate: Maximum shift, as a fraction of the image size.
+        rotate_deg: Maximum rotation in degrees, either way.
+        gamma: Range of the gamma of the tone curve ``255 * (x / 255) ** gamma``,
+            sampled log-uniformly.
+        contrast: Maximum relative contrast change about the image mean.
+        blur_prob: Share of images blurred with a Gaussian of sigma in ``blur_sigma``.
+        blur_sigma: Range of the blur's sigma, in pixels.
+        noise_std: Maximum standard deviation of added Gaussian noise, in grey levels.
+    """
+
+    zoom: tuple[float, float] = (0.8, 1.35)
+    aspect: float = 1.15
+    translate: float = 0.06
+    rotate_deg: float = 7.0
+    gamma: tuple[float, float] = (0.6, 1.6)
+    contrast: float = 0.3
+    blur_prob: float = 0.3
+    blur_sigma: tuple[float, float] = (0.4, 1.5)
+    noise_std: float = 4.0
+
+    @classmethod
+    def preset(cls, name: str) -> Augmentation:
+        """``"strong"`` (the default for training), ``"light"`` (0.1.0's) or ``"none"``."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}.")
+        return cls(**PRESETS[name])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings, JSON-serialisable."""
+        return dataclasses.asdict(self)
+
+    def __call__(self, images, seed):
+        """Augments a batch of ``uint8`` images ``(n, h, w, c)``; returns ``uint8`` of the same shape.
+
+        Args:
+            images: The batch.
+            seed: An int, or a shape ``[2]`` integer tensor (a stateless seed);
+                the same seed gives the same augmentation.
+        """
+        import tensorflow as tf
+
+        seeds = iter(tf.unstack(tf.random.experimental.stateless_split(tf.cast(_as_seed(seed), tf.int64), 16)))
+        x = tf.cast(images, tf.float32)
+        n = tf.shape(x)[0]
+        height = tf.cast(tf.shape(x)[1], tf.float32)
+        width = tf.cast(tf.shape(x)[2], tf.float32)
+
+        def uniform(low, high, shape=None):
+            shape = [n] if shape is None else shape
+            return tf.random.stateless_uniform(shape, next(seeds), low, high)
+
+        def log_uniform(low, high):
+            return tf.exp(uniform(math.log(low), math.log(high)))
+
+        # Geometry: output pixel p maps to input pixel c + R S^-1 (p - c) + t.
+        zoom = log_uniform(*self.zoom)
+        stretch = log_uniform(1.0 / self.aspect, self.aspect)
+        sx, sy = zoom * stretch, zoom / stretch
+        angle = uniform(-1.0, 1.0) * self.rotate_deg * math.pi / 180.0
+        tx = uniform(-1.0, 1.0) * self.translate * width
+        ty = uniform(-1.0, 1.0) * self.translate * height
+        cos, sin = tf.cos(angle), tf.sin(angle)
+        a0, a1, b0, b1 = cos / sx, -sin / sy, sin / sx, cos / sy
+        cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+        a2 = cx - a0 * cx - a1 * cy + tx
+        b2 = cy - b0 * cx - b1 * cy + ty
+        zeros = tf.zeros_like(a0)
+        transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=transforms,
+            output_shape=tf.shape(x)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
+
+        # Exposure: gamma, then contrast about the mean.
+        gamma = tf.reshape(log_uniform(*self.gamma), [-1, 1, 1, 1])
+        x = 255.0 * tf.pow(tf.clip_by_value(x / 255.0, 0.0, 1.0), gamma)
+        if self.contrast > 0:
+            factor = tf.reshape(1.0 + uniform(-self.contrast, self.contrast), [-1, 1, 1, 1])
+            mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+            x = (x - mean) * factor + mean
+
+        # Sharpness: a Gaussian blur of one random sigma per batch on a random share of images.
+        if self.blur_prob > 0:
+            sigma = uniform(*self.blur_sigma, shape=[])
+            radius = int(math.ceil(3 * self.blur_sigma[1]))
+            taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+            kernel = tf.exp(-0.5 * tf.square(taps / sigma))
+            kernel = kernel / tf.reduce_sum(kernel)
+            channels = images.shape[-1]
+            kx = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, channels, 1])
+            ky = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, channels, 1])
+            blurred = tf.nn.depthwise_conv2d(x, kx, [1, 1, 1, 1], "SAME")
+            blurred = tf.nn.depthwise_conv2d(blurred, ky, [1, 1, 1, 1], "SAME")
+            chosen = tf.reshape(uniform(0.0, 1.0) < self.blur_prob, [-1, 1, 1, 1])
+            x = tf.where(chosen, blurred, x)
+        if self.noise_std > 0:
+            std = tf.reshape(uniform(0.0, self.noise_std), [-1, 1, 1, 1])
+            x = x + tf.random.stateless_normal(tf.shape(x), next(seeds)) * std
+        return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+    def apply_to_dataset(self, dataset, seed: int = 1337):
+        """Maps a batched ``(images, labels[, weights])`` dataset through the augmentation.
+
+        Each batch gets its own seed from ``tf.data.Dataset.random``, drawn anew
+        every epoch, so a run with one seed sees one sequence of augmentations.
+
+        Args:
+            dataset: A batched ``tf.data.Dataset`` whose first element is ``uint8`` images.
+            seed: The run's seed.
+
+        Returns:
+            The augmented dataset, prefetched.
+        """
+        import tensorflow as tf
+
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def augment(batch, batch_seed):
+            return (self(batch[0], batch_seed), *batch[1:])
+
+        dataset = tf.data.Dataset.zip(dataset, seeds)
+        return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _as_seed(seed):
+    import tensorflow as tf
+
+    if isinstance(seed, int):
+        return tf.constant([seed, 0], dtype=tf.int64)
+    return seed
