@@ -5,11 +5,16 @@
 - ``gradcam_samples.png``: the released model's Grad-CAM on the four bundled sample X-rays;
 - ``gradcam_grid.png``: the same on more full-resolution X-rays if ``--xrays`` is given;
 - ``history.png``, ``roc_val.png``, ``confusion_val.png``: copied from the release run;
+- ``perturbations.png``: a bundled sample under each robustness perturbation;
+- ``robustness_test_dev.png``: flip rates and sensitivity/specificity of the released
+  models on test_dev (used for choices), from ``benchmarks/experiments.json``
+  (``python benchmarks/experiments.py add pneumonia_cnn_v1`` etc. fills it);
 - prints the model card's validation breakdown: metrics per file-name family and a
   bootstrap 95% interval of the AUC, recomputed from the run's ``split.json``.
 """
 
 import argparse
+import json
 import shutil
 from importlib import resources
 from pathlib import Path
@@ -86,6 +91,14 @@ def main():
     grid(model, samples, STATIC / "gradcam_samples.png")
     if args.xrays:
         grid(model, sorted(args.xrays.rglob("*.jpeg")), STATIC / "gradcam_grid.png", columns=3)
+    kp.plots.plot_perturbations(kp.load_image(samples[0]), STATIC / "perturbations.png")
+    experiments = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments.json"
+    rows = {r["name"]: r["robustness"] for r in json.loads(experiments.read_text())}
+    released = {name: rows[name] for name in kp.weights.list_presets() if name in rows}
+    if released:
+        kp.plots.plot_robustness(
+            released, STATIC / "robustness_test_dev.png", title="Released models on test_dev (used for choices)"
+        )
     for name in ("history.png", "roc_val.png", "confusion_val.png"):
         if (args.run / name).exists():
             shutil.copyfile(args.run / name, STATIC / name)

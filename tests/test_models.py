@@ -1,3 +1,5 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -120,3 +122,27 @@ def test_a_few_training_steps_on_real_xrays_lower_the_loss():
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     losses = model.fit(images, labels, epochs=15, batch_size=8, verbose=0).history["loss"]
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_frozen_layers_and_optimizer_state_survive_save_and_load(tmp_path):
+    model = kp.PneumoniaCNN(**TINY)
+    for layer in model.layers:
+        layer.trainable = layer.name.startswith(("dense", "predictions"))
+    model.compile()
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 1)).astype("uint8")
+    y = np.array([0, 1] * 4)
+    model.fit(x, y, epochs=2, verbose=0)
+    trainable = len(model.trainable_weights)
+    assert trainable == 4  # dense1 and predictions: kernel and bias each
+    model.save(tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Skipping variable loading for optimizer"
+        loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert len(loaded.trainable_weights) == trainable
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 2
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    # Training on does not touch the frozen layers.
+    before = loaded.get_layer("block1_conv1").get_weights()[0].copy()
+    loaded.fit(x, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(loaded.get_layer("block1_conv1").get_weights()[0], before)

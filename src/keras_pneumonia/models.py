@@ -168,8 +168,13 @@ class PneumoniaCNN(keras.Model):
         self.threshold = float(threshold)
 
     def get_config(self):
-        """The constructor arguments, so that ``PneumoniaCNN.from_config(config)`` rebuilds the model."""
-        return {
+        """The constructor arguments, so that ``PneumoniaCNN.from_config(config)`` rebuilds the model.
+
+        Layers frozen with ``layer.trainable = False`` are listed under
+        ``"frozen_layers"``, so a model being fine-tuned keeps them frozen (and its
+        optimizer state fits) after ``save``/``load_model`` or a resume.
+        """
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "image_size": list(self.image_size),
@@ -184,11 +189,20 @@ class PneumoniaCNN(keras.Model):
             "class_names": list(self.class_names),
             "threshold": self.threshold,
         }
+        frozen = [layer.name for layer in self.layers if not layer.trainable]
+        if frozen:
+            config["frozen_layers"] = frozen
+        return config
 
     @classmethod
     def from_config(cls, config):
-        """Rebuilds a model (untrained) from `get_config`'s output."""
-        return cls(**config)
+        """Rebuilds a model (untrained) from `get_config`'s output, frozen layers included."""
+        config = dict(config)
+        frozen = config.pop("frozen_layers", ())
+        model = cls(**config)
+        for name in frozen:
+            model.get_layer(name).trainable = False
+        return model
 
     @property
     def color_mode(self) -> str:
