@@ -1,6 +1,6 @@
 """Speed benchmarks of keras-pneumonia against the seed's way, on this machine.
 
-    python benchmarks/run.py [--quick] [--json out.json] [--data DIR]
+    python benchmarks/run.py [--quick] [--json out.json] [--data DIR] [--only STEP]
 
 Every figure is the median of ``--repeats`` runs (5 by default) taken in this one
 process, so ours and the alternative see the same machine state. Keys:
@@ -310,6 +310,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder (train/ is used)")
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--only",
+        choices=("peak", "pipeline", "training", "inference", "import", "memory"),
+        help="run one step (no summary), e.g. --only inference to time the released model",
+    )
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -323,6 +328,8 @@ def main(argv=None) -> dict:
     }
 
     def step(name, fn):
+        if args.only and name != args.only:
+            return
         start = time.perf_counter()
         results[name] = fn()
         print(f"[{name}] {time.perf_counter() - start:.0f} s: {json.dumps(results[name], default=float)}", flush=True)
@@ -333,6 +340,10 @@ def main(argv=None) -> dict:
     step("inference", lambda: bench_inference(repeats))
     step("import", lambda: bench_import(repeats))
     step("memory", lambda: bench_memory(data, size))
+    if args.only:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
+        return results
 
     peak = results["peak"]["matmul_flops_per_s"]
     training, inference = results["training"], results["inference"]

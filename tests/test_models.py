@@ -146,3 +146,13 @@ def test_frozen_layers_and_optimizer_state_survive_save_and_load(tmp_path):
     before = loaded.get_layer("block1_conv1").get_weights()[0].copy()
     loaded.fit(x, y, epochs=1, verbose=0)
     np.testing.assert_array_equal(loaded.get_layer("block1_conv1").get_weights()[0], before)
+
+
+def test_threshold_is_checked_when_set():
+    model = kp.PneumoniaCNN(**TINY)
+    model.threshold = 0.3
+    assert model.get_config()["threshold"] == 0.3
+    for bad in (7.0, 0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            model.threshold = bad
+    assert model.threshold == 0.3

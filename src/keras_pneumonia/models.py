@@ -165,7 +165,7 @@ class PneumoniaCNN(keras.Model):
         self.normalization = normalization
         self.augmentation = augmentation
         self.class_names = class_names
-        self.threshold = float(threshold)
+        self.threshold = threshold
 
     def get_config(self):
         """The constructor arguments, so that ``PneumoniaCNN.from_config(config)`` rebuilds the model.
@@ -203,6 +203,22 @@ class PneumoniaCNN(keras.Model):
         for name in frozen:
             model.get_layer(name).trainable = False
         return model
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the probability of the last class (saved with the model).
+
+        Setting it checks that it lies strictly between 0 and 1, so a model can
+        never be saved with a threshold it would refuse to load.
+        """
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"`threshold` must be strictly between 0 and 1; received {value!r}.")
+        self._threshold = value
 
     @property
     def color_mode(self) -> str:
