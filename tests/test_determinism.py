@@ -39,26 +39,3 @@ def test_released_models_are_deterministic(preset):
     calls = [keras.ops.convert_to_numpy(model(x)) for _ in range(3)]
     for probabilities in calls:
         np.testing.assert_allclose(probabilities, expected, atol=1e-5)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="SavedModel/LiteRT export needs TensorFlow")
-@pytest.mark.parametrize("preset", ["pneumonia_cnn_v1", None])
-def test_saved_model_and_litert_agree_with_predict(preset, tmp_path):
-    import tensorflow as tf
-
-    model = kp.PneumoniaCNN.from_pretrained(preset)
-    x = _samples(model)
-    expected = model.predict(x, verbose=0)
-    model.export(str(tmp_path / "saved_model"), format="tf_saved_model", verbose=False)
-    served = tf.saved_model.load(str(tmp_path / "saved_model"))
-    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "saved_model"))
-    interpreter = tf.lite.Interpreter(model_content=converter.convert())
-    input_index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(input_index, x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(input_index, x)
-    interpreter.invoke()
-    litert = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(litert, expected, atol=1e-5)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import shutil
 
 import keras
@@ -156,11 +157,13 @@ def test_predict_cli_on_full_resolution_images_with_a_broken_file(tmp_path, tiny
     code = main(["predict", *files, "--weights", str(tiny_model_file), "--json", "--gradcam", str(out_dir)])
     captured = capsys.readouterr()
     assert code == 1
-    results = json.loads(captured.out)
-    assert len(results) == 3
-    for r in results:
-        assert {"path", "label", "probability", "threshold"} <= set(r)
-        assert r["label"] in ("NORMAL", "PNEUMONIA") and 0 <= r["probability"] <= 1
+    results = {Path(r["path"]).name: r for r in json.loads(captured.out)}
+    assert len(results) == 4
+    broken = results.pop("broken.jpeg")
+    assert broken["probability"] is None and broken["decision"] is None and "truncated" in broken["error"]
+    for r in results.values():
+        assert {"path", "decision", "probability", "threshold", "model", "version"} <= set(r)
+        assert r["decision"] in ("NORMAL", "PNEUMONIA") and 0 <= r["probability"] <= 1 and r["error"] is None
     assert "broken.jpeg" in captured.err and "Traceback" not in captured.err
     assert sorted(p.name for p in out_dir.glob("*.png")) == sorted(
         f"{p.stem}_gradcam.png" for p in FULLRES.glob("*.jpeg")

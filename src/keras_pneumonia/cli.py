@@ -136,17 +136,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --robustness: write robustness.json, robustness.md and robustness.png there",
     )
 
-    predict = commands.add_parser("predict", help="classify X-ray images (optionally with Grad-CAM overlays)")
-    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
+    predict = commands.add_parser(
+        "predict", help="classify X-ray files and folders, streaming results (optionally with Grad-CAM overlays)"
+    )
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders (searched recursively)")
+    predict.add_argument("--glob", default="*", metavar="PATTERN", help="file-name filter inside folders, e.g. '*.jpeg'")
+    predict.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="write results to FILE.csv or FILE.jsonl; an existing FILE is resumed (finished images are skipped)",
+    )
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (32)")
     predict.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     predict.add_argument("--threshold", type=_fraction, help="override the model's decision threshold")
     predict.add_argument("--gradcam", type=Path, metavar="OUT_DIR", help="write one Grad-CAM overlay PNG per image")
     predict.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
-    predict.add_argument("--json", action="store_true", help="print one JSON list")
+    predict.add_argument("--json", action="store_true", help="print one JSON list at the end (instead of lines)")
 
     demo = commands.add_parser("demo", help="predict and explain the bundled sample X-rays (offline)")
     demo.add_argument("--output", "-o", type=Path, default=Path("keras_pneumonia_demo"), help="overlay folder")
     demo.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
+
+    export = commands.add_parser(
+        "export", help="export a model as SavedModel, LiteRT or ONNX (verified, with a JSON sidecar)"
+    )
+    export.add_argument("model", help="preset name, .keras path or URL")
+    export.add_argument("output", type=Path, help="SavedModel folder, .tflite file or .onnx file")
+    export.add_argument("--format", choices=("saved_model", "litert", "onnx"), required=True, help="export format")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     download = commands.add_parser("download", help="fill the weights cache for offline use")
     download.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: the default preset)")
@@ -290,82 +309,158 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _predict(model, paths: list[Path], threshold: float | None, gradcam_dir: Path | None, method: str):
-    """Classifies each file; returns (results, errors). A bad file does not stop the others."""
-    import numpy as np
+class _Progress:
+    """A one-line progress count on stderr, only on a terminal.
 
+    Written by hand because `keras.utils.Progbar` writes to stdout, where the
+    results themselves are streamed.
+    """
+
+    def __init__(self, total: int, enabled: bool):
+        import time
+
+        self.total, self.count, self.enabled = total, 0, enabled and total > 0
+        self.start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.count += n
+        if self.enabled:
+            rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+            print(f"\r{self.count}/{self.total} images, {rate:.0f}/s", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
+def _gradcam_file(path: Path, folder: Path, used: set[str]) -> Path:
+    """A Grad-CAM file name for ``path`` that no other input of this run gets."""
+    name = f"{path.stem}_gradcam.png"
+    if name in used:
+        name = f"{path.parent.name}_{path.stem}_gradcam.png"
+        index = 2
+        while name in used:
+            name = f"{path.parent.name}_{path.stem}_{index}_gradcam.png"
+            index += 1
+    used.add(name)
+    return folder / name
+
+
+def _add_gradcam(model, result: dict, folder: Path, used: set[str], method: str) -> None:
     from keras_pneumonia.data import load_image
+    from keras_pneumonia.gradcam import explanation_figure, gradcam
 
-    threshold = float(model.threshold if threshold is None else threshold)
+    path = Path(result["path"])
+    original = load_image(path, None, "grayscale")
     class_names = list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"]))
-    height, width, channels = model.input_shape[1:4]
-    results, errors = [], []
-    for path in paths:
-        try:
-            image = load_image(path, (height, width), "grayscale" if channels == 1 else "rgb")
-        except ValueError as error:
-            errors.append(f"{error}")
-            continue
-        probability = float(np.asarray(model.predict_on_batch(image[None].astype("float32")))[0, -1])
-        result = {
-            "path": str(path),
-            "label": class_names[-1] if probability >= threshold else class_names[0],
-            "probability": probability,
-            "threshold": threshold,
-        }
-        if gradcam_dir is not None:
-            from keras_pneumonia.gradcam import explanation_figure, gradcam
-
-            original = load_image(path, None, "grayscale")
-            heatmap = gradcam(model, original, method=method, class_index=class_names.index(result["label"]))
-            out = gradcam_dir / f"{path.stem}_gradcam.png"
-            explanation_figure(
-                original, heatmap, label=result["label"], probability=probability, title=path.name, path=out
-            )
-            result["gradcam"] = str(out)
-        results.append(result)
-    return results, errors
+    heatmap = gradcam(model, original, method=method, class_index=class_names.index(result["decision"]))
+    out = _gradcam_file(path, folder, used)
+    explanation_figure(
+        original, heatmap, label=result["decision"], probability=result["probability"], title=path.name, path=out
+    )
+    result["gradcam"] = str(out)
 
 
-def _print_results(results: list[dict], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(results, indent=1))
-        return
-    for r in results:
-        line = f"{r['path']}: {r['label']}  P(pneumonia)={r['probability']:.3f}  threshold={r['threshold']:.3f}"
-        if "gradcam" in r:
-            line += f"  -> {r['gradcam']}"
-        print(line)
+def _result_line(r: dict) -> str:
+    if r["error"]:
+        return f"{r['path']}: ERROR {r['error']}"
+    line = f"{r['path']}: {r['decision']}  P(pneumonia)={r['probability']:.3f}  threshold={r['threshold']:.3f}"
+    if "gradcam" in r:
+        line += f"  -> {r['gradcam']}"
+    return line
+
+
+def _run_predictions(model, paths, args, out=None) -> list[dict]:
+    """Streams results to stdout (or ``out``); returns the failed ones."""
+    from keras_pneumonia.prediction import predict_files
+
+    failed, collected, used = [], [], set()
+    progress = _Progress(len(paths), enabled=sys.stderr.isatty() and not getattr(args, "json", False))
+    for result in predict_files(model, paths, batch_size=args.batch_size, threshold=args.threshold):
+        if result["error"]:
+            failed.append(result)
+        elif args.gradcam is not None:
+            _add_gradcam(model, result, args.gradcam, used, args.method)
+        if out is not None:
+            out.write(result)
+        elif args.json:
+            collected.append(result)
+        else:
+            print(_result_line(result), flush=True)
+        progress.update()
+    progress.close()
+    if args.json and out is None:
+        print(json.dumps(collected, indent=1))
+    return failed
 
 
 def _cmd_predict(args) -> int:
+    from keras_pneumonia.prediction import ResultsFile, find_images
     from keras_pneumonia.weights import load_model
 
+    paths = find_images(args.paths, pattern=args.glob)
+    if not paths:
+        raise CLIError(f"no images (.jpeg, .jpg, .png) matching {args.glob!r} in {', '.join(map(str, args.paths))}")
     model = load_model(args.weights, compile=False)
-    results, errors = _predict(model, args.images, args.threshold, args.gradcam, args.method)
-    _print_results(results, args.json)
-    for error in errors:
-        print(f"keras-pneumonia predict: error: {error}", file=sys.stderr)
-    return 1 if errors else 0
+    if args.gradcam is not None:
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            print(
+                f"keras-pneumonia predict: note: no Grad-CAM overlays, they need the TensorFlow backend "
+                f"(this is {keras.backend.backend()}); predicting only",
+                file=sys.stderr,
+            )
+            args.gradcam = None
+    if args.output is None:
+        failed = _run_predictions(model, paths, args)
+    else:
+        with ResultsFile(args.output) as out:
+            todo = [p for p in paths if str(p) not in out.done]
+            if len(todo) < len(paths):
+                print(f"resuming {args.output}: {len(paths) - len(todo)} image(s) already done", file=sys.stderr)
+            _run_predictions(model, todo, args, out=out)
+        print(f"{len(todo)} result(s) written to {args.output}", file=sys.stderr)
+        # The exit code and the list of failures speak for the whole job, resumed parts included.
+        wanted = {str(p) for p in paths}
+        failed = [r for r in ResultsFile.read(args.output) if r["error"] and r["path"] in wanted]
+    for result in failed:
+        print(f"keras-pneumonia predict: error: {result['path']}: {result['error']}", file=sys.stderr)
+    if failed:
+        print(f"keras-pneumonia predict: {len(failed)} of {len(paths)} file(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_demo(args) -> int:
     from importlib import resources
 
+    import keras
+
+    from keras_pneumonia.prediction import predict_files
     from keras_pneumonia.weights import load_model
 
     samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
     model = load_model(args.weights, compile=False)
     print(f"Model: {model.name}, input {model.input_shape[1:]}, threshold {model.threshold:.3f}")
     print("Sample X-rays (training images of Kermany et al. 2018, CC BY 4.0; the file name gives the true class):")
-    results, errors = _predict(model, samples, None, args.output, "gradcam")
-    for r in results:
-        r["path"] = Path(r["path"]).name
-    _print_results(results, as_json=False)
-    for error in errors:
-        print(f"keras-pneumonia demo: error: {error}", file=sys.stderr)
-    print(f"Grad-CAM overlays written to {args.output}/")
-    return 1 if errors else 0
+    explain = keras.backend.backend() == "tensorflow"
+    failed, used = [], set()
+    for result in predict_files(model, samples):
+        if result["error"]:
+            failed.append(result)
+        elif explain:
+            _add_gradcam(model, result, args.output, used, "gradcam")
+        result["path"] = Path(result["path"]).name
+        print(_result_line(result), flush=True)
+    for result in failed:
+        print(f"keras-pneumonia demo: error: {result['path']}: {result['error']}", file=sys.stderr)
+    if explain:
+        print(f"Grad-CAM overlays written to {args.output}/")
+    else:
+        print(f"No Grad-CAM overlays: they need the TensorFlow backend (this is {keras.backend.backend()}).")
+    return 1 if failed else 0
 
 
 def _cmd_download(args) -> int:
@@ -383,6 +478,20 @@ def _cmd_download(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from keras_pneumonia.export import export_model, sidecar_path
+    from keras_pneumonia.weights import load_model
+
+    model = load_model(args.model, compile=False)
+    info = export_model(model, args.output, format=args.format, overwrite=args.overwrite)
+    print(
+        f"{args.output} ({args.format}): agrees with model.predict to {info['max_abs_difference']:.1e} "
+        f"on the bundled samples; threshold {info['threshold']}, classes {', '.join(info['class_names'])} "
+        f"in {sidecar_path(args.output)}"
+    )
+    return 0
+
+
 COMMANDS = {
     "split": _cmd_split,
     "train": _cmd_train,
@@ -390,6 +499,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "demo": _cmd_demo,
     "download": _cmd_download,
+    "export": _cmd_export,
 }
 
 

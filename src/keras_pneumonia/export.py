@@ -1,0 +1,223 @@
+"""Export a trained model for serving: TensorFlow SavedModel, LiteRT (TFLite) or ONNX, verified.
+
+The exported graph holds the preprocessing (it takes raw 0-255 pixels at the
+model's input size, like the Keras model), and a JSON sidecar beside the file
+records what a caller needs and the graph cannot say: class names, decision
+threshold, input size, colour mode and resize rule.
+
+Each export is loaded back with its own runtime (TensorFlow, the LiteRT
+interpreter, onnxruntime) and compared with ``model.predict`` on the bundled
+sample X-rays before it is moved into place; a file that disagrees by more than
+``1e-4`` is never written.
+
+Example:
+
+>>> import tempfile
+>>> import keras_pneumonia as kp
+>>> from keras_pneumonia.export import export_model
+>>> out = tempfile.mkdtemp() + "/pneumonia.tflite"
+>>> info = export_model(kp.PneumoniaCNN.from_pretrained(), out, format="litert")
+>>> info["max_abs_difference"] < 1e-4, info["class_names"]
+(True, ['NORMAL', 'PNEUMONIA'])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("saved_model", "litert", "onnx")
+TOLERANCE = 1e-4
+_SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
+_EXTRA = "pip install 'keras-pneumonia[export]'"
+
+
+class ExportError(RuntimeError):
+    """Raised when an export cannot be made or does not agree with the Keras model."""
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the JSON sidecar of an exported file lives: ``<path>.json`` (``model.onnx.json``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def sample_batch(model) -> np.ndarray:
+    """The bundled sample X-rays, decoded for ``model`` (float32 0-255), used to verify exports."""
+    from keras_pneumonia.data import load_image
+
+    height, width, channels = model.input_shape[1:4]
+    folder = Path(str(resources.files("keras_pneumonia") / "assets" / "samples"))
+    color_mode = "grayscale" if channels == 1 else "rgb"
+    return np.stack([load_image(p, (height, width), color_mode) for p in sorted(folder.glob("*.jpeg"))]).astype(
+        "float32"
+    )
+
+
+def _require_tensorflow(what: str):
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ExportError(
+            f"{what} export needs the TensorFlow backend (KERAS_BACKEND=tensorflow); "
+            f"this process runs {keras.backend.backend()}."
+        )
+    import tensorflow as tf
+
+    return tf
+
+
+def _export_saved_model(model, path: Path) -> None:
+    _require_tensorflow("SavedModel")
+    model.export(str(path), format="tf_saved_model", verbose=False)
+
+
+def _export_litert(model, path: Path) -> None:
+    tf = _require_tensorflow("LiteRT")
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp + "/saved_model", format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp + "/saved_model")
+        path.write_bytes(converter.convert())
+
+
+def _export_onnx(model, path: Path) -> None:
+    _require_tensorflow("ONNX")
+    try:
+        import onnx  # noqa: F401
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        raise ExportError(f"ONNX export needs tf2onnx and onnx: {_EXTRA}") from None
+    model.export(str(path), format="onnx", verbose=False)
+
+
+def _run_saved_model(path: Path, x: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))  # keep a reference: its variables die with it
+    return loaded.serve(tf.constant(x)).numpy()
+
+
+def _run_litert(path: Path, x: np.ndarray) -> np.ndarray:
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError(f"verifying an ONNX export needs onnxruntime: {_EXTRA}") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+_EXPORTERS = {"saved_model": _export_saved_model, "litert": _export_litert, "onnx": _export_onnx}
+RUNNERS = {"saved_model": _run_saved_model, "litert": _run_litert, "onnx": _run_onnx}
+
+
+def run_exported(path: str | Path, images: np.ndarray, format: str | None = None) -> np.ndarray:
+    """Runs an exported model with its own runtime: ``images`` float32 ``(n, h, w, c)`` -> probabilities.
+
+    Args:
+        path: The exported file (or SavedModel folder).
+        images: Raw 0-255 pixels at the model's input size.
+        format: One of `FORMATS`; read from the sidecar when ``None``.
+    """
+    path = Path(path)
+    if format is None:
+        format = json.loads(sidecar_path(path).read_text())["format"]
+    return RUNNERS[format](path, np.asarray(images, dtype=np.float32))
+
+
+def export_model(model, path: str | Path, format: str = "saved_model", *, overwrite: bool = False) -> dict[str, Any]:
+    """Exports ``model``, verifies it with its own runtime, and writes the JSON sidecar.
+
+    Args:
+        model: A `PneumoniaCNN` (e.g. ``PneumoniaCNN.from_pretrained()``).
+        path: The output: a folder for ``"saved_model"``, a ``.tflite`` file for
+            ``"litert"``, a ``.onnx`` file for ``"onnx"``.
+        format: ``"saved_model"``, ``"litert"`` or ``"onnx"``.
+        overwrite: Replace an existing output.
+
+    Returns:
+        The sidecar's content (also written to `sidecar_path` of ``path``), with
+        ``max_abs_difference`` against ``model.predict`` on the bundled samples.
+
+    Raises:
+        ValueError: Unknown format, or the output exists (without ``overwrite``).
+        ExportError: A missing optional dependency, a backend that cannot export
+            this format, or an export that disagrees with the Keras model.
+    """
+    from keras_pneumonia._io import atomic_write_text
+    from keras_pneumonia._version import __version__
+    from keras_pneumonia.weights import sha256sum
+
+    if format not in FORMATS:
+        raise ValueError(f"`format` must be one of {FORMATS}; received {format!r}.")
+    path = Path(path)
+    if format in _SUFFIXES and path.suffix != _SUFFIXES[format]:
+        raise ValueError(f"A {format} export is a {_SUFFIXES[format]} file; received {path}.")
+    if (path.exists() or sidecar_path(path).exists()) and not overwrite:
+        raise ValueError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it.")
+
+    x = sample_batch(model)
+    expected = np.asarray(model.predict(x, verbose=0))  # also builds a loaded model's graph
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        staged = Path(tmp) / path.name
+        _EXPORTERS[format](model, staged)
+        got = RUNNERS[format](staged, x)
+        difference = float(np.max(np.abs(got - expected)))
+        if not difference <= TOLERANCE:
+            raise ExportError(
+                f"The {format} export disagrees with model.predict by {difference:.2e} (> {TOLERANCE}) on the "
+                "bundled samples; nothing was written."
+            )
+        height, width, channels = model.input_shape[1:4]
+        info = {
+            "format": format,
+            "file": path.name,
+            "model": model.name,
+            "keras_pneumonia_version": __version__,
+            "class_names": list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"])),
+            "threshold": float(getattr(model, "threshold", 0.5)),
+            "decision": "the last class when its probability >= threshold, else the first",
+            "input": {
+                "shape": [None, height, width, channels],
+                "dtype": "float32",
+                "pixels": "raw 0-255 (the graph normalises them)",
+                "color_mode": "grayscale" if channels == 1 else "rgb",
+                "resize": "squash to (height, width), Pillow bilinear (keras_pneumonia.load_image)",
+            },
+            "output": "softmax probabilities over class_names, shape [None, len(class_names)]",
+            "max_abs_difference": difference,
+            "verified_on": "the bundled sample X-rays (keras_pneumonia/assets/samples)",
+        }
+        if staged.is_file():
+            info["sha256"] = sha256sum(staged)
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        staged.rename(path)
+    atomic_write_text(sidecar_path(path), json.dumps(info, indent=2) + "\n")
+    logger.info("Exported %s (%s), max |difference| %.1e", path, format, difference)
+    return info

@@ -1,0 +1,215 @@
+"""Prediction at folder scale: find the images, decode them in parallel, classify in batches, stream the results.
+
+Used by ``keras-pneumonia predict``; usable from Python:
+
+>>> import keras_pneumonia as kp
+>>> from keras_pneumonia.prediction import find_images, predict_files
+>>> model = kp.PneumoniaCNN.from_pretrained()
+>>> paths = find_images(["tests/data/chest_xray/test"])
+>>> results = list(predict_files(model, paths, batch_size=4))
+>>> len(results), sorted(results[0])
+(8, ['decision', 'error', 'model', 'path', 'probability', 'threshold', 'version'])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Columns of a results file, in order.
+FIELDS = ("path", "probability", "decision", "threshold", "model", "version", "error")
+OUTPUT_FORMATS = (".csv", ".jsonl")
+
+
+def find_images(inputs: Sequence[str | Path], pattern: str = "*", recursive: bool = True) -> list[Path]:
+    """The image files named by ``inputs``: files as given, folders searched for readable images.
+
+    Args:
+        inputs: Files and folders.
+        pattern: A glob filter on file names inside folders (e.g. ``"*.jpeg"`` or ``"person*"``).
+        recursive: Search sub-folders too.
+
+    Returns:
+        Files in the order given, each folder's files sorted; a file named twice is listed once.
+
+    Raises:
+        ValueError: An input that does not exist.
+    """
+    from keras_pneumonia.data import IMAGE_EXTENSIONS
+
+    found: dict[Path, None] = {}
+    for item in map(Path, inputs):
+        if item.is_dir():
+            matches = item.rglob(pattern) if recursive else item.glob(pattern)
+            for path in sorted(matches):
+                hidden = any(part.startswith((".", "__MACOSX")) for part in path.relative_to(item).parts)
+                if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not hidden:
+                    found[path] = None
+        elif item.exists():
+            found[item] = None
+        else:
+            raise ValueError(f"{item}: no such file or folder")
+    return list(found)
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_files(
+    model,
+    paths: Iterable[str | Path],
+    *,
+    batch_size: int = 32,
+    threshold: float | None = None,
+    workers: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Classifies image files in batches, yielding one result per file as soon as its batch is done.
+
+    Files are decoded by a pool of threads (Pillow releases the GIL), one batch
+    ahead of the model. A file that cannot be read yields a result with
+    ``error`` set and no probability; the others go on.
+
+    Args:
+        model: A `PneumoniaCNN` (or any model with ``input_shape`` and a last
+            column of P(last class)).
+        paths: The files.
+        batch_size: Images per model call.
+        threshold: Decision threshold (default: the model's own).
+        workers: Decoding threads (default: the number of CPUs, at most 8).
+
+    Yields:
+        ``{"path", "probability", "decision", "threshold", "model", "version", "error"}``.
+    """
+    from keras_pneumonia._version import __version__
+    from keras_pneumonia.data import load_image
+
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
+    paths = [Path(p) for p in paths]
+    threshold = float(getattr(model, "threshold", 0.5) if threshold is None else threshold)
+    class_names = list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"]))
+    height, width, channels = model.input_shape[1:4]
+    color_mode = "grayscale" if channels == 1 else "rgb"
+    base = {"threshold": threshold, "model": model.name, "version": __version__}
+
+    def decode(path: Path):
+        try:
+            return load_image(path, (height, width), color_mode), None
+        except ValueError as error:
+            return None, str(error).removeprefix(f"{path}: ")
+
+    def decode_batch(batch):
+        return list(pool.map(decode, batch))
+
+    # Two pools: one thread prepares the next batch while the model runs, and hands
+    # the files of that batch to the decoding pool (a task waiting on its own pool
+    # could deadlock it).
+    with (
+        ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool,
+        ThreadPoolExecutor(max_workers=1) as ahead,
+    ):
+        batches = list(_batches(paths, batch_size))
+        pending = ahead.submit(decode_batch, batches[0]) if batches else None
+        for i, batch in enumerate(batches):
+            decoded = pending.result()
+            pending = ahead.submit(decode_batch, batches[i + 1]) if i + 1 < len(batches) else None
+            good = [j for j, (image, _) in enumerate(decoded) if image is not None]
+            probabilities = {}
+            if good:
+                # Always a full batch (zero-padded), so the model is traced once.
+                x = np.zeros((batch_size, height, width, channels), "float32")
+                x[: len(good)] = np.stack([decoded[j][0] for j in good])
+                out = np.asarray(model.predict_on_batch(x))[: len(good), -1]
+                probabilities = dict(zip(good, out.tolist()))
+            for j, path in enumerate(batch):
+                if j in probabilities:
+                    p = float(probabilities[j])
+                    decision = class_names[-1] if p >= threshold else class_names[0]
+                    yield {"path": str(path), "probability": p, "decision": decision, **base, "error": None}
+                else:
+                    yield {"path": str(path), "probability": None, "decision": None, **base, "error": decoded[j][1]}
+
+
+class ResultsFile:
+    """An append-only CSV or JSON-lines file of results that a later run can resume.
+
+    Each result is written as one line and flushed, so an interrupted run loses
+    at most the line being written; on opening, a last line cut off mid-write is
+    removed. `done` holds the paths already in the file.
+
+    Args:
+        path: ``*.csv`` or ``*.jsonl``.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.format = self.path.suffix.lower()
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"{self.path}: results are written as .csv or .jsonl, not {self.path.suffix or 'no suffix'}")
+        self.done: set[str] = set()
+        if self.path.exists():
+            self._drop_partial_last_line()
+            self.done = {row["path"] for row in self.read(self.path)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="", encoding="utf-8")
+        if self.format == ".csv":
+            self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
+            if new:
+                self._writer.writeheader()
+                self._file.flush()
+
+    def _drop_partial_last_line(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            logger.warning("%s: removing a last line cut off by an interruption", self.path)
+            with open(self.path, "r+b") as file:
+                file.truncate(keep)
+
+    @staticmethod
+    def read(path: str | Path) -> list[dict[str, Any]]:
+        """Reads a results file back (``probability``/``threshold`` as floats, empty as ``None``)."""
+        path = Path(path)
+        with open(path, newline="", encoding="utf-8") as file:
+            if path.suffix.lower() == ".jsonl":
+                return [json.loads(line) for line in file if line.strip()]
+            rows = list(csv.DictReader(file))
+        for row in rows:
+            for key in FIELDS:
+                row[key] = row.get(key) or None
+            for key in ("probability", "threshold"):
+                row[key] = None if row[key] is None else float(row[key])
+        return rows
+
+    def write(self, result: dict[str, Any]) -> None:
+        """Appends one result and flushes it to disk."""
+        row = {key: result.get(key) for key in FIELDS}
+        if self.format == ".csv":
+            self._writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        else:
+            self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        self.done.add(row["path"])
+
+    def close(self) -> None:
+        """Closes the file."""
+        self._file.close()
+
+    def __enter__(self) -> ResultsFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

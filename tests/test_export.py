@@ -1,0 +1,73 @@
+"""Exports load back with their own runtimes and agree with model.predict."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_pneumonia as kp
+from conftest import TINY
+from keras_pneumonia.cli import main
+from keras_pneumonia.export import ExportError, export_model, run_exported, sample_batch, sidecar_path
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports need TensorFlow")
+
+OUTPUTS = {"saved_model": "saved_model", "litert": "model.tflite", "onnx": "model.onnx"}
+
+
+def _needs(format):
+    if format == "onnx":
+        pytest.importorskip("tf2onnx", reason="ONNX export needs the [export] extra (nox -s extras)")
+        pytest.importorskip("onnxruntime", reason="ONNX export needs the [export] extra (nox -s extras)")
+
+
+@pytest.mark.parametrize("preset", ["pneumonia_cnn_v1", None])
+@pytest.mark.parametrize("format", list(OUTPUTS))
+def test_released_models_export_and_agree_with_predict(format, preset, tmp_path):
+    _needs(format)
+    model = kp.PneumoniaCNN.from_pretrained(preset, compile=False)
+    out = tmp_path / OUTPUTS[format]
+    info = export_model(model, out, format=format)
+    x = sample_batch(model)
+    expected = model.predict(x, verbose=0)
+    # Loaded back in a separate step, by the format's own runtime, from the path on disk.
+    np.testing.assert_allclose(run_exported(out, x), expected, atol=1e-4)
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar == info
+    assert sidecar["class_names"] == ["NORMAL", "PNEUMONIA"] and sidecar["threshold"] == model.threshold
+    assert sidecar["input"]["shape"] == [None, *model.input_shape[1:]]
+    assert sidecar["max_abs_difference"] <= 1e-4
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+
+
+def test_export_refuses_to_overwrite_and_checks_suffixes(tmp_path):
+    model = kp.PneumoniaCNN(**TINY)
+    with pytest.raises(ValueError, match=r"\.tflite file"):
+        export_model(model, tmp_path / "m.onnx", format="litert")
+    with pytest.raises(ValueError, match="must be one of"):
+        export_model(model, tmp_path / "m", format="torchscript")
+    (tmp_path / "m.tflite").write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="already exists"):
+        export_model(model, tmp_path / "m.tflite", format="litert")
+    assert (tmp_path / "m.tflite").read_bytes() == b"keep me"
+    export_model(model, tmp_path / "m.tflite", format="litert", overwrite=True)
+    assert (tmp_path / "m.tflite").stat().st_size > 1000
+
+
+def test_a_disagreeing_export_is_never_written(tmp_path, monkeypatch):
+    from keras_pneumonia import export
+
+    monkeypatch.setitem(export.RUNNERS, "litert", lambda path, x: np.zeros((len(x), 2), "float32"))
+    with pytest.raises(ExportError, match="disagrees with model.predict"):
+        export_model(kp.PneumoniaCNN.from_pretrained(compile=False), tmp_path / "m.tflite", format="litert")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_cli(tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    assert main(["export", "pneumonia_cnn_v1", str(out), "--format", "litert"]) == 0
+    assert "agrees with model.predict" in capsys.readouterr().out
+    assert sidecar_path(out).is_file()
+    assert main(["export", "pneumonia_cnn_v1", str(out), "--format", "litert"]) == 2
+    assert "already exists" in capsys.readouterr().err

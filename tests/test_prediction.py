@@ -1,0 +1,103 @@
+"""Folder-scale prediction: finding files, batching, streaming, results files and resuming."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import keras_pneumonia as kp
+from conftest import KAGGLE, TINY
+from keras_pneumonia.cli import main
+from keras_pneumonia.prediction import ResultsFile, find_images, predict_files
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    kp.PneumoniaCNN(**TINY).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """The 40 test images in nested folders, plus a broken file, a text file and a hidden folder."""
+    root = tmp_path / "xrays"
+    shutil.copytree(KAGGLE, root)
+    (root / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    (root / ".cache").mkdir()
+    shutil.copy(next((KAGGLE / "test" / "NORMAL").iterdir()), root / ".cache" / "hidden.jpeg")
+    return root
+
+
+def test_find_images_recurses_filters_and_skips_hidden(folder):
+    everything = find_images([folder])
+    assert len(everything) == 41 and all(p.suffix == ".jpeg" for p in everything)
+    assert not any(".cache" in p.parts for p in everything)
+    people = find_images([folder / "test"], pattern="person*")
+    assert people and all(p.name.startswith("person") for p in people)
+    one = everything[0]
+    assert find_images([one, folder / "test", one])[0] == one
+    assert len(find_images([folder / "test"], recursive=False)) == 0
+    with pytest.raises(ValueError, match="no such file or folder"):
+        find_images([folder / "missing"])
+
+
+def test_batches_give_the_same_answers_as_one_by_one(folder, model_file):
+    model = kp.PneumoniaCNN.from_pretrained(model_file)
+    paths = find_images([folder])
+    batched = list(predict_files(model, paths, batch_size=16))
+    single = list(predict_files(model, paths, batch_size=1, workers=1))
+    assert [r["path"] for r in batched] == [str(p) for p in paths]
+    bad = [r for r in batched if r["error"]]
+    assert len(bad) == 1 and bad[0]["path"].endswith("broken.jpeg") and bad[0]["probability"] is None
+    good = [(a["probability"], b["probability"]) for a, b in zip(batched, single) if not a["error"]]
+    np.testing.assert_allclose(*zip(*good), atol=1e-6)
+    assert {r["decision"] for r in batched if not r["error"]} <= {"NORMAL", "PNEUMONIA"}
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_cli_writes_a_results_file_and_resumes_an_interrupted_run(folder, model_file, tmp_path, capsys, suffix):
+    out = tmp_path / f"results{suffix}"
+    argv = ["predict", str(folder), "--weights", str(model_file), "--output", str(out), "--batch-size", "8"]
+    assert main(argv) == 1  # the broken file
+    captured = capsys.readouterr()
+    assert "broken.jpeg" in captured.err and "1 of 41 file(s) could not be read" in captured.err
+    assert "\r" not in captured.err  # no progress bar when stderr is not a terminal
+    rows = ResultsFile.read(out)
+    assert len(rows) == 41 and {"path", "probability", "decision", "threshold", "model", "version", "error"} <= set(
+        rows[0]
+    )
+    # An interruption: the file ends after 10 rows and half of the 11th.
+    lines = out.read_text().splitlines(keepends=True)
+    header = 1 if suffix == ".csv" else 0
+    out.write_text("".join(lines[: header + 10]) + lines[header + 10][:7])
+    assert main(argv) == 1
+    assert "10 image(s) already done" in capsys.readouterr().err
+    resumed = ResultsFile.read(out)
+    assert [r["path"] for r in resumed] == [r["path"] for r in rows]
+    for a, b in zip(resumed, rows):
+        assert a["decision"] == b["decision"] and a["error"] == b["error"]
+    # Run again: nothing left to do, nothing duplicated; the job still had a bad file.
+    assert main(argv) == 1
+    captured = capsys.readouterr().err
+    assert "41 image(s) already done" in captured and "broken.jpeg" in captured
+    assert len(ResultsFile.read(out)) == 41
+
+
+def test_cli_streams_lines_and_json(folder, model_file, capsys):
+    assert main(["predict", str(folder / "test"), "--weights", str(model_file)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 and all("P(pneumonia)=" in line for line in lines)
+    assert main(["predict", str(folder / "test"), "--weights", str(model_file), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 8
+
+
+def test_cli_errors(folder, model_file, tmp_path, capsys):
+    assert main(["predict", str(folder), "--glob", "*.dcm", "--weights", str(model_file)]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert main(["predict", str(folder / "test"), "--weights", str(model_file), "-o", str(tmp_path / "r.xlsx")]) == 2
+    assert ".csv or .jsonl" in capsys.readouterr().err
+    assert main(["predict", str(folder / "nope"), "--weights", str(model_file)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
