@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia.dicom import is_dicom, read_dicom
+
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 SPLITS = ("train", "val", "test")
 RESIZE_MODES = ("squash", "crop", "pad")
 COLOR_MODES = ("grayscale", "rgb")
@@ -67,6 +69,28 @@ def _to_8bit(image):
     return image
 
 
+def _finish(image, size, color_mode: str, resize: str) -> np.ndarray:
+    """Alpha over black, the wanted colour mode, the resize: a decoded Pillow image to ``uint8``."""
+    from PIL import Image, ImageOps
+
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    wanted = "L" if color_mode == "grayscale" else "RGB"
+    if image.mode != wanted:
+        image = image.convert(wanted)
+    if size is not None:
+        target = (size[1], size[0])  # PIL sizes are (width, height)
+        if resize == "squash":
+            image = image.resize(target, Image.Resampling.BILINEAR)
+        elif resize == "crop":
+            image = ImageOps.fit(image, target, Image.Resampling.BILINEAR)
+        else:
+            image = ImageOps.pad(image, target, Image.Resampling.BILINEAR, color=0)
+    return np.asarray(image, dtype=np.uint8)
+
+
 def load_image(
     path: str | Path,
     image_size: int | Sequence[int] | None = None,
@@ -76,7 +100,9 @@ def load_image(
     """Reads one X-ray into a ``uint8`` array ready for `PneumoniaCNN`.
 
     Handles JPEG and PNG in grayscale, RGB, RGBA, palette and 16-bit, applies
-    the EXIF orientation, and resizes.
+    the EXIF orientation, and resizes. DICOM files (``.dcm``, or the ``DICM``
+    marker) are read with pydicom when the ``[dicom]`` extra is installed, with
+    their modality and VOI LUTs applied (see `keras_pneumonia.dicom`).
 
     Args:
         path: The image file.
@@ -105,38 +131,25 @@ def load_image(
     try:
         if path.stat().st_size == 0:
             raise ValueError("empty file (0 bytes)")
-        with Image.open(path) as image:
-            size = _as_size(image_size) if image_size is not None else None
-            if image.format == "JPEG":
-                # Let libjpeg do part of the work: decode only the luma channel for
-                # grayscale, and at a reduced scale (still >= 2x the target, either
-                # orientation): full-resolution X-rays decode several times faster.
-                mode = "L" if color_mode == "grayscale" and image.mode in ("L", "RGB") else image.mode
-                side = 2 * max(size) if size is not None else max(image.size)
-                image.draft(mode, (side, side))
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
-            image = _to_8bit(image)
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(background, image)
-            wanted = "L" if color_mode == "grayscale" else "RGB"
-            if image.mode != wanted:
-                image = image.convert(wanted)
-            if size is not None:
-                target = (size[1], size[0])  # PIL sizes are (width, height)
-                if resize == "squash":
-                    image = image.resize(target, Image.Resampling.BILINEAR)
-                elif resize == "crop":
-                    image = ImageOps.fit(image, target, Image.Resampling.BILINEAR)
-                else:
-                    image = ImageOps.pad(image, target, Image.Resampling.BILINEAR, color=0)
-            array = np.asarray(image, dtype=np.uint8)
+        size = _as_size(image_size) if image_size is not None else None
+        if is_dicom(path):
+            array = _finish(Image.fromarray(read_dicom(path)), size, color_mode, resize)
+        else:
+            with Image.open(path) as image:
+                if image.format == "JPEG":
+                    # Let libjpeg do part of the work: decode only the luma channel for
+                    # grayscale, and at a reduced scale (still >= 2x the target, either
+                    # orientation): full-resolution X-rays decode several times faster.
+                    mode = "L" if color_mode == "grayscale" and image.mode in ("L", "RGB") else image.mode
+                    side = 2 * max(size) if size is not None else max(image.size)
+                    image.draft(mode, (side, side))
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)
+                array = _finish(_to_8bit(image), size, color_mode, resize)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read (JPEG or PNG expected)") from None
+        raise ValueError(f"{path}: not an image Pillow can read (JPEG, PNG or DICOM expected)") from None
     except (OSError, SyntaxError, ValueError) as error:
         reason = str(error)
         if reason.startswith(str(path)):
