@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests`` (the README's test command), ``matrix``, ``lint``,
+"""Developer sessions: ``nox -s tests extras`` (the README's test command), ``matrix``, ``lint``,
 ``build``, ``docs``, ``bench`` and ``train_release``.
 
 ``nox -l`` lists them. Sessions other than ``tests`` are slower and documented in the README.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "extras"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
@@ -40,6 +40,13 @@ def tests(session: nox.Session) -> None:
     """The test suite on this Python with the TensorFlow backend (the README's test command)."""
     session.install("-e", ".[test]")
     _pytest(session, "-q", "--doctest-modules", "src", "tests")
+
+
+@nox.session
+def extras(session: nox.Session) -> None:
+    """The tests of the optional extras, installed: DICOM input ([dicom]) and ONNX export ([export])."""
+    session.install("-e", ".[test,dicom,export]")
+    _pytest(session, "-q", "tests/test_dicom.py", "tests/test_export.py")
 
 
 MATRIX = [

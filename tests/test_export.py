@@ -71,3 +71,21 @@ def test_export_cli(tmp_path, capsys):
     assert sidecar_path(out).is_file()
     assert main(["export", "pneumonia_cnn_v1", str(out), "--format", "litert"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_onnx_example_without_keras_matches_predict(tmp_path, capsys):
+    _needs("onnx")
+    import importlib.util
+    from pathlib import Path
+
+    model = kp.PneumoniaCNN.from_pretrained("pneumonia_cnn_v1", compile=False)
+    export_model(model, tmp_path / "m.onnx", format="onnx")
+    example = Path(__file__).resolve().parents[1] / "examples" / "onnx_predict.py"
+    spec = importlib.util.spec_from_file_location("onnx_predict", example)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    samples = sorted((Path(kp.__file__).parent / "assets" / "samples").glob("*.jpeg"))
+    module.main([str(tmp_path / "m.onnx"), *map(str, samples)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    expected = model.predict(sample_batch(model), verbose=0)[:, -1]
+    assert [float(line.rsplit("=", 1)[1]) for line in lines] == pytest.approx(expected.tolist(), abs=1e-3)
