@@ -3,6 +3,7 @@
     python benchmarks/experiments.py add runs/v2-a [--note "..."]     # a training run folder
     python benchmarks/experiments.py add pneumonia_cnn_v1               # a released preset
     python benchmarks/experiments.py add runs/v2-a runs/v2-b --name ens  # an ensemble (mean probability)
+    python benchmarks/experiments.py add runs/v2-a --name v2-a@0.5 --threshold 0.5
     python benchmarks/experiments.py table                              # the Markdown table for the docs
 
 Each row holds, for the model(s) given:
@@ -62,7 +63,7 @@ def _metrics(report) -> dict:
     return {k: round(float(getattr(report, k)), 4) for k in ("accuracy", "auc", "sensitivity", "specificity")}
 
 
-def add(sources: list[str], name: str | None, note: str, data: Path) -> dict:
+def add(sources: list[str], name: str | None, note: str, data: Path, threshold: float | None = None) -> dict:
     from keras_pneumonia.data import load_chest_xray, load_image_folder
     from keras_pneumonia.evaluation import EvaluationReport
     from keras_pneumonia.robustness import evaluate_robustness
@@ -70,6 +71,8 @@ def add(sources: list[str], name: str | None, note: str, data: Path) -> dict:
     loaded = [_load(s) for s in sources]
     models = [m for m, _ in loaded]
     model = models[0] if len(models) == 1 else _Mean(models, float(np.mean([m.threshold for m in models])))
+    if threshold is not None:
+        model.threshold = threshold
     size = tuple(model.input_shape[1:3])
     color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
     split = load_chest_xray(data, image_size=size, color_mode=color_mode, validation_split=0.1, seed=1337)
@@ -131,10 +134,11 @@ def main(argv=None) -> int:
     add_cmd.add_argument("--name", help="row name (default: the first source's name)")
     add_cmd.add_argument("--note", default="", help="what the recipe changes")
     add_cmd.add_argument("--data", type=Path, default=DATA, help=f"chest_xray_224 folder ({DATA})")
+    add_cmd.add_argument("--threshold", type=float, help="score at this threshold instead of the model's own")
     commands.add_parser("table", help="print the Markdown table")
     args = parser.parse_args(argv)
     if args.command == "add":
-        row = add(args.sources, args.name, args.note, args.data)
+        row = add(args.sources, args.name, args.note, args.data, args.threshold)
         print(table([row]))
     else:
         print(table(json.loads(LOG.read_text())))

@@ -42,7 +42,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "blur_prob": 0.0,
         "noise_std": 0.0,
     },
-    "strong": {},  # the dataclass defaults
+    "strong": {},  # the dataclass defaults: every image reframed
+    # As "strong", but half of the images keep their framing (no border, no rotation).
+    "mixed": {"geometry_prob": 0.5},
     "none": {
         "zoom": (1.0, 1.0),
         "aspect": 1.0,
@@ -80,6 +82,10 @@ class Augmentation:
         blur_prob: Share of images blurred with a Gaussian of sigma in ``blur_sigma``.
         blur_sigma: Range of the blur's sigma, in pixels.
         noise_std: Maximum standard deviation of added Gaussian noise, in grey levels.
+        geometry_prob: Share of images that get the geometric changes; the others
+            keep their framing (no border, no rotation). Below 1 the model also
+            sees unchanged framings of both classes, so a black border or a
+            rotation cannot become a cue of its own.
     """
 
     zoom: tuple[float, float] = (0.8, 1.35)
@@ -91,10 +97,11 @@ class Augmentation:
     blur_prob: float = 0.3
     blur_sigma: tuple[float, float] = (0.4, 1.5)
     noise_std: float = 4.0
+    geometry_prob: float = 1.0
 
     @classmethod
     def preset(cls, name: str) -> Augmentation:
-        """``"strong"`` (the default for training), ``"light"`` (0.1.0's) or ``"none"``."""
+        """``"mixed"`` (the default for training), ``"strong"``, ``"light"`` (0.1.0's) or ``"none"``."""
         if name not in PRESETS:
             raise ValueError(f"Unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**PRESETS[name])
@@ -133,6 +140,11 @@ class Augmentation:
         angle = uniform(-1.0, 1.0) * self.rotate_deg * math.pi / 180.0
         tx = uniform(-1.0, 1.0) * self.translate * width
         ty = uniform(-1.0, 1.0) * self.translate * height
+        if self.geometry_prob < 1.0:
+            moved = uniform(0.0, 1.0) < self.geometry_prob
+            zoom, stretch = tf.where(moved, zoom, 1.0), tf.where(moved, stretch, 1.0)
+            angle, tx, ty = tf.where(moved, angle, 0.0), tf.where(moved, tx, 0.0), tf.where(moved, ty, 0.0)
+            sx, sy = zoom * stretch, zoom / stretch
         cos, sin = tf.cos(angle), tf.sin(angle)
         a0, a1, b0, b1 = cos / sx, -sin / sy, sin / sx, cos / sy
         cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0

@@ -39,6 +39,15 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _threshold(text: str) -> float | str:
+    if text == "youden":
+        return text
+    try:
+        return _fraction(text)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected 'youden' or a number between 0 and 1, got {text!r}") from None
+
+
 def _name_list(text: str) -> list[str]:
     from keras_pneumonia.robustness import PERTURBATIONS
 
@@ -77,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--validation-split", type=_fraction, default=0.1, help="validation fraction, by patient (0.1)")
     train.add_argument("--seed", type=int, default=1337, help="seed of split, initialisation and shuffle (1337)")
     train.add_argument(
+        "--split-seed", type=int, help="seed of the split only (default: --seed): another run on the same split"
+    )
+    train.add_argument(
         "--kaggle-val", choices=("pool", "keep"), default="pool", help="pool val/ into train, or keep it as validation"
     )
     train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (1e-3)")
@@ -90,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--normalization", choices=("per_image", "rescale"), help="input normalisation")
     train.add_argument(
         "--augmentation",
-        choices=("strong", "light", "none"),
+        choices=("mixed", "strong", "light", "none"),
         default="strong",
         help="augmentation of the training pipeline (strong: framing, exposure, blur, noise)",
     )
@@ -103,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: plain Adam)")
     train.add_argument("--ema", action="store_true", help="average the weights (exponential moving average)")
+    train.add_argument(
+        "--threshold",
+        type=_threshold,
+        default="youden",
+        help="'youden' (chosen on validation, the default) or a fixed decision threshold in (0, 1)",
+    )
     train.add_argument(
         "--monitor",
         type=Path,
@@ -218,6 +236,7 @@ def _cmd_train(args) -> int:
         batch_size=args.batch_size,
         validation_split=args.validation_split,
         seed=args.seed,
+        split_seed=args.split_seed,
         kaggle_val=args.kaggle_val,
         learning_rate=args.learning_rate,
         callbacks=args.callbacks,
@@ -226,6 +245,7 @@ def _cmd_train(args) -> int:
         weight_decay=args.weight_decay,
         ema=args.ema,
         monitor_dir=args.monitor,
+        threshold=args.threshold,
         model_kwargs=model_kwargs,
         class_weight=not args.no_class_weight,
         deterministic=args.deterministic,

@@ -40,6 +40,60 @@ def clone_without_optimizer(model):
     return clone
 
 
+def recalibrate_batch_norm(model, dataset, momentum: float = 0.0) -> int:
+    """Re-estimates every batch-normalization layer's moving statistics on ``dataset``.
+
+    Training with strong augmentation leaves moving means and variances that
+    describe augmented batches (black borders, other tone curves), seen last
+    with a large learning rate; inference sees clean images. This runs the
+    model in training mode over clean batches **without changing any weight**,
+    and sets each layer's statistics to the average over those batches (Wu and
+    Johnson's "precise BN", 2021). Written here because Keras has no such
+    utility; it uses only Keras ops on the layers' own variables.
+
+    Args:
+        model: A built Keras model.
+        dataset: Batches of ``(images, labels)`` (labels are ignored), e.g. the
+            un-augmented training split.
+        momentum: 0 (default) replaces the statistics; above 0 blends them,
+            ``momentum * old + (1 - momentum) * new``.
+
+    Returns:
+        The number of batch-normalization layers updated.
+    """
+    import keras
+    import numpy as np
+
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    means = {id(layer): [] for layer in layers}
+    variances = {id(layer): [] for layer in layers}
+    # A model that outputs every batch-norm layer's input. Run in training mode, as
+    # during training each layer normalises with its batch's statistics, so every
+    # layer sees the inputs it saw in training, only from clean images. (Training
+    # mode also nudges the moving statistics; they are overwritten below.)
+    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    for batch in dataset:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        outputs = probe(x, training=True)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for layer, value in zip(layers, outputs):
+            value = keras.ops.convert_to_numpy(value).astype(np.float64)
+            axes = tuple(i for i in range(value.ndim) if i != (layer.axis % value.ndim))
+            means[id(layer)].append(value.mean(axis=axes))
+            variances[id(layer)].append(value.var(axis=axes))
+    for layer in layers:
+        mean = np.mean(means[id(layer)], axis=0)
+        variance = np.mean(variances[id(layer)], axis=0)
+        if momentum > 0:
+            mean = momentum * keras.ops.convert_to_numpy(layer.moving_mean) + (1 - momentum) * mean
+            variance = momentum * keras.ops.convert_to_numpy(layer.moving_variance) + (1 - momentum) * variance
+        layer.moving_mean.assign(mean.astype("float32"))
+        layer.moving_variance.assign(variance.astype("float32"))
+    return len(layers)
+
+
 def train(
     data_dir: str | Path,
     output: str | Path,
@@ -49,6 +103,7 @@ def train(
     batch_size: int = 32,
     validation_split: float = 0.1,
     seed: int = 1337,
+    split_seed: int | None = None,
     kaggle_val: str = "pool",
     learning_rate: float = 1e-3,
     callbacks: str = "default",
@@ -57,6 +112,7 @@ def train(
     weight_decay: float = 0.0,
     ema: bool = False,
     monitor_dir: str | Path | None = None,
+    threshold: float | str = "youden",
     model_kwargs: Mapping[str, Any] | None = None,
     class_weight: bool = True,
     deterministic: bool = False,
@@ -82,7 +138,9 @@ def train(
         batch_size: Batch size.
         validation_split: Fraction of the training data (by patient) for validation.
         kaggle_val: ``"pool"`` or ``"keep"``: what to do with a ``val/`` folder (see `load_chest_xray`).
-        seed: Seeds the split, the initialisation and the shuffling.
+        seed: Seeds the split, the initialisation, the augmentation and the shuffling.
+        split_seed: Seeds the split (and the shuffling) instead of ``seed``: to
+            retrain with another initialisation on the same validation split.
         learning_rate: Adam's initial learning rate.
         callbacks: Callback preset, ``"default"`` or ``"fine_tune"`` (with
             ``schedule="plateau"``); a cosine schedule always uses ``"fixed"``.
@@ -98,6 +156,10 @@ def train(
             every epoch and at the end, for the record only: it never chooses the
             epoch or the threshold. Logged as ``monitor_*`` in ``history.csv`` and
             as ``"monitor"`` in ``report.json``.
+        threshold: ``"youden"`` chooses the decision threshold on the validation
+            split (Youden's J with the one-standard-error rule, see
+            `keras_pneumonia.evaluation.youden_threshold`); a number fixes it
+            (the release recipe of v2 uses 0.5, see the model card for why).
         model_kwargs: More `PneumoniaCNN` arguments (filters, head, dropout...).
         class_weight: Weight the loss by balanced class weights of the train part.
         deterministic: Ask TensorFlow for deterministic ops (slower; see the docs).
@@ -145,7 +207,7 @@ def train(
         color_mode="grayscale" if channels == 1 else "rgb",
         batch_size=batch_size,
         validation_split=validation_split,
-        seed=seed,
+        seed=seed if split_seed is None else split_seed,
         kaggle_val=kaggle_val,
     )
     data.save_manifest(output / "split.json")
@@ -193,7 +255,12 @@ def train(
 
     # The threshold is chosen on validation data only, then stored in the model.
     y_val, p_val = predict_proba(model, data.val)
-    model.threshold = youden_threshold(y_val, p_val)
+    if threshold == "youden":
+        model.threshold = youden_threshold(y_val, p_val)
+        threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
+    else:
+        model.threshold = float(threshold)
+        threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {youden_threshold(y_val, p_val):.4f})"
     reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
     predictions = {"val": (y_val, p_val)}
     if data.test is not None:
@@ -216,7 +283,7 @@ def train(
 
     report = {
         "threshold": model.threshold,
-        "threshold_rule": "Youden's J (max sensitivity + specificity - 1) on the validation split",
+        "threshold_rule": threshold_rule,
         "epochs_run": len(history.history.get("loss", [])),
         "counts": data.counts,
         **{split: r.to_dict() for split, r in reports.items()},
@@ -232,12 +299,14 @@ def train(
             "validation_split": validation_split,
             "kaggle_val": kaggle_val,
             "seed": seed,
+            "split_seed": split_seed,
             "learning_rate": learning_rate,
             "callbacks": callbacks,
             "augmentation": augmentation,
             "schedule": schedule,
             "weight_decay": weight_decay,
             "ema": ema,
+            "threshold": threshold,
             "monitor_dir": None if monitor_dir is None else str(monitor_dir),
             "model_kwargs": model_kwargs,
             "class_weight": class_weight,
