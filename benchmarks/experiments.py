@@ -45,6 +45,60 @@ def _load(source: str):
     return kp.PneumoniaCNN.from_pretrained(source, compile=False), None
 
 
+def recalibrate_batch_norm(model, dataset, momentum: float = 0.0) -> int:
+    """Re-estimates every batch-normalization layer's moving statistics on ``dataset``.
+
+    Training with strong augmentation leaves moving means and variances that
+    describe augmented batches (black borders, other tone curves), seen last
+    with a large learning rate; inference sees clean images. This runs the
+    model in training mode over clean batches **without changing any weight**,
+    and sets each layer's statistics to the average over those batches (Wu and
+    Johnson's "precise BN", 2021). Written here because Keras has no such
+    utility; it uses only Keras ops on the layers' own variables.
+
+    Args:
+        model: A built Keras model.
+        dataset: Batches of ``(images, labels)`` (labels are ignored), e.g. the
+            un-augmented training split.
+        momentum: 0 (default) replaces the statistics; above 0 blends them,
+            ``momentum * old + (1 - momentum) * new``.
+
+    Returns:
+        The number of batch-normalization layers updated.
+    """
+    import keras
+    import numpy as np
+
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return 0
+    means = {id(layer): [] for layer in layers}
+    variances = {id(layer): [] for layer in layers}
+    # A model that outputs every batch-norm layer's input. Run in training mode, as
+    # during training each layer normalises with its batch's statistics, so every
+    # layer sees the inputs it saw in training, only from clean images. (Training
+    # mode also nudges the moving statistics; they are overwritten below.)
+    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    for batch in dataset:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        outputs = probe(x, training=True)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for layer, value in zip(layers, outputs):
+            value = keras.ops.convert_to_numpy(value).astype(np.float64)
+            axes = tuple(i for i in range(value.ndim) if i != (layer.axis % value.ndim))
+            means[id(layer)].append(value.mean(axis=axes))
+            variances[id(layer)].append(value.var(axis=axes))
+    for layer in layers:
+        mean = np.mean(means[id(layer)], axis=0)
+        variance = np.mean(variances[id(layer)], axis=0)
+        if momentum > 0:
+            mean = momentum * keras.ops.convert_to_numpy(layer.moving_mean) + (1 - momentum) * mean
+            variance = momentum * keras.ops.convert_to_numpy(layer.moving_variance) + (1 - momentum) * variance
+        layer.moving_mean.assign(mean.astype("float32"))
+        layer.moving_variance.assign(variance.astype("float32"))
+    return len(layers)
+
+
 class _Mean:
     """An ensemble: the mean probability of its members (all with one input spec)."""
 
@@ -63,7 +117,14 @@ def _metrics(report) -> dict:
     return {k: round(float(getattr(report, k)), 4) for k in ("accuracy", "auc", "sensitivity", "specificity")}
 
 
-def add(sources: list[str], name: str | None, note: str, data: Path, threshold: float | None = None) -> dict:
+def add(
+    sources: list[str],
+    name: str | None,
+    note: str,
+    data: Path,
+    threshold: float | None = None,
+    recalibrate_bn: bool = False,
+) -> dict:
     from keras_pneumonia.data import load_chest_xray, load_image_folder
     from keras_pneumonia.evaluation import EvaluationReport
     from keras_pneumonia.robustness import evaluate_robustness
@@ -76,6 +137,9 @@ def add(sources: list[str], name: str | None, note: str, data: Path, threshold: 
     size = tuple(model.input_shape[1:3])
     color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
     split = load_chest_xray(data, image_size=size, color_mode=color_mode, validation_split=0.1, seed=1337)
+    if recalibrate_bn:
+        for member in models:
+            recalibrate_batch_norm(member, split.train)
     x_val = np.concatenate([x for x, _ in split.val])
     y_val = split.labels("val")
     x_dev, y_dev, _ = load_image_folder(data / "test_dev", image_size=size, color_mode=color_mode)
@@ -135,10 +199,13 @@ def main(argv=None) -> int:
     add_cmd.add_argument("--note", default="", help="what the recipe changes")
     add_cmd.add_argument("--data", type=Path, default=DATA, help=f"chest_xray_224 folder ({DATA})")
     add_cmd.add_argument("--threshold", type=float, help="score at this threshold instead of the model's own")
+    add_cmd.add_argument(
+        "--recalibrate-bn", action="store_true", help="re-estimate batch-norm statistics on the clean training split"
+    )
     commands.add_parser("table", help="print the Markdown table")
     args = parser.parse_args(argv)
     if args.command == "add":
-        row = add(args.sources, args.name, args.note, args.data, args.threshold)
+        row = add(args.sources, args.name, args.note, args.data, args.threshold, args.recalibrate_bn)
         print(table([row]))
     else:
         print(table(json.loads(LOG.read_text())))

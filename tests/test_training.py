@@ -210,3 +210,28 @@ def test_evaluate_cli_json(kaggle_dir, tmp_path, capsys):
     assert np.sum(report["confusion_matrix"]) == 8
     assert main(["evaluate", str(kaggle_dir / "train"), "--weights", str(tmp_path / "m.keras")]) == 0
     assert "| n | 32 |" in capsys.readouterr().out
+
+
+def test_release_style_run_cosine_ema_monitor_and_fixed_threshold(kaggle_dir, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", str(kaggle_dir), "--output", str(run), "--epochs", "3", "--validation-split", "0.25"]
+    argv += ["--schedule", "cosine", "--ema", "--augmentation", "mixed", "--threshold", "0.5"]
+    assert main([*argv, "--monitor", str(kaggle_dir / "test"), *TINY_CLI]) == 0
+    history = list(csv.DictReader((run / "history.csv").open()))
+    assert len(history) == 3
+    assert {"monitor_accuracy", "monitor_auc", "monitor_sensitivity", "monitor_specificity"} <= set(history[0])
+    report = json.loads((run / "report.json").read_text())
+    assert report["threshold"] == 0.5 and report["threshold_rule"].startswith("fixed at 0.5")
+    assert report["monitor"]["n"] == 8 and report["monitor"]["threshold"] == 0.5
+    # No early stopping, no plateau: a checkpoint of every epoch, and the last one is the result.
+    assert len(list((run / "checkpoints").glob("epoch*.keras"))) == 3
+    arguments = json.loads((run / "run.json").read_text())["arguments"]
+    assert arguments["schedule"] == "cosine" and arguments["ema"] and arguments["augmentation"] == "mixed"
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.threshold == 0.5 and not model.augmentation
+
+
+def test_fixed_preset_has_no_early_stopping(tmp_path):
+    names = [type(c).__name__ for c in callbacks.preset("fixed", run_dir=tmp_path)]
+    assert names == ["ModelCheckpoint", "BackupAndRestore", "CSVLogger"]
+    assert not callbacks.preset("fixed", run_dir=tmp_path)[0].save_best_only
