@@ -25,7 +25,14 @@ def _png_ok(path) -> bool:
 def test_default_preset_contents(tmp_path):
     cbs = callbacks.preset("default", run_dir=tmp_path)
     by_type = {type(c).__name__: c for c in cbs}
-    assert set(by_type) == {"EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "BackupAndRestore", "CSVLogger"}
+    assert set(by_type) == {
+        "EarlyStopping",
+        "ReduceLROnPlateau",
+        "ModelCheckpoint",
+        "BackupAndRestore",
+        "EpochTime",
+        "CSVLogger",
+    }
     assert by_type["EarlyStopping"].restore_best_weights
     assert by_type["EarlyStopping"].monitor == "val_loss"
     assert by_type["ModelCheckpoint"].save_best_only
@@ -220,6 +227,7 @@ def test_release_style_run_cosine_ema_monitor_and_fixed_threshold(kaggle_dir, tm
     history = list(csv.DictReader((run / "history.csv").open()))
     assert len(history) == 3
     assert {"monitor_accuracy", "monitor_auc", "monitor_sensitivity", "monitor_specificity"} <= set(history[0])
+    assert all(float(row["epoch_time_s"]) > 0 for row in history)
     report = json.loads((run / "report.json").read_text())
     assert report["threshold"] == 0.5 and report["threshold_rule"].startswith("fixed at 0.5")
     assert report["monitor"]["n"] == 8 and report["monitor"]["threshold"] == 0.5
@@ -233,5 +241,5 @@ def test_release_style_run_cosine_ema_monitor_and_fixed_threshold(kaggle_dir, tm
 
 def test_fixed_preset_has_no_early_stopping(tmp_path):
     names = [type(c).__name__ for c in callbacks.preset("fixed", run_dir=tmp_path)]
-    assert names == ["ModelCheckpoint", "BackupAndRestore", "CSVLogger"]
+    assert names == ["ModelCheckpoint", "BackupAndRestore", "EpochTime", "CSVLogger"]
     assert not callbacks.preset("fixed", run_dir=tmp_path)[0].save_best_only

@@ -13,7 +13,8 @@ Every preset is built from Keras' own callbacks:
       new file, so an interrupted write never destroys an earlier good checkpoint.
     * ``BackupAndRestore(run_dir/backup)``: an interrupted run, started again
       with the same command, resumes after the last finished epoch.
-    * ``CSVLogger(run_dir/history.csv, append=True)``: the per-epoch history.
+    * ``CSVLogger(run_dir/history.csv, append=True)``: the per-epoch history,
+      with each epoch's wall time (`EpochTime`).
     * ``TensorBoard(run_dir/tensorboard)`` when ``tensorboard=True``.
 
 ``"fine_tune"`` (continuing from trained weights, e.g. `PneumoniaCNN.from_pretrained`)
@@ -72,7 +73,7 @@ def preset(
     >>> import tempfile
     >>> from keras_pneumonia import callbacks
     >>> [type(c).__name__ for c in callbacks.preset("default", run_dir=tempfile.mkdtemp())]
-    ['EarlyStopping', 'ReduceLROnPlateau', 'ModelCheckpoint', 'BackupAndRestore', 'CSVLogger']
+    ['EarlyStopping', 'ReduceLROnPlateau', 'ModelCheckpoint', 'BackupAndRestore', 'EpochTime', 'CSVLogger']
     """
     if name not in PRESETS:
         raise ValueError(f"Unknown callback preset {name!r}; choose one of {sorted(PRESETS)}.")
@@ -96,11 +97,32 @@ def preset(
             verbose=verbose,
         ),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), **backup_kwargs),
+        EpochTime(),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     return callbacks
+
+
+class EpochTime(keras.callbacks.Callback):
+    """Adds ``epoch_time_s`` (wall seconds of the epoch, validation included) to the logs.
+
+    Keras' ``History`` and ``CSVLogger`` record metrics, not time; with this in the
+    list before the logger, ``history.csv`` shows what each epoch cost (and which
+    epochs shared the machine with other work).
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        import time
+
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        if logs is not None:
+            logs["epoch_time_s"] = round(time.perf_counter() - self._start, 2)
 
 
 class MonitorFolder(keras.callbacks.Callback):
