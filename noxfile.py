@@ -156,4 +156,7 @@ def train_release(session: nox.Session) -> None:
 
 
 # The release recipe of pneumonia_cnn_v2 (docs/experiments.md).
-RELEASE_V2_ARGS = ["--epochs", "30", "--schedule", "cosine", "--ema", "--augmentation", "strong", "--seed", "1337"]
+RELEASE_V2_ARGS = [
+    *("--epochs", "30", "--schedule", "cosine", "--ema", "--augmentation", "strong"),
+    *("--threshold", "0.5", "--seed", "1337"),
+]

@@ -5,6 +5,7 @@
     python benchmarks/experiments.py add runs/v2-a runs/v2-b --name ens  # an ensemble (mean probability)
     python benchmarks/experiments.py add runs/v2-a --name v2-a@0.5 --threshold 0.5
     python benchmarks/experiments.py table                              # the Markdown table for the docs
+    python benchmarks/experiments.py plot runs/v2-a runs/v2-c --output docs/_static/v2_runs.png
 
 Each row holds, for the model(s) given:
 
@@ -190,6 +191,29 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_runs(runs: list[Path], path: Path) -> None:
+    """Validation and test_dev (the run's ``--monitor``) accuracy and AUC per epoch, one column per run."""
+    from matplotlib.figure import Figure
+
+    from keras_pneumonia.plots import read_history
+
+    figure = Figure(figsize=(4.2 * len(runs), 6.4), layout="constrained")
+    axes = figure.subplots(2, len(runs), squeeze=False)
+    for column, run in enumerate(runs):
+        history = read_history(run / "history.csv")
+        epochs = [e + 1 for e in history["epoch"]]
+        for row, metric in enumerate(("accuracy", "auc")):
+            ax = axes[row][column]
+            ax.plot(epochs, history[f"val_{metric}"], "o-", ms=3, label="validation")
+            ax.plot(epochs, history[f"monitor_{metric}"], "s-", ms=3, label="test_dev (used for choices)")
+            ax.set_title(f"{run.name}: {metric} at threshold 0.5" if metric == "accuracy" else f"{run.name}: AUC")
+            ax.set_xlabel("epoch (raw weights, before EMA)")
+            ax.set_ylim(0.3 if metric == "accuracy" else 0.8, 1.0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right")
+    figure.savefig(path, dpi=100)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -203,10 +227,15 @@ def main(argv=None) -> int:
         "--recalibrate-bn", action="store_true", help="re-estimate batch-norm statistics on the clean training split"
     )
     commands.add_parser("table", help="print the Markdown table")
+    plot_cmd = commands.add_parser("plot", help="per-epoch validation and test_dev curves of run folders")
+    plot_cmd.add_argument("runs", nargs="+", type=Path, help="run folders trained with --monitor")
+    plot_cmd.add_argument("--output", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     if args.command == "add":
         row = add(args.sources, args.name, args.note, args.data, args.threshold, args.recalibrate_bn)
         print(table([row]))
+    elif args.command == "plot":
+        plot_runs(args.runs, args.output)
     else:
         print(table(json.loads(LOG.read_text())))
     return 0

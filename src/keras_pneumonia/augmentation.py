@@ -101,7 +101,7 @@ class Augmentation:
 
     @classmethod
     def preset(cls, name: str) -> Augmentation:
-        """``"mixed"`` (the default for training), ``"strong"``, ``"light"`` (0.1.0's) or ``"none"``."""
+        """``"strong"`` (the default for training), ``"mixed"``, ``"light"`` (0.1.0's) or ``"none"``."""
         if name not in PRESETS:
             raise ValueError(f"Unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**PRESETS[name])

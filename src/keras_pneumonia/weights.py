@@ -6,7 +6,7 @@ Where files live, in the order they are looked up:
    pre-filled for containers and air-gapped machines; never written to.
 2. The cache: ``cache_dir=``, else ``$KERAS_PNEUMONIA_CACHE``, else
    ``$KERAS_HOME/keras_pneumonia`` (``KERAS_HOME`` defaults to ``~/.keras``).
-3. The copy shipped inside the package (the default preset only).
+3. The copy shipped inside the package (presets marked ``bundled``).
 4. A download from the preset's URL, verified against its sha256.
 
 Downloads go through `keras.utils.get_file` into a private temporary folder
