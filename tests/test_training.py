@@ -243,3 +243,19 @@ def test_fixed_preset_has_no_early_stopping(tmp_path):
     names = [type(c).__name__ for c in callbacks.preset("fixed", run_dir=tmp_path)]
     assert names == ["ModelCheckpoint", "BackupAndRestore", "EpochTime", "CSVLogger"]
     assert not callbacks.preset("fixed", run_dir=tmp_path)[0].save_best_only
+
+
+def test_atomic_writes_follow_the_umask(tmp_path):
+    import os
+
+    from keras_pneumonia._io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+        assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
