@@ -31,8 +31,9 @@ def test_released_models_export_and_agree_with_predict(format, preset, tmp_path)
     info = export_model(model, out, format=format)
     x = sample_batch(model)
     expected = model.predict(x, verbose=0)
-    # Loaded back in a separate step, by the format's own runtime, from the path on disk.
-    np.testing.assert_allclose(run_exported(out, x), expected, atol=1e-4)
+    # Loaded back in a separate step, by the format's own runtime, from the path on disk:
+    # the released models agree to 1e-5 (export_model itself refuses anything over 1e-4).
+    np.testing.assert_allclose(run_exported(out, x), expected, atol=1e-5)
     sidecar = json.loads(sidecar_path(out).read_text())
     assert sidecar == info
     assert sidecar["class_names"] == ["NORMAL", "PNEUMONIA"] and sidecar["threshold"] == model.threshold
