@@ -101,3 +101,17 @@ def test_cli_errors(folder, model_file, tmp_path, capsys):
     assert ".csv or .jsonl" in capsys.readouterr().err
     assert main(["predict", str(folder / "nope"), "--weights", str(model_file)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_gradcam_overlays_of_files_with_one_name_do_not_overwrite_each_other(folder, model_file, tmp_path):
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Grad-CAM needs TensorFlow")
+    same = tmp_path / "same"
+    for sub in ("a", "b", "c"):
+        (same / sub).mkdir(parents=True)
+        shutil.copy(next((folder / "test" / "NORMAL").iterdir()), same / sub / "xray.jpeg")
+    cams = tmp_path / "cams"
+    assert main(["predict", str(same), "--weights", str(model_file), "--gradcam", str(cams)]) == 0
+    assert sorted(p.name for p in cams.iterdir()) == ["b_xray_gradcam.png", "c_xray_gradcam.png", "xray_gradcam.png"]
