@@ -7,8 +7,8 @@ import keras
 import pytest
 
 import keras_pneumonia as kp
-from keras_pneumonia.evaluation import predict_proba, youden_threshold
 from conftest import FULLRES, TINY
+from keras_pneumonia.evaluation import predict_proba, youden_threshold
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

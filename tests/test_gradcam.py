@@ -1,6 +1,6 @@
 import json
-from pathlib import Path
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np

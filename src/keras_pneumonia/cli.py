@@ -157,8 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict", help="classify X-ray files and folders, streaming results (optionally with Grad-CAM overlays)"
     )
-    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files and folders (searched recursively)")
-    predict.add_argument("--glob", default="*", metavar="PATTERN", help="file-name filter inside folders, e.g. '*.jpeg'")
+    predict.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files and folders (searched recursively)"
+    )
+    predict.add_argument(
+        "--glob",
+        default="*",
+        metavar="PATTERN",
+        help="shell-style file-name pattern applied inside folders (default: every image file)",
+    )
     predict.add_argument(
         "--output",
         "-o",
@@ -315,9 +322,7 @@ def _cmd_evaluate(args) -> int:
         args.report_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.report_dir / "robustness.json", robustness.to_json() + "\n")
         atomic_write_text(args.report_dir / "robustness.md", robustness.to_markdown() + "\n")
-        plots.plot_robustness(
-            robustness, args.report_dir / "robustness.png", title=f"{model.name} on {args.data_dir}"
-        )
+        plots.plot_robustness(robustness, args.report_dir / "robustness.png", title=f"{model.name} on {args.data_dir}")
     if args.json:
         print(json.dumps({"report": report.to_dict(), "robustness": robustness.to_dict()}, indent=2))
     else:

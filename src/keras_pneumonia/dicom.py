@@ -111,7 +111,7 @@ def read_dicom(path: str | Path) -> np.ndarray:
     syntax = ds.file_meta.get("TransferSyntaxUID") if "file_meta" in dir(ds) else None
     try:
         pixels = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as error:
+    except (NotImplementedError, RuntimeError):
         name = getattr(syntax, "name", str(syntax))
         raise ValueError(
             f"{path}: pixel data compressed as {name}, which no installed decoder reads "
@@ -144,6 +144,8 @@ def read_dicom(path: str | Path) -> np.ndarray:
 def _stretch(values: np.ndarray) -> np.ndarray:
     values = values.astype(np.float64)
     low, high = values.min(), values.max()
-    return np.zeros(values.shape, np.uint8) if high <= low else np.round((values - low) / (high - low) * 255).astype(
-        np.uint8
+    return (
+        np.zeros(values.shape, np.uint8)
+        if high <= low
+        else np.round((values - low) / (high - low) * 255).astype(np.uint8)
     )

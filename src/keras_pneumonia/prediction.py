@@ -157,14 +157,16 @@ class ResultsFile:
         self.path = Path(path)
         self.format = self.path.suffix.lower()
         if self.format not in OUTPUT_FORMATS:
-            raise ValueError(f"{self.path}: results are written as .csv or .jsonl, not {self.path.suffix or 'no suffix'}")
+            raise ValueError(
+                f"{self.path}: results are written as .csv or .jsonl, not {self.path.suffix or 'no suffix'}"
+            )
         self.done: set[str] = set()
         if self.path.exists():
             self._drop_partial_last_line()
             self.done = {row["path"] for row in self.read(self.path)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
-        self._file = open(self.path, "a", newline="", encoding="utf-8")
+        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close()/__exit__)
         if self.format == ".csv":
             self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
             if new:

@@ -206,7 +206,9 @@ def train(
         threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
     else:
         model.threshold = float(threshold)
-        threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {youden_threshold(y_val, p_val):.4f})"
+        threshold_rule = (
+            f"fixed at {float(threshold)} by the caller (validation would choose {youden_threshold(y_val, p_val):.4f})"
+        )
     reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
     predictions = {"val": (y_val, p_val)}
     if data.test is not None:
