@@ -128,8 +128,8 @@ def predict_files(
             good = [j for j, (image, _) in enumerate(decoded) if image is not None]
             probabilities = {}
             if good:
-                # Always a full batch (zero-padded), so the model is traced once.
-                x = np.zeros((batch_size, height, width, channels), "float32")
+                # Always one batch shape (zero-padded), so the model is traced once.
+                x = np.zeros((len(batches[0]), height, width, channels), "float32")
                 x[: len(good)] = np.stack([decoded[j][0] for j in good])
                 out = np.asarray(model.predict_on_batch(x))[: len(good), -1]
                 probabilities = dict(zip(good, out.tolist()))

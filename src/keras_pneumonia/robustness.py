@@ -258,6 +258,11 @@ def evaluate_robustness(
 
     Raises:
         ValueError: An unknown perturbation name.
+
+    Note:
+        Each image is decoded once at its original resolution and kept in memory
+        while the perturbations run: meant for evaluation folders (hundreds to a
+        few thousand images), not for whole archives of full-resolution films.
     """
     from keras_pneumonia.data import _entries, load_image
     from keras_pneumonia.evaluation import EvaluationReport
