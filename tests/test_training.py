@@ -259,3 +259,13 @@ def test_atomic_writes_follow_the_umask(tmp_path):
         assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"threshold": 7.0}, "threshold"), ({"schedule": "linear"}, "schedule"), ({"augmentation": "wild"}, "preset")],
+)
+def test_bad_training_arguments_fail_before_any_work(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        training.train(tmp_path / "does-not-exist", tmp_path / "run", **kwargs)
+    assert not (tmp_path / "run").exists()

@@ -129,6 +129,12 @@ def train(
 
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1; received {epochs}.")
+    # Arguments are checked before minutes of decoding and hours of training.
+    if schedule not in SCHEDULES:
+        raise ValueError(f"`schedule` must be one of {SCHEDULES}; received {schedule!r}.")
+    if threshold != "youden" and not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
+        raise ValueError(f"`threshold` must be 'youden' or a number strictly between 0 and 1; received {threshold!r}.")
+    augment = None if augmentation == "none" else Augmentation.preset(augmentation)
     output = Path(output)
     if (output / "model.keras").exists() and not (output / "backup").exists() and not overwrite:
         raise FileExistsError(
@@ -170,8 +176,6 @@ def train(
             class_names=data.class_names,
         )[:2]
 
-    if schedule not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {SCHEDULES}; received {schedule!r}.")
     model = PneumoniaCNN(image_size=image_size, class_names=data.class_names, **model_kwargs)
     lr = learning_rate
     if schedule == "cosine":
@@ -186,9 +190,7 @@ def train(
     callback_list = callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard)
     if monitor is not None:
         callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
-    train_data = data.train
-    if augmentation != "none":
-        train_data = Augmentation.preset(augmentation).apply_to_dataset(train_data, seed=seed)
+    train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
     history = model.fit(
         train_data,
         validation_data=data.val,
