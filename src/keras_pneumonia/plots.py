@@ -126,22 +126,15 @@ def plot_robustness(reports, path: str | Path | None = None, title: str | None =
         bars = ax_flip.barh(y + offset, flips, height=height, color=f"C{i}", label=label or None)
         ax_flip.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         marker = "os^v"[i % 4]
-        ax_rate.plot(
-            [results[n]["specificity"] for n in names],
-            y,
-            marker,
-            color="C3",
-            alpha=0.9 - 0.3 * i,
-            label=f"specificity {label}".strip(),
-        )
-        ax_rate.plot(
-            [results[n]["sensitivity"] for n in names],
-            y,
-            marker,
-            color="C2",
-            alpha=0.9 - 0.3 * i,
-            label=f"sensitivity {label}".strip(),
-        )
+        for metric, color in (("specificity", "C3"), ("sensitivity", "C2")):
+            ax_rate.plot(
+                [results[n][metric] for n in names],
+                y,
+                marker,
+                color=color,
+                alpha=max(0.3, 0.9 - 0.3 * i),
+                label=f"{metric} {label}".strip(),
+            )
     ax_flip.axvline(5, color="grey", ls="--", lw=1)
     ax_flip.set_xlabel("flip rate (% of images whose decision changes)")
     ax_rate.set_xlabel("sensitivity / specificity at the model's threshold")
