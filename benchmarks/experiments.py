@@ -177,8 +177,8 @@ def add(
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| recipe | val acc | val AUC | test_dev acc | test_dev AUC | sens | spec | flip crop 5% | flip crop 10% "
-        "| worst flip | train min |",
+        "| recipe | val acc | val AUC | test_dev (used for choices): acc | AUC | sens | spec "
+        "| flip crop 5% | flip crop 10% | worst flip | train min |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:

@@ -1,21 +1,12 @@
 """The released model is deterministic: every way of calling it gives one answer."""
 
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 
 import keras_pneumonia as kp
 from conftest import TINY
-from keras_pneumonia.data import load_image
-
-SAMPLES = sorted((Path(kp.__file__).parent / "assets" / "samples").glob("*.jpeg"))
-
-
-def _samples(model):
-    height, width, channels = model.input_shape[1:4]
-    return np.stack([load_image(p, (height, width), model.color_mode) for p in SAMPLES]).astype("float32")
+from keras_pneumonia.export import sample_batch as _samples  # the bundled sample X-rays, decoded for a model
 
 
 @pytest.mark.parametrize("augmentation", [False, True])

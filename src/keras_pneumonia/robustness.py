@@ -179,12 +179,14 @@ def perturb(image: np.ndarray, name: str) -> np.ndarray:
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The same resize as `keras_pneumonia.load_image` (``squash``, bilinear)."""
+    """The resize `keras_pneumonia.load_image` applies (``squash``), on an array."""
     from PIL import Image
+
+    from keras_pneumonia.data import _finish
 
     channels = image.shape[-1]
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.uint8)
+    out = _finish(pil, size, "grayscale" if channels == 1 else "rgb", "squash")
     return out[..., None] if out.ndim == 2 else out
 
 
