@@ -264,6 +264,81 @@ def bench_inference(repeats: int) -> dict:
     return result
 
 
+def bench_resize(repeats: int) -> dict:
+    """The cost of resizing inside the graph (``export_model(..., any_size=True)``) against Pillow.
+
+    One full-resolution X-ray (the largest shipped test image, and a 2400 x 2000
+    one made from it, the size of the biggest Kaggle originals), batch 1.
+    """
+    import numpy as np
+    from PIL import Image
+
+    import keras_pneumonia as kp
+    from keras_pneumonia.export import decode_as_is, with_resize
+
+    model = kp.PneumoniaCNN.from_pretrained(compile=False)
+    any_size = with_resize(model)
+    height, width = model.input_shape[1:3]
+    source = ROOT / "tests" / "data" / "fullres" / "IM-0314-0001.jpeg"
+    result = {}
+    image = decode_as_is(source)
+    large = np.asarray(Image.fromarray(image[..., 0].astype("uint8")).resize((2400, 2000)), "float32")[..., None]
+    for label, array in (("shipped", image), ("2400x2000", large)):
+        x = array[None]
+        pil = Image.fromarray(array[..., 0].astype("uint8"))
+        any_size.predict_on_batch(x)  # trace for this shape
+        model.predict_on_batch(np.zeros((1, height, width, 1), "float32"))
+
+        def in_graph(x=x):
+            start = time.perf_counter()
+            any_size.predict_on_batch(x)
+            return time.perf_counter() - start
+
+        def pillow_then_model(pil=pil):
+            start = time.perf_counter()
+            small = np.asarray(pil.resize((width, height), Image.Resampling.BILINEAR), "float32")
+            model.predict_on_batch(small[None, ..., None])
+            return time.perf_counter() - start
+
+        result[f"{label}_in_graph_ms"] = median_of(in_graph, repeats)[0] * 1000
+        result[f"{label}_pillow_then_model_ms"] = median_of(pillow_then_model, repeats)[0] * 1000
+        result[f"{label}_size"] = list(array.shape[:2])
+    result.update(jpeg_draft_effect(model))
+    return result
+
+
+def jpeg_draft_effect(model) -> dict:
+    """What `load_image`'s reduced-scale JPEG decoding changes, against a full decode + the same resize.
+
+    An ``any_size`` export resizes whatever the caller decoded; `load_image`
+    lets libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale first (never below
+    twice the model size). Measured on the full-resolution sample X-rays.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from keras_pneumonia.data import _finish, load_image
+
+    folder = ROOT.parent / "shared" / "data" / "chest_xray_fullres_sample"
+    files = sorted(folder.rglob("*.jpeg")) or sorted((ROOT / "tests" / "data" / "fullres").glob("*.jpeg"))
+    size = model.input_shape[1:3]
+    drafted = np.stack([load_image(f, size) for f in files]).astype("float32")
+    full = []
+    for f in files:
+        with Image.open(f) as image:
+            image.load()
+            full.append(_finish(image, size, "grayscale", "squash")[..., None])
+    full = np.stack(full).astype("float32")
+    p_drafted = model.predict(drafted, verbose=0)[:, -1]
+    p_full = model.predict(full, verbose=0)[:, -1]
+    return {
+        "jpeg_draft_files": len(files),
+        "jpeg_draft_files_with_other_pixels": int((np.abs(drafted - full).max(axis=(1, 2, 3)) > 0).sum()),
+        "jpeg_draft_max_probability_difference": float(np.abs(p_drafted - p_full).max()),
+        "jpeg_draft_decision_changes": int(((p_drafted >= model.threshold) != (p_full >= model.threshold)).sum()),
+    }
+
+
 # --------------------------------------------------------------------------- import, memory
 
 
@@ -312,7 +387,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--only",
-        choices=("peak", "pipeline", "training", "inference", "import", "memory"),
+        choices=("peak", "pipeline", "training", "inference", "resize", "import", "memory"),
         help="run one step (no summary), e.g. --only inference to time the released model",
     )
     args = parser.parse_args(argv)
@@ -338,6 +413,7 @@ def main(argv=None) -> dict:
     step("pipeline", lambda: bench_pipeline(data, size, repeats))
     step("training", lambda: bench_training(data, size, repeats))
     step("inference", lambda: bench_inference(repeats))
+    step("resize", lambda: bench_resize(repeats))
     step("import", lambda: bench_import(repeats))
     step("memory", lambda: bench_memory(data, size))
     if args.only:

@@ -69,18 +69,22 @@ def test_export_cli(tmp_path, capsys):
     out = tmp_path / "m.tflite"
     assert main(["export", "pneumonia_cnn_v1", str(out), "--format", "litert"]) == 0
     assert "agrees with model.predict" in capsys.readouterr().out
+    assert main(["export", "pneumonia_cnn_v1", str(tmp_path / "any.tflite"), "--format", "litert", "--any-size"]) == 0
+    assert "decoded at their own sizes" in capsys.readouterr().out
+    assert json.loads(sidecar_path(tmp_path / "any.tflite").read_text())["input"]["shape"] == [None] * 4
     assert sidecar_path(out).is_file()
     assert main(["export", "pneumonia_cnn_v1", str(out), "--format", "litert"]) == 2
     assert "already exists" in capsys.readouterr().err
 
 
-def test_onnx_example_without_keras_matches_predict(tmp_path, capsys):
+@pytest.mark.parametrize("any_size", [False, True])
+def test_onnx_example_without_keras_matches_predict(any_size, tmp_path, capsys):
     _needs("onnx")
     import importlib.util
     from pathlib import Path
 
     model = kp.PneumoniaCNN.from_pretrained("pneumonia_cnn_v1", compile=False)
-    export_model(model, tmp_path / "m.onnx", format="onnx")
+    export_model(model, tmp_path / "m.onnx", format="onnx", any_size=any_size)
     example = Path(__file__).resolve().parents[1] / "examples" / "onnx_predict.py"
     spec = importlib.util.spec_from_file_location("onnx_predict", example)
     module = importlib.util.module_from_spec(spec)
@@ -90,3 +94,26 @@ def test_onnx_example_without_keras_matches_predict(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     expected = model.predict(sample_batch(model), verbose=0)[:, -1]
     assert [float(line.rsplit("=", 1)[1]) for line in lines] == pytest.approx(expected.tolist(), abs=1e-3)
+
+
+@pytest.mark.parametrize("format", list(OUTPUTS))
+def test_any_size_export_takes_decoded_images_as_they_are(format, tmp_path):
+    """The resize inside the graph gives load_image's pixels, so the probabilities match predict."""
+    _needs(format)
+    from keras_pneumonia.export import decode_as_is, sample_images
+
+    model = kp.PneumoniaCNN.from_pretrained(compile=False)
+    out = tmp_path / OUTPUTS[format]
+    info = export_model(model, out, format=format, any_size=True)
+    assert info["input"]["shape"] == [None, None, None, None] and "inside the graph" in info["input"]["resize"]
+    expected = model.predict(sample_batch(model), verbose=0)
+    sizes = set()
+    for path, want in zip(sample_images(), expected):
+        image = decode_as_is(path)
+        sizes.add(image.shape)
+        np.testing.assert_allclose(run_exported(out, image[None])[0], want, atol=1e-5)
+    assert len(sizes) == len(expected)  # really different sizes, not one shape
+    # A colour image of another size goes through the RGB -> grayscale path of the graph.
+    rgb = np.repeat(decode_as_is(sample_images()[0])[:400, :500], 3, axis=-1)
+    gray = decode_as_is(sample_images()[0])[:400, :500]
+    np.testing.assert_allclose(run_exported(out, rgb[None]), run_exported(out, gray[None]), atol=1e-6)

@@ -18,7 +18,7 @@ from keras_pneumonia.augmentation import Augmentation
 from keras_pneumonia.data import BadImageError, ChestXrayData, LayoutError, load_chest_xray, load_image
 from keras_pneumonia.evaluation import EvaluationReport, evaluate
 from keras_pneumonia.gradcam import explanation_figure, gradcam, overlay
-from keras_pneumonia.layers import PerImageStandardization
+from keras_pneumonia.layers import PerImageStandardization, SquashResize
 from keras_pneumonia.metrics import SparseAUC
 from keras_pneumonia.models import PneumoniaCNN
 from keras_pneumonia.robustness import RobustnessReport, evaluate_robustness
@@ -33,6 +33,7 @@ __all__ = [
     "PneumoniaCNN",
     "RobustnessReport",
     "SparseAUC",
+    "SquashResize",
     "__version__",
     "callbacks",
     "evaluate",

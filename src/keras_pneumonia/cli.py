@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("model", help="preset name, .keras path or URL")
     export.add_argument("output", type=Path, help="SavedModel folder, .tflite file or .onnx file")
     export.add_argument("--format", choices=("saved_model", "litert", "onnx"), required=True, help="export format")
+    export.add_argument(
+        "--any-size",
+        action="store_true",
+        help="resize inside the graph: the export takes a decoded image of any size (1 or 3 channels)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
     download = commands.add_parser("download", help="fill the weights cache for offline use")
@@ -508,10 +513,11 @@ def _cmd_export(args) -> int:
     from keras_pneumonia.weights import load_model
 
     model = load_model(args.model, compile=False)
-    info = export_model(model, args.output, format=args.format, overwrite=args.overwrite)
+    info = export_model(model, args.output, format=args.format, any_size=args.any_size, overwrite=args.overwrite)
+    samples = info["verified_on"].replace(" (keras_pneumonia/assets/samples)", "")
     print(
         f"{args.output} ({args.format}): agrees with model.predict to {info['max_abs_difference']:.1e} "
-        f"on the bundled samples; threshold {info['threshold']}, classes {', '.join(info['class_names'])} "
+        f"on {samples}; threshold {info['threshold']}, classes {', '.join(info['class_names'])} "
         f"in {sidecar_path(args.output)}"
     )
     return 0

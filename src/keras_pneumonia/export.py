@@ -51,16 +51,46 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def sample_images() -> list[Path]:
+    """The bundled sample X-rays (JPEG files of several sizes) that exports are verified on."""
+    folder = Path(str(resources.files("keras_pneumonia") / "assets" / "samples"))
+    return sorted(folder.glob("*.jpeg"))
+
+
+def decode_as_is(path: str | Path) -> np.ndarray:
+    """An 8-bit image file decoded at its own size, ``(height, width, channels)`` float32: what an
+    ``any_size`` export takes (grayscale files give 1 channel, colour files 3)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        array = np.asarray(image, dtype=np.float32)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def with_resize(model):
+    """``model`` behind a `SquashResize`: a Keras model that takes decoded images of any size."""
+    import keras
+
+    from keras_pneumonia.layers import SquashResize
+
+    height, width, channels = model.input_shape[1:4]
+    inputs = keras.Input(shape=(None, None, None), name="image")
+    outputs = model(SquashResize(height, width, channels, name="squash_resize")(inputs))
+    wrapper = keras.Model(inputs, outputs, name=f"{model.name}_any_size")
+    wrapper(np.zeros((1, 8, 8, channels), "float32"))  # the ONNX exporter wants a model that has run
+    return wrapper
+
+
 def sample_batch(model) -> np.ndarray:
     """The bundled sample X-rays, decoded for ``model`` (float32 0-255), used to verify exports."""
     from keras_pneumonia.data import load_image
 
     height, width, channels = model.input_shape[1:4]
-    folder = Path(str(resources.files("keras_pneumonia") / "assets" / "samples"))
     color_mode = "grayscale" if channels == 1 else "rgb"
-    return np.stack([load_image(p, (height, width), color_mode) for p in sorted(folder.glob("*.jpeg"))]).astype(
-        "float32"
-    )
+    return np.stack([load_image(p, (height, width), color_mode) for p in sample_images()]).astype("float32")
 
 
 def _require_tensorflow(what: str):
@@ -149,7 +179,9 @@ def run_exported(path: str | Path, images: np.ndarray, format: str | None = None
     return RUNNERS[format](path, np.asarray(images, dtype=np.float32))
 
 
-def export_model(model, path: str | Path, format: str = "saved_model", *, overwrite: bool = False) -> dict[str, Any]:
+def export_model(
+    model, path: str | Path, format: str = "saved_model", *, any_size: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Exports ``model``, verifies it with its own runtime, and writes the JSON sidecar.
 
     Args:
@@ -157,6 +189,12 @@ def export_model(model, path: str | Path, format: str = "saved_model", *, overwr
         path: The output: a folder for ``"saved_model"``, a ``.tflite`` file for
             ``"litert"``, a ``.onnx`` file for ``"onnx"``.
         format: ``"saved_model"``, ``"litert"`` or ``"onnx"``.
+        any_size: Put the resize inside the graph (`keras_pneumonia.layers.SquashResize`):
+            the export takes a decoded image as it is, any height and width, 1
+            or 3 channels, and produces `load_image`'s pixels itself (one image
+            size per batch). Verified on the bundled samples decoded at their own
+            sizes against ``model.predict`` on `load_image`'s pixels. Only for
+            models trained on squashed images (the package's default resize).
         overwrite: Replace an existing output.
 
     Returns:
@@ -185,8 +223,11 @@ def export_model(model, path: str | Path, format: str = "saved_model", *, overwr
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         staged = Path(tmp) / path.name
-        _EXPORTERS[format](model, staged)
-        got = RUNNERS[format](staged, x)
+        _EXPORTERS[format](with_resize(model) if any_size else model, staged)
+        if any_size:  # each sample at its own size: one run per image
+            got = np.concatenate([RUNNERS[format](staged, decode_as_is(p)[None]) for p in sample_images()])
+        else:
+            got = RUNNERS[format](staged, x)
         difference = float(np.max(np.abs(got - expected)))
         if not difference <= TOLERANCE:
             raise ExportError(
@@ -203,15 +244,23 @@ def export_model(model, path: str | Path, format: str = "saved_model", *, overwr
             "threshold": float(getattr(model, "threshold", 0.5)),
             "decision": "the last class when its probability >= threshold, else the first",
             "input": {
-                "shape": [None, height, width, channels],
+                "shape": [None, None, None, None] if any_size else [None, height, width, channels],
                 "dtype": "float32",
                 "pixels": "raw 0-255 (the graph normalises them)",
                 "color_mode": "grayscale" if channels == 1 else "rgb",
-                "resize": "squash to (height, width), Pillow bilinear (keras_pneumonia.load_image)",
+                "resize": (
+                    f"inside the graph: any size, 1 or 3 channels, one size per batch; converted to "
+                    f"{'grayscale' if channels == 1 else 'rgb'} and squashed to ({height}, {width}) with "
+                    "Pillow's bilinear resample (keras_pneumonia.layers.SquashResize)"
+                    if any_size
+                    else f"squash to ({height}, {width}), Pillow bilinear (keras_pneumonia.load_image)"
+                ),
+                "model_input_size": [height, width],
             },
             "output": "softmax probabilities over class_names, shape [None, len(class_names)]",
             "max_abs_difference": difference,
-            "verified_on": "the bundled sample X-rays (keras_pneumonia/assets/samples)",
+            "verified_on": "the bundled sample X-rays (keras_pneumonia/assets/samples)"
+            + (", decoded at their own sizes" if any_size else ""),
         }
         if staged.is_file():
             info["sha256"] = sha256sum(staged)

@@ -1,0 +1,59 @@
+"""The model's own layers: SquashResize gives Pillow's pixels (load_image's resize) in the graph."""
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_pneumonia import load_image
+from keras_pneumonia.layers import SquashResize
+
+DATA = Path(__file__).parent / "data"
+FILES = sorted((DATA / "fullres").glob("*.jpeg")) + sorted((DATA / "chest_xray").rglob("*.jpeg"))[:4]
+
+
+def _resize(image: np.ndarray, size, channels) -> np.ndarray:
+    image = image[..., None] if image.ndim == 2 else image
+    out = SquashResize(*size, channels=channels)(image[None].astype("float32"))
+    return keras.ops.convert_to_numpy(out)[0]
+
+
+@pytest.mark.parametrize("size", [(160, 160), (224, 224), (96, 130), (700, 500)])  # shrink, stretch, grow
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_squash_resize_reproduces_pillow(size, mode):
+    for path in FILES:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            want = np.asarray(image.resize(size[::-1], Image.Resampling.BILINEAR), "float32")
+            got = _resize(np.asarray(image), size, 1 if mode == "L" else 3)
+        np.testing.assert_array_equal(got, want.reshape(got.shape), err_msg=str(path))
+
+
+def test_squash_resize_converts_colour_like_pillow():
+    with Image.open(DATA / "fullres" / "IM-0314-0001.jpeg") as image:
+        rgb = np.asarray(image.convert("RGB"))
+    rgb = rgb.copy()
+    rgb[..., 0] = rgb[..., 0] // 2  # a real colour image: the channels differ
+    want = np.asarray(Image.fromarray(rgb).convert("L").resize((160, 160), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(_resize(rgb, (160, 160), 1)[..., 0], want)
+    gray_to_rgb = _resize(np.asarray(Image.fromarray(rgb).convert("L")), (64, 64), 3)
+    assert gray_to_rgb.shape == (64, 64, 3) and (gray_to_rgb[..., 0] == gray_to_rgb[..., 2]).all()
+
+
+def test_squash_resize_matches_load_image_on_a_png(tmp_path):
+    """load_image (no JPEG draft decoding for PNG) and the layer give the same model input."""
+    png = tmp_path / "xray.png"
+    with Image.open(DATA / "fullres" / "person909_virus_1565.jpeg") as image:
+        image.convert("L").save(png)
+    want = load_image(png, (160, 160)).astype("float32")
+    np.testing.assert_array_equal(_resize(np.asarray(Image.open(png)), (160, 160), 1), want)
+
+
+def test_squash_resize_round_trips_its_config():
+    layer = SquashResize(120, 90, channels=3, name="r")
+    clone = SquashResize.from_config(layer.get_config())
+    assert (clone.height, clone.width, clone.channels, clone.name) == (120, 90, 3, "r")
+    with pytest.raises(ValueError, match="`channels` must be 1 or 3"):
+        SquashResize(10, 10, channels=2)
