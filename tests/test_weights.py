@@ -238,3 +238,39 @@ def test_export_preset_writes_a_loadable_file_without_optimizer_state(tmp_path):
     exported = kp.PneumoniaCNN.from_pretrained(path, compile=False)
     x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 1), dtype=np.uint8)
     np.testing.assert_allclose(exported.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+
+
+def test_presets_api_in_kerashub_shape(tmp_path, capsys):
+    import json
+
+    from keras_pneumonia.cli import main
+    from keras_pneumonia.weights import WeightsError, bundled_path
+
+    presets = kp.PneumoniaCNN.presets
+    assert sorted(presets) == ["pneumonia_cnn_v1", "pneumonia_cnn_v2"]
+    v2 = presets["pneumonia_cnn_v2"]
+    assert v2["default"] and v2["input"] == "160x160 grayscale" and v2["size_bytes"] == 4_901_553
+    assert v2["params"] == kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False).count_params()
+    assert {"accuracy", "auc", "n"} <= set(v2["validation_metrics"])
+
+    # A preset folder holding model.keras (KerasHub's layout) and a file:// URL load the same weights.
+    (tmp_path / "my_preset").mkdir()
+    (tmp_path / "my_preset" / "model.keras").write_bytes(bundled_path("pneumonia_cnn_v1").read_bytes())
+    a = kp.PneumoniaCNN.from_preset(tmp_path / "my_preset", compile=False)
+    b = kp.PneumoniaCNN.from_preset(f"file://{bundled_path('pneumonia_cnn_v1')}", compile=False)
+    c = kp.PneumoniaCNN.from_pretrained("pneumonia_cnn_v1", compile=False)
+    for x, y, z in zip(a.get_weights(), b.get_weights(), c.get_weights()):
+        np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z)
+
+    for handle in ("kaggle://keras/pneumonia_cnn/keras/v2", "hf://keras-pneumonia/v2"):
+        with pytest.raises(WeightsError, match=r"Unsupported handle.*file://PATH, http://URL and https://URL"):
+            kp.PneumoniaCNN.from_preset(handle)
+    with pytest.raises(WeightsError, match="Unknown preset 'pneumonia_cnn_v9'.*also supported"):
+        kp.PneumoniaCNN.from_preset("pneumonia_cnn_v9")
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "pneumonia_cnn_v2 (default)" in out and "1,198,034 parameters" in out and "used for choices" in out
+    assert main(["presets", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == sorted(presets)

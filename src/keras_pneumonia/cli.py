@@ -201,7 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: the default preset)")
     download.add_argument("--all", action="store_true", help="every preset")
     download.add_argument("--cache-dir", type=Path, help="cache folder (default: $KERAS_PNEUMONIA_CACHE or KERAS_HOME)")
-    download.add_argument("--list", action="store_true", help="list the presets and exit")
+    download.add_argument("--list", action="store_true", help="list the presets and exit (see also: presets)")
+
+    presets = commands.add_parser("presets", help="list the released presets: input, size, metrics")
+    presets.add_argument("--json", action="store_true", help="print the full metadata as JSON")
 
     return parser
 
@@ -508,6 +511,32 @@ def _cmd_download(args) -> int:
     return 0
 
 
+def _cmd_presets(args) -> int:
+    import json
+
+    from keras_pneumonia.presets import PRESETS, describe
+
+    table = [describe(name) for name in sorted(PRESETS)]
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    for row in table:
+        val, dev = row["validation_metrics"], row["test_dev_metrics_used_for_choices"]
+        print(f"{row['name']}{' (default)' if row['default'] else ''}")
+        print(f"  {row['description']}")
+        print(
+            f"  input {row['input']}, {row['params']:,} parameters, {row['size_bytes'] / 1e6:.1f} MB"
+            f"{', bundled' if row['bundled'] else ''}; threshold {row['threshold']}"
+        )
+        print(f"  validation (n={val['n']}): accuracy {val['accuracy']:.3f}, AUC {val['auc']:.3f}")
+        if dev:
+            print(
+                f"  test_dev (n={dev['n']}, used for choices): accuracy {dev['accuracy']:.3f}, AUC {dev['auc']:.3f}, "
+                f"sensitivity {dev['sensitivity']:.3f}, specificity {dev['specificity']:.3f}"
+            )
+    return 0
+
+
 def _cmd_export(args) -> int:
     from keras_pneumonia.export import export_model, sidecar_path
     from keras_pneumonia.weights import load_model
@@ -530,6 +559,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "demo": _cmd_demo,
     "download": _cmd_download,
+    "presets": _cmd_presets,
     "export": _cmd_export,
 }
 

@@ -24,6 +24,17 @@ def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
+class classproperty:  # noqa: N801  (named like the built-in decorators)
+    """A read-only property of the class (``PneumoniaCNN.presets``), as KerasHub has one."""
+
+    def __init__(self, getter):
+        self.getter = getter
+        self.__doc__ = getter.__doc__
+
+    def __get__(self, instance, owner):
+        return self.getter(owner)
+
+
 @keras.saving.register_keras_serializable(package="keras_pneumonia")
 class PneumoniaCNN(keras.Model):
     """A small convolutional network that classifies chest X-rays.
@@ -249,23 +260,44 @@ class PneumoniaCNN(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    @classproperty
+    def presets(cls) -> dict[str, dict]:
+        """The released presets, as KerasHub lists them: ``{name: metadata}``.
+
+        Each entry gives the description, parameter count, input, class names,
+        decision threshold, validation metrics (and test_dev metrics, which
+        were used for choices), file size and where the weights live. The same
+        table: ``keras-pneumonia presets``.
+
+        >>> import keras_pneumonia as kp
+        >>> sorted(kp.PneumoniaCNN.presets)
+        ['pneumonia_cnn_v1', 'pneumonia_cnn_v2']
+        >>> kp.PneumoniaCNN.presets["pneumonia_cnn_v2"]["params"]
+        1198034
+        """
+        from keras_pneumonia.presets import PRESETS, describe
+
+        return {name: describe(name) for name in sorted(PRESETS)}
+
     @classmethod
-    def from_pretrained(
+    def from_preset(
         cls,
-        name: str | Path | None = None,
+        preset: str | Path | None = None,
         *,
         cache_dir: str | Path | None = None,
         force_download: bool = False,
         offline: bool | None = None,
         compile: bool = True,
     ) -> PneumoniaCNN:
-        """Loads released weights (or a local ``.keras`` file, or a URL).
+        """Loads a preset, a local ``.keras`` file, or a URL, as KerasHub's ``from_preset`` does.
 
         Args:
-            name: A preset name (see `keras_pneumonia.weights.list_presets`), a
-                path to a ``.keras`` file, or an ``http(s)://`` URL. ``None`` is
-                the default preset, which ships inside the package and needs
-                no network.
+            preset: A preset name (see `PneumoniaCNN.presets`), a path to a
+                ``.keras`` file or to a folder holding ``model.keras``,
+                ``file://PATH``, or an ``http(s)://`` URL. ``None`` is the
+                default preset, which ships inside the package and needs no
+                network. Other handle schemes (``kaggle://``, ``hf://``) raise
+                `keras_pneumonia.weights.WeightsError` naming the supported ones.
             cache_dir: Where downloads are kept. Defaults to
                 ``$KERAS_PNEUMONIA_CACHE`` or ``$KERAS_HOME/keras_pneumonia``.
             force_download: Download again even when a verified copy exists.
@@ -278,15 +310,27 @@ class PneumoniaCNN(keras.Model):
         Example:
 
         >>> import keras_pneumonia as kp
-        >>> model = kp.PneumoniaCNN.from_pretrained()
+        >>> model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2")
         >>> model.class_names
         ['NORMAL', 'PNEUMONIA']
         """
         from keras_pneumonia import weights
 
         return weights.load_model(
-            name, cache_dir=cache_dir, force_download=force_download, offline=offline, compile=compile
+            preset, cache_dir=cache_dir, force_download=force_download, offline=offline, compile=compile
         )
+
+    @classmethod
+    def from_pretrained(cls, name: str | Path | None = None, **kwargs) -> PneumoniaCNN:
+        """The friendly alias of `from_preset`: ``PneumoniaCNN.from_pretrained()`` loads the default preset.
+
+        Example:
+
+        >>> import keras_pneumonia as kp
+        >>> kp.PneumoniaCNN.from_pretrained().threshold
+        0.5
+        """
+        return cls.from_preset(name, **kwargs)
 
 
 def _validate(image_size, channels, filters, convs_per_block, dropout, head, normalization, class_names, threshold):

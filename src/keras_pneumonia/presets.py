@@ -83,3 +83,29 @@ PRESETS: dict[str, dict] = {
         "data_license": _DATA_LICENSE,
     },
 }
+
+
+def describe(name: str) -> dict:
+    """One preset as a user compares them: name, description, parameters, input, metrics, size.
+
+    >>> from keras_pneumonia.presets import describe
+    >>> describe("pneumonia_cnn_v2")["input"]
+    '160x160 grayscale'
+    """
+    preset = PRESETS[name]
+    height, width = preset["image_size"]
+    return {
+        "name": name,
+        "description": preset["description"],
+        "params": preset["params"],
+        "input": f"{height}x{width} {'grayscale' if preset['channels'] == 1 else 'RGB'}",
+        "class_names": list(preset["class_names"]),
+        "threshold": preset["threshold"],
+        "temperature": preset.get("temperature", 1.0),
+        "validation_metrics": dict(preset["validation_metrics"]),
+        "test_dev_metrics_used_for_choices": dict(preset.get("test_dev_metrics_used_for_choices", {})),
+        "size_bytes": preset["size"],
+        "bundled": bool(preset.get("bundled")),
+        "url": preset["url"],
+        "default": name == DEFAULT_PRESET,
+    }

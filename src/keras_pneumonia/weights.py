@@ -36,6 +36,12 @@ logger = logging.getLogger(__name__)
 _TRUE = {"1", "true", "yes", "on"}
 
 
+SUPPORTED_HANDLES = (
+    "a preset name, a path to a .keras file (or to a folder holding model.keras), file://PATH, "
+    "http://URL and https://URL"
+)
+
+
 class WeightsError(ValueError):
     """A weights file could not be found, downloaded or verified."""
 
@@ -153,8 +159,10 @@ def get_file(
     """Resolves a preset name, a local path or a URL to a verified local ``.keras`` file.
 
     Args:
-        name: Preset name (`list_presets`), path, or ``http(s)://`` URL;
-            ``None`` is the default preset.
+        name: Preset name (`list_presets`), a path to a ``.keras`` file or to
+            a folder holding ``model.keras``, ``file://PATH``, or an
+            ``http(s)://`` URL; ``None`` is the default preset. Other schemes
+            (``kaggle://``, ``hf://``...) raise `WeightsError` naming these.
         cache_dir: Writable cache folder (see `default_cache_dir`).
         force_download: Download again even when a verified copy exists.
         offline: Never touch the network (default: ``$KERAS_PNEUMONIA_OFFLINE``).
@@ -171,6 +179,15 @@ def get_file(
     text = str(name)
     offline = _offline(offline)
     cache = default_cache_dir(cache_dir)
+    scheme = urlparse(text).scheme if "://" in text else ""
+    if scheme == "file":
+        text = urlparse(text).path
+    elif scheme and scheme not in ("http", "https"):
+        raise WeightsError(
+            f"Unsupported handle {text!r}: keras-pneumonia does not resolve {scheme}:// handles. "
+            f"Supported: {SUPPORTED_HANDLES}. For a {scheme}:// handle, download the file with that "
+            "service's own tool and pass its path."
+        )
 
     if text.startswith(("http://", "https://")):
         destination = cache / _url_file_name(text)
@@ -182,11 +199,15 @@ def get_file(
 
     if text not in PRESETS:
         path = Path(text).expanduser()
+        if path.is_dir() and (path / "model.keras").is_file():  # a preset folder, as KerasHub saves them
+            return path / "model.keras"
         if path.suffix == ".keras" or os.sep in text or path.exists():
             if not path.is_file():
                 raise FileNotFoundError(f"No weights file at {path}.")
             return path
-        raise WeightsError(f"Unknown preset {text!r}. Known presets: {', '.join(list_presets())}.")
+        raise WeightsError(
+            f"Unknown preset {text!r}. Known presets: {', '.join(list_presets())}; also supported: {SUPPORTED_HANDLES}."
+        )
 
     preset = PRESETS[text]
     file_name, sha256 = preset["file_name"], preset["sha256"]
