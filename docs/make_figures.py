@@ -11,6 +11,8 @@
 - ``robustness_test_dev.png``: flip rates and sensitivity/specificity of the released
   models on test_dev (used for choices), from ``benchmarks/experiments.json``
   (``python benchmarks/experiments.py add pneumonia_cnn_v1`` etc. fills it);
+- ``reliability_v2.png`` (with ``--data``): reliability diagrams of the released model
+  before and after temperature scaling fitted on validation, on validation and test_dev;
 - prints the model card's validation breakdown: metrics per file-name family and a
   bootstrap 95% interval of the AUC, recomputed from the run's ``split.json``.
 """
@@ -75,6 +77,38 @@ def validation_breakdown(model, run: Path, data_root: Path, resamples: int = 200
         print(f"| {name} | {mask.sum()} | {np.mean(p[mask] >= model.threshold):.3f} |")
 
 
+def reliability(model, data_root: Path) -> None:
+    """reliability_v2.png: the released model before and after temperature scaling fitted on validation."""
+    from keras_pneumonia.calibration import calibrate, probabilities, predict_logits
+    from keras_pneumonia.data import load_image_folder
+
+    data = kp.load_chest_xray(data_root, image_size=model.image_size, color_mode=model.color_mode, seed=1337)
+    x, y, _ = load_image_folder(data_root / "test_dev", image_size=model.image_size, color_mode=model.color_mode)
+    y_val, val_logits = predict_logits(model, data.val)
+    y_dev, dev_logits = predict_logits(model, (x, y))
+    result = calibrate(model, data.val, apply=False)
+    figure = Figure(figsize=(9.4, 4.6), layout="constrained")
+    for ax, (title, labels, logits) in zip(
+        figure.subplots(1, 2),
+        [("validation (523, T fitted here)", y_val, val_logits), ("test_dev (used for choices)", y_dev, dev_logits)],
+    ):
+        curves = {"T=1 (released)": probabilities(logits)[:, -1]}
+        curves[f"T={result.temperature:.2f}"] = probabilities(logits, result.temperature)[:, -1]
+        small = kp.plots.plot_reliability(labels, curves, title=title)
+        # Redraw into the shared figure: plot_reliability makes one axes per figure.
+        for line in small.axes[0].get_lines():
+            ax.plot(*line.get_data(), ls=line.get_linestyle(), color=line.get_color(), label=line.get_label())
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("predicted P(PNEUMONIA), bin mean")
+        ax.set_ylabel("observed fraction PNEUMONIA")
+        ax.legend(loc="lower right", fontsize=8)
+    figure.savefig(STATIC / "reliability_v2.png", dpi=120)
+    print(result)
+
+
 def family(name: str) -> str:
     """The file-name family of a Kaggle chest X-ray (the batches the data came in)."""
     if name.startswith("NORMAL2-"):
@@ -107,6 +141,7 @@ def main():
         if (args.run / name).exists():
             shutil.copyfile(args.run / name, STATIC / name)
     if args.data:
+        reliability(model, args.data)
         validation_breakdown(model, args.run, args.data)
 
 

@@ -148,11 +148,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--perturbations", type=_name_list, metavar="NAMES", help="comma-separated subset (default: all 14)"
     )
     evaluate.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also report ECE and NLL at the model's temperature and at T=1 (reliability.png with --report-dir)",
+    )
+    evaluate.add_argument(
         "--report-dir",
         type=Path,
         metavar="DIR",
-        help="with --robustness: write robustness.json, robustness.md and robustness.png there",
+        help="write the --robustness (robustness.json/.md/.png) and --calibration (reliability.png) reports there",
     )
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit the temperature on the validation split (temperature scaling) and save the model"
+    )
+    calibrate.add_argument("data_dir", type=Path, help="Kaggle-layout root: the validation split of its train/ is used")
+    calibrate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
+    calibrate.add_argument("--output", type=Path, help="write the calibrated model here (.keras); omit to only measure")
+    calibrate.add_argument("--report-dir", type=Path, metavar="DIR", help="write calibration.json and reliability.png")
+    calibrate.add_argument("--validation-split", type=_fraction, default=0.1, help="as in train (0.1)")
+    calibrate.add_argument("--seed", type=int, default=1337, help="seed of the split, as in train (1337)")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
     predict = commands.add_parser(
         "predict", help="classify X-ray files and folders, streaming results (optionally with Grad-CAM overlays)"
@@ -305,6 +321,69 @@ def _evaluation_data(data_dir: Path, image_size, color_mode: str):
     return images, labels
 
 
+def _calibration_summary(model, data, args) -> dict:
+    from keras_pneumonia import plots
+    from keras_pneumonia.calibration import compare
+
+    labels, curves, summary = compare(model, data)
+    if args.report_dir is not None:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        title = f"{model.name} on {args.data_dir}"
+        plots.plot_reliability(labels, curves, args.report_dir / "reliability.png", title=title)
+    return summary
+
+
+def _calibration_markdown(calibration: dict) -> str:
+    rows = [f"\nCalibration (temperature {calibration['temperature']:.3f}):", "", "| | ECE | NLL |", "|---|---:|---:|"]
+    for key in ("uncalibrated", "calibrated"):
+        if key in calibration:
+            label = "at T=1" if key == "uncalibrated" else "at the model's temperature"
+            rows.append(f"| {label} | {calibration[key]['ece']:.4f} | {calibration[key]['nll']:.4f} |")
+    return "\n".join(rows)
+
+
+def _cmd_calibrate(args) -> int:
+    from keras_pneumonia import plots
+    from keras_pneumonia._io import atomic_write_text
+    from keras_pneumonia.calibration import calibrate, compare
+    from keras_pneumonia.data import load_chest_xray
+    from keras_pneumonia.weights import load_model
+
+    if args.output is not None and args.output.suffix != ".keras":
+        raise CLIError(f"--output must be a .keras file; received {args.output}.")
+    if args.output is not None and args.output.exists() and not args.overwrite:
+        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it.")
+    model = load_model(args.weights, compile=False)
+    data = load_chest_xray(
+        args.data_dir,
+        image_size=model.image_size,
+        color_mode=model.color_mode,
+        validation_split=args.validation_split,
+        seed=args.seed,
+    )
+    labels, before, _ = compare(model, data.val)
+    result = calibrate(model, data.val)
+    _, after, _ = compare(model, data.val)
+    print(
+        f"temperature {result.previous_temperature:.3f} -> {result.temperature:.3f} on {result.n} validation images\n"
+        f"  NLL {result.nll_before:.4f} -> {result.nll_after:.4f}\n"
+        f"  ECE {result.ece_before:.4f} -> {result.ece_after:.4f}\n"
+        f"  threshold {result.threshold_before:.4f} -> {result.threshold_after:.4f} (same decisions)"
+    )
+    if args.report_dir is not None:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.report_dir / "calibration.json", json.dumps(result.to_dict(), indent=2) + "\n")
+        curves = {"before": next(iter(before.values())), "after": list(after.values())[-1]}
+        plots.plot_reliability(labels, curves, args.report_dir / "reliability.png", title="validation split")
+        print(f"Report written to {args.report_dir}")
+    if args.output is not None:
+        from keras_pneumonia._io import atomic_save_model
+
+        atomic_save_model(model, args.output)
+        print(f"Calibrated model written to {args.output}")
+    return 0
+
+
 def _cmd_evaluate(args) -> int:
     from keras_pneumonia.evaluation import evaluate
     from keras_pneumonia.weights import load_model
@@ -314,8 +393,14 @@ def _cmd_evaluate(args) -> int:
     color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
     images, labels = _evaluation_data(args.data_dir, image_size, color_mode)
     report = evaluate(model, (images, labels), threshold=args.threshold)
+    calibration = _calibration_summary(model, (images, labels), args) if args.calibration else None
     if not args.robustness:
-        print(report.to_json() if args.json else report.to_markdown())
+        if args.json:
+            print(json.dumps({**report.to_dict(), **({"calibration": calibration} if calibration else {})}, indent=2))
+        else:
+            print(report.to_markdown())
+            if calibration:
+                print(_calibration_markdown(calibration))
         return 0
 
     from keras_pneumonia.robustness import evaluate_robustness
@@ -332,9 +417,12 @@ def _cmd_evaluate(args) -> int:
         atomic_write_text(args.report_dir / "robustness.md", robustness.to_markdown() + "\n")
         plots.plot_robustness(robustness, args.report_dir / "robustness.png", title=f"{model.name} on {args.data_dir}")
     if args.json:
-        print(json.dumps({"report": report.to_dict(), "robustness": robustness.to_dict()}, indent=2))
+        extra = {"calibration": calibration} if calibration else {}
+        print(json.dumps({"report": report.to_dict(), "robustness": robustness.to_dict(), **extra}, indent=2))
     else:
         print(report.to_markdown())
+        if calibration:
+            print(_calibration_markdown(calibration))
         print()
         print(robustness.to_markdown())
         if args.report_dir is not None:
@@ -560,6 +648,7 @@ COMMANDS = {
     "demo": _cmd_demo,
     "download": _cmd_download,
     "presets": _cmd_presets,
+    "calibrate": _cmd_calibrate,
     "export": _cmd_export,
 }
 

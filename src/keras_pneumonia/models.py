@@ -74,6 +74,9 @@ class PneumoniaCNN(keras.Model):
             load; new models leave it off and augment in the data pipeline.
         class_names: Names of the output classes, in label order.
         threshold: Decision threshold on the probability of the last class.
+        temperature: Calibration temperature already folded into the weights
+            (see the `temperature` property); stored in the config so that it
+            travels with a ``.keras`` file. Leave it at ``1.0`` for a new model.
         **kwargs: Passed to `keras.Model` (``name``, ``dtype``...).
 
     Examples:
@@ -102,13 +105,25 @@ class PneumoniaCNN(keras.Model):
         augmentation: bool = False,
         class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
         threshold: float = 0.5,
+        temperature: float = 1.0,
         **kwargs,
     ):
         image_size = _as_size(image_size)
         filters = tuple(int(f) for f in filters)
         dense_units = tuple(int(u) for u in dense_units)
         class_names = [str(c) for c in class_names]
-        _validate(image_size, channels, filters, convs_per_block, dropout, head, normalization, class_names, threshold)
+        _validate(
+            image_size,
+            channels,
+            filters,
+            convs_per_block,
+            dropout,
+            head,
+            normalization,
+            class_names,
+            threshold,
+            float(temperature),
+        )
 
         # === Layers ===
         if normalization == "per_image":
@@ -177,6 +192,9 @@ class PneumoniaCNN(keras.Model):
         self.augmentation = augmentation
         self.class_names = class_names
         self.threshold = threshold
+        # Recorded only: the weights this model will hold (a file's, or a calibrated
+        # model's) already have it folded in. See the `temperature` property.
+        self._temperature = float(temperature)
 
     def get_config(self):
         """The constructor arguments, so that ``PneumoniaCNN.from_config(config)`` rebuilds the model.
@@ -199,6 +217,7 @@ class PneumoniaCNN(keras.Model):
             "augmentation": self.augmentation,
             "class_names": list(self.class_names),
             "threshold": self.threshold,
+            "temperature": self.temperature,
         }
         frozen = [layer.name for layer in self.layers if not layer.trainable]
         if frozen:
@@ -230,6 +249,29 @@ class PneumoniaCNN(keras.Model):
         if not 0.0 < value < 1.0:
             raise ValueError(f"`threshold` must be strictly between 0 and 1; received {value!r}.")
         self._threshold = value
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature ``T`` of the probabilities, ``softmax(logits / T)`` (saved with the model).
+
+        ``1.0`` means uncalibrated. `keras_pneumonia.calibration.calibrate` fits
+        it on validation data. It is folded into the last layer's kernel and
+        bias, so ``predict``, `keras_pneumonia.evaluate`, Grad-CAM and every
+        export apply it with no change to the graph; setting it rescales that
+        layer from the old temperature to the new one. Training after
+        calibrating trains the folded weights: calibrate again afterwards.
+        """
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        value = float(value)
+        if not (value > 0.0 and value < float("inf")):
+            raise ValueError(f"`temperature` must be a positive number; received {value!r}.")
+        head = self.get_layer("predictions")
+        for weight in head.weights:
+            weight.assign(weight * (self._temperature / value))
+        self._temperature = value
 
     @property
     def color_mode(self) -> str:
@@ -333,7 +375,9 @@ class PneumoniaCNN(keras.Model):
         return cls.from_preset(name, **kwargs)
 
 
-def _validate(image_size, channels, filters, convs_per_block, dropout, head, normalization, class_names, threshold):
+def _validate(
+    image_size, channels, filters, convs_per_block, dropout, head, normalization, class_names, threshold, temperature
+):
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB); received {channels!r}.")
     if not filters or any(f <= 0 for f in filters):
@@ -359,3 +403,5 @@ def _validate(image_size, channels, filters, convs_per_block, dropout, head, nor
         raise ValueError(f"`class_names` must hold at least two distinct names; received {class_names!r}.")
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"`threshold` must be strictly between 0 and 1; received {threshold!r}.")
+    if not (temperature > 0.0 and temperature < float("inf")):
+        raise ValueError(f"`temperature` must be a positive number; received {temperature!r}.")

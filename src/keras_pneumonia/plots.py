@@ -1,4 +1,4 @@
-"""Figures a person opens: training history, ROC curve, confusion matrix.
+"""Figures a person opens: training history, ROC curve, reliability diagram, confusion matrix.
 
 Each function returns a `matplotlib.figure.Figure` (built without pyplot, so
 nothing pops up and no global state leaks) and saves a PNG when given a path.
@@ -81,6 +81,47 @@ def plot_roc(y_true, probabilities, path: str | Path | None = None, threshold: f
     ax.set_ylim(0, 1.01)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def plot_reliability(
+    y_true, probabilities: Mapping[str, Sequence[float]], path: str | Path | None = None, bins: int = 10, title=None
+):
+    """Reliability diagram: observed fraction of PNEUMONIA against the predicted probability, per bin.
+
+    Args:
+        y_true: Integer labels (1 = PNEUMONIA).
+        probabilities: ``{label: P(PNEUMONIA) per image}``, e.g. before and
+            after calibration; each curve is labelled with its ECE.
+        path: Where to save the PNG.
+        bins: Equal-width bins on [0, 1], as `expected_calibration_error` uses.
+        title: Figure title.
+    """
+    from keras_pneumonia.evaluation import expected_calibration_error
+
+    y_true = np.asarray(y_true, dtype=float).reshape(-1)
+    figure, ax = _figure(4.8, 4.6)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    edges = np.linspace(0, 1, bins + 1)
+    for label, p in probabilities.items():
+        p = np.asarray(p, dtype=float).reshape(-1)
+        index = np.minimum((p * bins).astype(int), bins - 1)
+        filled = [b for b in range(bins) if (index == b).any()]
+        mean_p = [p[index == b].mean() for b in filled]
+        observed = [y_true[index == b].mean() for b in filled]
+        sizes = [20 + 180 * (index == b).mean() for b in filled]
+        ece = expected_calibration_error(y_true, p, bins)
+        (line,) = ax.plot(mean_p, observed, "-", lw=1.2, label=f"{label}: ECE {ece:.3f}")
+        ax.scatter(mean_p, observed, s=sizes, color=line.get_color(), alpha=0.7)
+    ax.set_xticks(edges[:: max(1, bins // 5)])
+    ax.set_xlabel("predicted P(PNEUMONIA), bin mean (dot area: share)")
+    ax.set_ylabel("observed fraction PNEUMONIA")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
     return _save(figure, path)
 
 
