@@ -79,7 +79,7 @@ def validation_breakdown(model, run: Path, data_root: Path, resamples: int = 200
 
 def reliability(model, data_root: Path) -> None:
     """reliability_v2.png: the released model before and after temperature scaling fitted on validation."""
-    from keras_pneumonia.calibration import calibrate, probabilities, predict_logits
+    from keras_pneumonia.calibration import calibrate, predict_logits, probabilities
     from keras_pneumonia.data import load_image_folder
 
     data = kp.load_chest_xray(data_root, image_size=model.image_size, color_mode=model.color_mode, seed=1337)
