@@ -1,10 +1,18 @@
-"""Fine-tune the released weights on your own Kaggle-layout folder.
+"""Fine-tune the released weights (or an ImageNet backbone) on your own Kaggle-layout folder.
 
     python examples/finetune.py path/to/my_xrays --output runs/finetuned
+    python examples/finetune.py path/to/my_xrays --backbone densenet121 --image-size 224 --output runs/densenet
 
-1. load `PneumoniaCNN.from_pretrained()`; 2. freeze the convolutional part and train the
-head; 3. unfreeze everything and train with a low learning rate and the `fine_tune`
-callback preset; 4. choose the threshold again on validation and save.
+The few lines that matter, with the two-stage recipe of
+`keras_pneumonia.training.fine_tune` (head first with the feature extractor frozen,
+then the top blocks at a learning rate a hundred times lower; batch normalization
+stays frozen; the threshold is chosen again on validation):
+
+    model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2")
+    data = kp.load_chest_xray(folder, image_size=model.image_size, color_mode=model.color_mode)
+    report = fine_tune(model, data, "runs/finetuned")
+
+An interrupted run, started again with the same command, resumes.
 """
 
 import argparse
@@ -13,10 +21,9 @@ from pathlib import Path
 import keras
 
 import keras_pneumonia as kp
-from keras_pneumonia import callbacks
-from keras_pneumonia.evaluation import predict_proba, youden_threshold
+from keras_pneumonia.training import FINE_TUNE_PRESETS, fine_tune
 
-HEAD = ("dense", "dropout", "output_dropout", "predictions")
+PRESET = FINE_TUNE_PRESETS["two_stage"]
 
 
 def main(argv=None):
@@ -24,15 +31,26 @@ def main(argv=None):
     parser.add_argument("data_dir", type=Path, help="your Kaggle-layout folder (train/NORMAL, train/PNEUMONIA)")
     parser.add_argument("--output", type=Path, default=Path("runs/finetuned"), help="run folder")
     parser.add_argument("--weights", default=None, help="preset, .keras path or URL (default preset)")
-    parser.add_argument("--head-epochs", type=int, default=5, help="epochs with the convolutions frozen")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs with everything trainable")
-    parser.add_argument("--learning-rate", type=float, default=1e-5, help="learning rate once unfrozen")
+    backbones = ("densenet121", "efficientnet_b0", "resnet50")
+    parser.add_argument("--backbone", choices=backbones, help="start from an ImageNet backbone")
+    parser.add_argument(
+        "--backbone-weights", default="imagenet", help="with --backbone: 'imagenet', a weights file, or 'none'"
+    )
+    parser.add_argument("--image-size", type=int, default=224, help="with --backbone: input size (224)")
+    parser.add_argument("--head-epochs", type=int, default=PRESET["head_epochs"], help="stage 1: head only")
+    parser.add_argument("--epochs", type=int, default=PRESET["epochs"], help="stage 2: top blocks too")
+    parser.add_argument("--unfreeze-blocks", type=int, default=PRESET["unfreeze_blocks"], help="blocks in stage 2")
+    parser.add_argument("--learning-rate", type=float, default=PRESET["learning_rate"], help="stage 2 learning rate")
     parser.add_argument("--validation-split", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)
-    model = kp.PneumoniaCNN.from_pretrained(args.weights)
+    if args.backbone:
+        weights = None if args.backbone_weights == "none" else args.backbone_weights
+        model = kp.PneumoniaCNN(backbone=args.backbone, backbone_weights=weights, image_size=args.image_size)
+    else:
+        model = kp.PneumoniaCNN.from_preset(args.weights)
     data = kp.load_chest_xray(
         args.data_dir,
         image_size=model.image_size,
@@ -41,26 +59,15 @@ def main(argv=None):
         seed=args.seed,
     )
     print("before fine-tuning, validation:\n" + kp.evaluate(model, data.val).to_markdown())
-
-    for layer in model.layers:
-        layer.trainable = layer.name.startswith(HEAD)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    model.fit(data.train, validation_data=data.val, epochs=args.head_epochs, class_weight=data.class_weight)
-
-    for layer in model.layers:
-        layer.trainable = True
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
-    model.fit(
-        data.train,
-        validation_data=data.val,
+    fine_tune(
+        model,
+        data,
+        args.output,
+        head_epochs=args.head_epochs,
         epochs=args.epochs,
-        class_weight=data.class_weight,
-        callbacks=callbacks.preset("fine_tune", run_dir=args.output),
+        unfreeze_blocks=args.unfreeze_blocks,
+        learning_rate=args.learning_rate,
     )
-
-    y_val, p_val = predict_proba(model, data.val)
-    model.threshold = youden_threshold(y_val, p_val)
-    model.save(args.output / "model.keras")
     print("after fine-tuning, validation:\n" + kp.evaluate(model, data.val).to_markdown())
     print(f"saved {args.output / 'model.keras'} (threshold {model.threshold:.3f})")
 

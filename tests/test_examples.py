@@ -50,25 +50,27 @@ def test_train_example(kaggle_dir, tmp_path):
     assert (tmp_path / "run" / "history.png").is_file()
 
 
-def test_finetune_example(kaggle_dir, tmp_path):
-    base = tmp_path / "base.keras"
-    kp.PneumoniaCNN(**TINY).save(base)
-    _load("finetune").main(
-        [
-            str(kaggle_dir),
-            "--weights",
-            str(base),
-            "--output",
-            str(tmp_path / "ft"),
-            "--head-epochs",
-            "1",
-            "--epochs",
-            "1",
-            "--validation-split",
-            "0.25",
-        ]
-    )
-    assert (tmp_path / "ft" / "model.keras").is_file()
+def test_finetune_example(kaggle_dir, tmp_path, capsys):
+    """The released weights adapted to another folder of real X-rays, in two stages; a rerun resumes."""
+    args = [str(kaggle_dir), "--weights", "pneumonia_cnn_v1", "--output", str(tmp_path / "ft")]
+    args += ["--head-epochs", "1", "--epochs", "1", "--validation-split", "0.25"]
+    _load("finetune").main(args)
+    assert "after fine-tuning, validation" in capsys.readouterr().out
+    model = keras.saving.load_model(tmp_path / "ft" / "model.keras")
+    data = kp.load_chest_xray(kaggle_dir, image_size=160, validation_split=0.25, seed=1337)
+    assert model.threshold == pytest.approx(youden_threshold(*predict_proba(model, data.val)))
+    # Stage 2 trained the top 2 of 5 blocks and the head; the rest stays frozen in the file.
+    assert {w.path.split("/")[0] for w in model.trainable_weights} == {
+        "block4_conv1",
+        "block4_conv2",
+        "block5_conv1",
+        "block5_conv2",
+        "dense1",
+        "predictions",
+    }
+    head = (tmp_path / "ft" / "head" / "model.keras").stat().st_mtime_ns
+    _load("finetune").main(args)  # stage 1 is found done and skipped
+    assert (tmp_path / "ft" / "head" / "model.keras").stat().st_mtime_ns == head
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Grad-CAM needs the TensorFlow backend")

@@ -101,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--head", choices=("flatten", "avg", "max"), help="flatten or global pooling")
     train.add_argument("--normalization", choices=("per_image", "rescale"), help="input normalisation")
     train.add_argument(
+        "--backbone",
+        choices=("densenet121", "efficientnet_b0", "resnet50"),
+        help="an ImageNet backbone from keras.applications in place of the convolutional blocks",
+    )
+    train.add_argument(
+        "--backbone-weights",
+        default="imagenet",
+        help="with --backbone: 'imagenet' (downloaded into $KERAS_HOME/models), a weights file, or 'none'",
+    )
+    train.add_argument(
         "--augmentation",
         choices=("mixed", "strong", "light", "none"),
         default="strong",
@@ -255,10 +265,12 @@ def _cmd_train(args) -> int:
     from keras_pneumonia.training import train
 
     model_kwargs = {"channels": args.channels}
-    for key in ("filters", "convs_per_block", "dense_units", "dropout", "head", "normalization"):
+    for key in ("filters", "convs_per_block", "dense_units", "dropout", "head", "normalization", "backbone"):
         value = getattr(args, key)
         if value is not None:
             model_kwargs[key] = value
+    if args.backbone is not None:
+        model_kwargs["backbone_weights"] = None if args.backbone_weights == "none" else args.backbone_weights
     report = train(
         args.data_dir,
         args.output,

@@ -171,8 +171,10 @@ def gradcam(
         class_index: The class to explain; ``None`` explains each image's
             predicted class.
         layer: Path of the convolutional layer (``"block5_conv2"``, or
-            ``"outer_model/inner_model/conv"``); ``None`` takes the last 2D
-            convolution, found inside nested models too.
+            ``"outer_model/inner_model/conv"``); ``None`` takes the model's
+            ``gradcam_layer`` (a `PneumoniaCNN`'s last feature map, the right
+            layer of a backbone too), else the last 2D convolution, found
+            inside nested models too.
         method: ``"gradcam"``, ``"gradcam++"`` or ``"scorecam"``.
 
     Returns:
@@ -211,7 +213,7 @@ def gradcam(
 
     originals = [_original_size(item) for item in items]
     batch = np.stack([_model_input(model, item) for item in items]).astype("float32")
-    path = layer or find_last_conv_layer(model)
+    path = layer or getattr(model, "gradcam_layer", None) or find_last_conv_layer(model)
     flat, target = _flat_clone(model, path)
     # A direct call, not predict(): each call builds a new flat model, and predict()
     # would trace a new tf.function for it every time.

@@ -77,6 +77,15 @@ class PneumoniaCNN(keras.Model):
         temperature: Calibration temperature already folded into the weights
             (see the `temperature` property); stored in the config so that it
             travels with a ``.keras`` file. Leave it at ``1.0`` for a new model.
+        backbone: ``None`` (the convolutional blocks above) or an ImageNet
+            backbone from ``keras.applications`` in their place:
+            ``"densenet121"``, ``"efficientnet_b0"`` or ``"resnet50"`` (see
+            `keras_pneumonia.backbones`). Grayscale input is repeated to RGB
+            and the backbone's own preprocessing runs inside the model; then
+            ``filters``, ``convs_per_block`` and ``normalization`` are unused.
+        backbone_weights: ``"imagenet"`` (downloaded by ``keras.applications``
+            into ``$KERAS_HOME/models``, or found there), a path to a weights
+            file of the backbone without its top, or ``None`` (random).
         **kwargs: Passed to `keras.Model` (``name``, ``dtype``...).
 
     Examples:
@@ -106,8 +115,12 @@ class PneumoniaCNN(keras.Model):
         class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
         threshold: float = 0.5,
         temperature: float = 1.0,
+        backbone: str | None = None,
+        backbone_weights: str | Path | None = "imagenet",
         **kwargs,
     ):
+        from keras_pneumonia import backbones
+
         image_size = _as_size(image_size)
         filters = tuple(int(f) for f in filters)
         dense_units = tuple(int(u) for u in dense_units)
@@ -123,6 +136,7 @@ class PneumoniaCNN(keras.Model):
             class_names,
             threshold,
             float(temperature),
+            backbone,
         )
 
         # === Layers ===
@@ -170,10 +184,17 @@ class PneumoniaCNN(keras.Model):
             # Recorded with training=False: `fit` overrides it with an explicit
             # training=True; a plain `model(x)` (training=None) keeps it off.
             x = layer(x, training=False)
-        x = norm_layer(x)
-        for block in conv_layers:
-            for layer in block:
-                x = layer(x)
+        if backbone is None:
+            x = norm_layer(x)
+            for block in conv_layers:
+                for layer in block:
+                    x = layer(x)
+            feature_layers = [layer.name for block in conv_layers for layer in block]
+        else:
+            if channels == 1:
+                x = keras.ops.repeat(x, 3, axis=-1)  # the backbone was trained on RGB
+            weights = None if backbone_weights is None else str(backbone_weights)
+            x, feature_layers = backbones.build(backbone, x, weights)
         x = head_layer(x)
         for layer in dense_layers:
             x = layer(x)
@@ -195,12 +216,14 @@ class PneumoniaCNN(keras.Model):
         # Recorded only: the weights this model will hold (a file's, or a calibrated
         # model's) already have it folded in. See the `temperature` property.
         self._temperature = float(temperature)
+        self.backbone = backbone
+        self._feature_layers = feature_layers
 
     def get_config(self):
         """The constructor arguments, so that ``PneumoniaCNN.from_config(config)`` rebuilds the model.
 
         Layers frozen with ``layer.trainable = False`` are listed under
-        ``"frozen_layers"``, so a model being fine-tuned keeps them frozen (and its
+        ``"frozen_layers"`` (as ``[position, name]``), so a model being fine-tuned keeps them frozen (and its
         optimizer state fits) after ``save``/``load_model`` or a resume.
         """
         config = {
@@ -218,8 +241,13 @@ class PneumoniaCNN(keras.Model):
             "class_names": list(self.class_names),
             "threshold": self.threshold,
             "temperature": self.temperature,
+            "backbone": self.backbone,
+            # The weights travel in the file: rebuilding never downloads ImageNet weights.
+            "backbone_weights": None,
         }
-        frozen = [layer.name for layer in self.layers if not layer.trainable]
+        # [position, name] pairs: the position finds the layer again, because layers that
+        # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.
+        frozen = [[i, layer.name] for i, layer in enumerate(self.layers) if not layer.trainable]
         if frozen:
             config["frozen_layers"] = frozen
         return config
@@ -230,8 +258,11 @@ class PneumoniaCNN(keras.Model):
         config = dict(config)
         frozen = config.pop("frozen_layers", ())
         model = cls(**config)
-        for name in frozen:
-            model.get_layer(name).trainable = False
+        for entry in frozen:
+            if isinstance(entry, str):  # 0.2.0 wrote names only
+                model.get_layer(entry).trainable = False
+            else:
+                model.layers[int(entry[0])].trainable = False
         return model
 
     @property
@@ -277,6 +308,69 @@ class PneumoniaCNN(keras.Model):
     def color_mode(self) -> str:
         """``"grayscale"`` or ``"rgb"``: how images must be decoded for this model."""
         return "grayscale" if self.channels == 1 else "rgb"
+
+    @property
+    def backbone_blocks(self) -> tuple[tuple[str, ...], ...]:
+        """Layer-name prefixes of the feature extractor's blocks, input to output (what `unfreeze` counts)."""
+        from keras_pneumonia.backbones import BACKBONES
+
+        if self.backbone is not None:
+            return BACKBONES[self.backbone]["blocks"]
+        return tuple((f"block{b}",) for b in range(1, len(self.filters) + 1))
+
+    @property
+    def gradcam_layer(self) -> str:
+        """The layer Grad-CAM explains by default: the feature extractor's last feature map."""
+        from keras_pneumonia.backbones import BACKBONES
+
+        if self.backbone is not None:
+            return BACKBONES[self.backbone]["gradcam_layer"]
+        return f"block{len(self.filters)}_conv{self.convs_per_block}"
+
+    def _block_index(self, layer_name: str) -> int:
+        from keras_pneumonia.backbones import block_of
+
+        if self.backbone is not None:
+            index = block_of(self.backbone, layer_name)
+            return 0 if index is None else index  # unnamed padding/rescaling layers: the stem
+        return int(layer_name[len("block") :].split("_")[0]) - 1
+
+    def freeze_backbone(self) -> None:
+        """Freezes the feature extractor (the convolutional blocks, or the backbone); the head stays trainable.
+
+        Compile again afterwards, as after any change of ``trainable``. The
+        frozen layers are saved with the model (see `get_config`).
+        """
+        for name in self._feature_layers:
+            self.get_layer(name).trainable = False
+
+    def unfreeze(self, n_blocks: int | None = None, *, batch_norm: bool = False) -> None:
+        """Makes the top ``n_blocks`` blocks of the feature extractor trainable (all when ``None``).
+
+        The blocks are those of `backbone_blocks`; lower blocks stay (or become)
+        frozen, the head stays trainable. Batch-normalization layers stay frozen
+        unless ``batch_norm=True``, as Keras' transfer-learning guide advises:
+        their statistics come from far more images than a fine-tuning set holds.
+        Compile again afterwards with a low learning rate.
+
+        Example:
+
+        >>> import keras_pneumonia as kp
+        >>> model = kp.PneumoniaCNN.from_pretrained(compile=False)
+        >>> model.freeze_backbone(); model.unfreeze(1)
+        >>> len(model.trainable_weights)  # block5's two convolutions, dense1 and predictions
+        6
+        """
+        total = len(self.backbone_blocks)
+        if n_blocks is None:
+            n_blocks = total
+        if not 0 <= n_blocks <= total:
+            raise ValueError(f"`n_blocks` must be between 0 and {total}; received {n_blocks!r}.")
+        for name in self._feature_layers:
+            layer = self.get_layer(name)
+            in_top = self._block_index(name) >= total - n_blocks
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = in_top and (batch_norm or not is_bn)
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Configures the model for training, with the seed's defaults.
@@ -376,8 +470,24 @@ class PneumoniaCNN(keras.Model):
 
 
 def _validate(
-    image_size, channels, filters, convs_per_block, dropout, head, normalization, class_names, threshold, temperature
+    image_size,
+    channels,
+    filters,
+    convs_per_block,
+    dropout,
+    head,
+    normalization,
+    class_names,
+    threshold,
+    temperature,
+    backbone,
 ):
+    from keras_pneumonia.backbones import BACKBONES
+
+    if backbone is not None and backbone not in BACKBONES:
+        raise ValueError(f"`backbone` must be None or one of {tuple(BACKBONES)}; received {backbone!r}.")
+    if backbone is not None and min(image_size) < 32:
+        raise ValueError(f"A {backbone} backbone needs an `image_size` of at least 32; received {image_size}.")
     if channels not in (1, 3):
         raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB); received {channels!r}.")
     if not filters or any(f <= 0 for f in filters):

@@ -270,3 +270,120 @@ def train(
     }
     atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
     return report
+
+
+# The two-stage fine-tuning recipe, kept as data: the head first at a normal
+# learning rate with the feature extractor frozen, then the top blocks too at a
+# learning rate a hundred times lower (batch normalization stays frozen).
+FINE_TUNE_PRESETS: dict[str, dict[str, Any]] = {
+    "two_stage": {
+        "head_epochs": 5,
+        "head_learning_rate": 1e-3,
+        "epochs": 10,
+        "unfreeze_blocks": 2,
+        "learning_rate": 1e-5,
+    },
+}
+
+
+def fine_tune(
+    model,
+    data,
+    run_dir: str | Path,
+    *,
+    preset: str = "two_stage",
+    threshold: float | str | None = "youden",
+    class_weight: bool = True,
+    verbose: int | str = "auto",
+    **overrides,
+) -> dict[str, Any]:
+    """Fine-tunes ``model`` on ``data`` in two stages and saves ``run_dir/model.keras``.
+
+    Stage 1 freezes the feature extractor (`PneumoniaCNN.freeze_backbone`) and
+    trains the head with ``head_learning_rate`` for ``head_epochs``; its result
+    is saved to ``run_dir/head/model.keras``, so a rerun after an interruption
+    skips it. Stage 2 unfreezes the top ``unfreeze_blocks`` blocks
+    (`PneumoniaCNN.unfreeze`) and trains with ``learning_rate`` for up to
+    ``epochs`` with the ``"fine_tune"`` callback preset (early stopping, best
+    weights, ``BackupAndRestore`` in ``run_dir/fine_tune``). The threshold is
+    then chosen again on the validation split.
+
+    Args:
+        model: A `PneumoniaCNN`, e.g. ``PneumoniaCNN.from_preset(...)`` or one
+            with an ImageNet ``backbone``.
+        data: A `keras_pneumonia.ChestXrayData` (``load_chest_xray`` of the
+            user's folder, at the model's ``image_size`` and ``color_mode``).
+        run_dir: Folder for the checkpoints, histories and the final model.
+        preset: A name of `FINE_TUNE_PRESETS`.
+        threshold: ``"youden"`` (chosen on validation), a number, or ``None``
+            to keep the model's.
+        class_weight: Balance the classes in the loss.
+        verbose: Keras' ``fit`` verbosity.
+        **overrides: Replace preset values (``head_epochs=2``, ``unfreeze_blocks=1``...).
+
+    Returns:
+        ``{"settings", "head_history", "history", "threshold", "val"}`` (the
+        validation report as a dict); the same is written to ``run_dir/report.json``.
+    """
+    import keras
+
+    from keras_pneumonia import callbacks as callback_presets
+    from keras_pneumonia._io import atomic_save_model, atomic_write_text
+    from keras_pneumonia.evaluation import EvaluationReport, predict_proba, youden_threshold
+
+    if preset not in FINE_TUNE_PRESETS:
+        raise ValueError(f"Unknown fine-tuning preset {preset!r}; choose one of {sorted(FINE_TUNE_PRESETS)}.")
+    unknown = set(overrides) - set(FINE_TUNE_PRESETS[preset])
+    if unknown:
+        raise ValueError(f"Unknown fine-tuning settings {sorted(unknown)}; known: {sorted(FINE_TUNE_PRESETS[preset])}.")
+    settings = {**FINE_TUNE_PRESETS[preset], **overrides}
+    if threshold not in ("youden", None) and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+        raise ValueError(f"`threshold` must be 'youden', None or a number in (0, 1); received {threshold!r}.")
+    run_dir = Path(run_dir)
+    weights = data.class_weight if class_weight else None
+
+    head_file = run_dir / "head" / "model.keras"
+    head_history: dict[str, list[float]] = {}
+    if head_file.exists():
+        logger.info("Stage 1 already done: loading %s", head_file)
+        model.set_weights(keras.saving.load_model(head_file, compile=False).get_weights())
+    else:
+        model.freeze_backbone()
+        model.compile(optimizer=keras.optimizers.Adam(settings["head_learning_rate"]))
+        head_history = model.fit(
+            data.train,
+            validation_data=data.val,
+            epochs=settings["head_epochs"],
+            class_weight=weights,
+            callbacks=callback_presets.preset("default", run_dir=run_dir / "head"),
+            verbose=verbose,
+        ).history
+        atomic_save_model(clone_without_optimizer(model), head_file)
+
+    model.freeze_backbone()
+    model.unfreeze(settings["unfreeze_blocks"])
+    model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]))
+    history = model.fit(
+        data.train,
+        validation_data=data.val,
+        epochs=settings["epochs"],
+        class_weight=weights,
+        callbacks=callback_presets.preset("fine_tune", run_dir=run_dir / "fine_tune"),
+        verbose=verbose,
+    ).history
+
+    y_val, p_val = predict_proba(model, data.val)
+    if threshold == "youden":
+        model.threshold = youden_threshold(y_val, p_val)
+    elif threshold is not None:
+        model.threshold = float(threshold)
+    report = {
+        "settings": {"preset": preset, **settings},
+        "head_history": {k: [float(v) for v in vs] for k, vs in head_history.items()},
+        "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+        "threshold": model.threshold,
+        "val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names).to_dict(),
+    }
+    atomic_save_model(clone_without_optimizer(model), run_dir / "model.keras")
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    return report
