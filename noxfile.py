@@ -124,7 +124,7 @@ def build(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Builds the HTML docs with warnings as errors and runs their code examples (doctest)."""
+    """Builds the HTML docs, nitpicky with warnings as errors (docs/conf.py), and runs their code examples."""
     session.install("-e", ".[docs]")
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", env=env)
@@ -149,7 +149,7 @@ def train_release(session: nox.Session) -> None:
         command += ["--monitor", str(data / "test_dev")]
     session.run(*command, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     export = (
-        "import json; from keras_pneumonia.weights import export_preset; "
+        "import json; from keras_pneumonia.training import export_preset; "
         "print(json.dumps(export_preset('runs/release-v2/model.keras', 'pneumonia_cnn_v2'), indent=2))"
     )
     session.run("python", "-c", export)

@@ -141,7 +141,7 @@ def bench_pipeline(data: Path, size: int, repeats: int) -> dict:
         call per image (tf.data's per-element overhead and the GIL dominate)."""
         import tensorflow as tf
 
-        from keras_pneumonia.data import load_image
+        from keras_pneumonia.images import load_image
 
         paths = sorted(str(p) for p in (data / "train").glob("*/*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
 
@@ -317,7 +317,7 @@ def jpeg_draft_effect(model) -> dict:
     import numpy as np
     from PIL import Image
 
-    from keras_pneumonia.data import _finish, load_image
+    from keras_pneumonia.images import convert, load_image
 
     folder = ROOT.parent / "shared" / "data" / "chest_xray_fullres_sample"
     files = sorted(folder.rglob("*.jpeg")) or sorted((ROOT / "tests" / "data" / "fullres").glob("*.jpeg"))
@@ -327,7 +327,7 @@ def jpeg_draft_effect(model) -> dict:
     for f in files:
         with Image.open(f) as image:
             image.load()
-            full.append(_finish(image, size, "grayscale", "squash")[..., None])
+            full.append(convert(image, size, "grayscale", "squash")[..., None])
     full = np.stack(full).astype("float32")
     p_drafted = model.predict(drafted, verbose=0)[:, -1]
     p_full = model.predict(full, verbose=0)[:, -1]

@@ -12,6 +12,8 @@ import pytest
 import keras_pneumonia as kp
 from conftest import TINY
 from keras_pneumonia import presets, weights
+from keras_pneumonia.models import load_model
+from keras_pneumonia.training import export_preset
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +179,7 @@ def test_corrupt_local_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"PK\x03\x04 broken zip")
     with pytest.raises(weights.WeightsError, match="bad.keras is not a loadable"):
-        weights.load_model(bad)
+        load_model(bad)
 
 
 def test_default_preset_ships_in_the_package_and_loads_offline(monkeypatch, tmp_path):
@@ -230,7 +232,7 @@ def test_export_preset_writes_a_loadable_file_without_optimizer_state(tmp_path):
     model.compile()
     model.fit(np.zeros((4, 32, 32, 1), np.uint8), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
     model.save(tmp_path / "trained.keras")
-    fields = weights.export_preset(tmp_path / "trained.keras", output_dir=tmp_path / "release")
+    fields = export_preset(tmp_path / "trained.keras", output_dir=tmp_path / "release")
     path = tmp_path / "release" / presets.PRESETS[presets.DEFAULT_PRESET]["file_name"]
     assert fields["sha256"] == weights.sha256sum(path) and fields["size"] == path.stat().st_size
     assert fields["threshold"] == pytest.approx(0.3)

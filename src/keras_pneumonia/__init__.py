@@ -12,37 +12,67 @@ The public API::
 Heavy optional modules (matplotlib, tf-keras-vis, Pillow) are imported only when used.
 """
 
-from keras_pneumonia import callbacks, plots, weights
-from keras_pneumonia._version import __version__
-from keras_pneumonia.augmentation import Augmentation
-from keras_pneumonia.data import BadImageError, ChestXrayData, LayoutError, load_chest_xray, load_image
-from keras_pneumonia.evaluation import EvaluationReport, evaluate
-from keras_pneumonia.gradcam import explanation_figure, gradcam, overlay
-from keras_pneumonia.layers import PerImageStandardization, SquashResize
-from keras_pneumonia.metrics import SparseAUC
-from keras_pneumonia.models import PneumoniaCNN
-from keras_pneumonia.robustness import RobustnessReport, evaluate_robustness
+import os as _os
+import sys as _sys
 
-__all__ = [
-    "Augmentation",
-    "BadImageError",
-    "ChestXrayData",
-    "EvaluationReport",
-    "LayoutError",
-    "PerImageStandardization",
-    "PneumoniaCNN",
-    "RobustnessReport",
-    "SparseAUC",
-    "SquashResize",
-    "__version__",
-    "callbacks",
-    "evaluate",
-    "evaluate_robustness",
-    "explanation_figure",
-    "gradcam",
-    "load_chest_xray",
-    "load_image",
-    "overlay",
-    "plots",
-    "weights",
-]
+from keras_pneumonia._version import __version__ as __version__
+
+# Public name -> the module that defines it ("" for a submodule of its own).
+_EXPORTS = {
+    "Augmentation": "keras_pneumonia.augmentation",
+    "BadImageError": "keras_pneumonia.data",
+    "ChestXrayData": "keras_pneumonia.data",
+    "EvaluationReport": "keras_pneumonia.evaluation",
+    "LayoutError": "keras_pneumonia.data",
+    "PerImageStandardization": "keras_pneumonia.layers",
+    "PneumoniaCNN": "keras_pneumonia.models",
+    "RobustnessReport": "keras_pneumonia.robustness",
+    "SparseAUC": "keras_pneumonia.metrics",
+    "SquashResize": "keras_pneumonia.layers",
+    "callbacks": "",
+    "evaluate": "keras_pneumonia.evaluation",
+    "evaluate_robustness": "keras_pneumonia.robustness",
+    "explanation_figure": "keras_pneumonia.plots",
+    "gradcam": "keras_pneumonia.gradcam",
+    "load_chest_xray": "keras_pneumonia.data",
+    "load_image": "keras_pneumonia.images",
+    "overlay": "keras_pneumonia.plots",
+    "plots": "",
+    "weights": "",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    """Imports a public name on first use (PEP 562); see `_launched_as_cli`."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_pneumonia' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_EXPORTS[name] or f"keras_pneumonia.{name}")
+    value = module if not _EXPORTS[name] else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def _launched_as_cli() -> bool:
+    """True when this import starts the command line (``keras-pneumonia``, ``python -m keras_pneumonia``).
+
+    The command line parses its arguments before anything needs Keras, so
+    ``--help`` and ``--version`` answer in a fraction of a second and without
+    TensorFlow's log lines; each command imports what it uses. Every other
+    import loads the whole API at once, so that Keras knows the model classes
+    (``keras.saving.load_model`` finds ``PneumoniaCNN`` right after ``import
+    keras_pneumonia``).
+    """
+    argv0 = _os.path.basename(_sys.argv[0]) if _sys.argv else ""
+    if argv0 in ("keras-pneumonia", "keras-pneumonia.exe"):
+        return True
+    # While `python -m keras_pneumonia` imports the package, sys.argv[0] is "-m".
+    return argv0 == "-m" and "keras_pneumonia" in getattr(_sys, "orig_argv", [])
+
+
+if not _launched_as_cli():
+    for _name in _EXPORTS:
+        __getattr__(_name)

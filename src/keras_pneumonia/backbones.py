@@ -2,7 +2,7 @@
 
 Most people who fine-tune on chest X-rays start from an ImageNet backbone:
 DenseNet-121 as in CheXNet (Rajpurkar et al. 2017), EfficientNet-B0, ResNet-50.
-`PneumoniaCNN` takes one with ``backbone="densenet121"`` (or
+`~keras_pneumonia.PneumoniaCNN` takes one with ``backbone="densenet121"`` (or
 ``"efficientnet_b0"``, ``"resnet50"``) in place of its own convolutional
 blocks. Inside the model, in front of the backbone: a grayscale X-ray is
 repeated to the three channels the backbone expects, and the backbone's own
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Name -> the ``keras.applications`` constructor, its weights file, its blocks and Grad-CAM layer.
 BACKBONES: dict[str, dict[str, Any]] = {
     "densenet121": {
         "application": "DenseNet121",

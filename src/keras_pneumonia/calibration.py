@@ -11,7 +11,7 @@ threshold to the same decision boundary.
 
 The temperature is folded into the last layer (``softmax(z / T)`` equals the
 softmax of the layer with kernel and bias divided by ``T``), and recorded as
-``model.temperature`` in the ``.keras`` config: ``predict``, `evaluate`,
+``model.temperature`` in the ``.keras`` config: ``predict``, `~keras_pneumonia.evaluate`,
 Grad-CAM and every export apply it with no change to the graph.
 
 Example:
@@ -163,10 +163,10 @@ def _moved_threshold(threshold: float, ratio: float) -> float:
 
 
 def calibrate(model, data, *, apply: bool = True) -> CalibrationResult:
-    """Fits the temperature of a two-class `PneumoniaCNN` on ``data`` (its validation split) and applies it.
+    """Fits the temperature of a two-class model on ``data`` (its validation split) and applies it.
 
     Args:
-        model: A `PneumoniaCNN`; its current temperature is taken into account,
+        model: A `~keras_pneumonia.PneumoniaCNN`; its current temperature is taken into account,
             so calibrating twice fits the same ``T``.
         data: Labelled validation data: a ``tf.data.Dataset`` of ``(images,
             labels)`` or an ``(images, labels)`` tuple. Never the test set.

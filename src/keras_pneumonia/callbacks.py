@@ -17,7 +17,7 @@ Every preset is built from Keras' own callbacks:
       with each epoch's wall time (`EpochTime`).
     * ``TensorBoard(run_dir/tensorboard)`` when ``tensorboard=True``.
 
-``"fine_tune"`` (continuing from trained weights, e.g. `PneumoniaCNN.from_pretrained`)
+``"fine_tune"`` (continuing from trained weights, e.g. `~keras_pneumonia.PneumoniaCNN.from_pretrained`)
     The same, but more cautious: ``EarlyStopping(patience=3)``,
     ``ReduceLROnPlateau(factor=0.2, patience=1, min_lr=1e-7)``, since a model
     that starts good over-fits a small folder within a few epochs.
@@ -119,6 +119,7 @@ class EpochTime(keras.callbacks.Callback):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        """Adds ``epoch_time_s`` to the epoch's logs."""
         import time
 
         if logs is not None:
@@ -149,6 +150,7 @@ class MonitorFolder(keras.callbacks.Callback):
         self.batch_size = batch_size
 
     def on_epoch_end(self, epoch, logs=None):
+        """Scores the folder and adds its metrics to the epoch's logs under the prefix."""
         from keras_pneumonia.evaluation import EvaluationReport
 
         probabilities = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)[:, -1]

@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect pneumonia in chest X-rays with Keras: split data, train, evaluate, predict, explain.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log more detail, TensorFlow's own log lines included"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     split = commands.add_parser("split", help="write a patient-disjoint train/val/test manifest")
@@ -359,7 +361,7 @@ def _cmd_calibrate(args) -> int:
     from keras_pneumonia._io import atomic_write_text
     from keras_pneumonia.calibration import calibrate, compare
     from keras_pneumonia.data import load_chest_xray
-    from keras_pneumonia.weights import load_model
+    from keras_pneumonia.models import load_model
 
     if args.output is not None and args.output.suffix != ".keras":
         raise CLIError(f"--output must be a .keras file; received {args.output}.")
@@ -398,7 +400,7 @@ def _cmd_calibrate(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from keras_pneumonia.evaluation import evaluate
-    from keras_pneumonia.weights import load_model
+    from keras_pneumonia.models import load_model
 
     model = load_model(args.weights, compile=False)
     image_size = tuple(model.input_shape[1:3])
@@ -482,8 +484,9 @@ def _gradcam_file(path: Path, folder: Path, used: set[str]) -> Path:
 
 
 def _add_gradcam(model, result: dict, folder: Path, used: set[str], method: str) -> None:
-    from keras_pneumonia.data import load_image
-    from keras_pneumonia.gradcam import explanation_figure, gradcam
+    from keras_pneumonia.gradcam import gradcam
+    from keras_pneumonia.images import load_image
+    from keras_pneumonia.plots import explanation_figure
 
     path = Path(result["path"])
     original = load_image(path, None, "grayscale")
@@ -530,8 +533,8 @@ def _run_predictions(model, paths, args, out=None) -> list[dict]:
 
 
 def _cmd_predict(args) -> int:
+    from keras_pneumonia.models import load_model
     from keras_pneumonia.prediction import ResultsFile, find_images
-    from keras_pneumonia.weights import load_model
 
     paths = find_images(args.paths, pattern=args.glob)
     if not paths:
@@ -571,8 +574,8 @@ def _cmd_demo(args) -> int:
 
     import keras
 
+    from keras_pneumonia.models import load_model
     from keras_pneumonia.prediction import predict_files
-    from keras_pneumonia.weights import load_model
 
     samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
     model = load_model(args.weights, compile=False)
@@ -639,7 +642,7 @@ def _cmd_presets(args) -> int:
 
 def _cmd_export(args) -> int:
     from keras_pneumonia.export import export_model, sidecar_path
-    from keras_pneumonia.weights import load_model
+    from keras_pneumonia.models import load_model
 
     model = load_model(args.model, compile=False)
     info = export_model(model, args.output, format=args.format, any_size=args.any_size, overwrite=args.overwrite)
@@ -665,6 +668,38 @@ COMMANDS = {
 }
 
 
+def _quiet_tensorflow(verbose: bool) -> None:
+    """Keeps TensorFlow's C++ log lines (oneDNN, CUDA, CPU features) out of normal output.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` silences the lines TensorFlow logs while it runs,
+    but not those its shared libraries print while they load, before that
+    setting is read; so Keras (and with it the backend) is imported here with
+    the process's stderr pointed at a temporary file, replayed if the import
+    fails. ``--verbose`` (or a ``TF_CPP_MIN_LOG_LEVEL`` set by the user) shows
+    everything.
+    """
+    import os
+    import tempfile
+
+    if verbose or "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import keras  # noqa: F401  (imports the backend)
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
     parser = build_parser()
@@ -674,6 +709,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command != "presets":  # the only command that needs no Keras
+        _quiet_tensorflow(args.verbose)
     _configure_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)

@@ -1,4 +1,7 @@
-"""Reading chest X-rays: robust image decoding and the patient-aware dataset builder."""
+"""Data sets of chest X-rays: the Kaggle layout, the patient-aware split, ``tf.data`` pipelines.
+
+Decoding one image is `keras_pneumonia.images`.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from keras_pneumonia.dicom import is_dicom, read_dicom
+from keras_pneumonia.images import COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
 
 logger = logging.getLogger(__name__)
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 SPLITS = ("train", "val", "test")
-RESIZE_MODES = ("squash", "crop", "pad")
-COLOR_MODES = ("grayscale", "rgb")
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+(?:_\d+)*$", re.IGNORECASE),
@@ -45,121 +45,6 @@ class LayoutError(ValueError):
     """Raised when a folder does not have the expected chest X-ray layout."""
 
 
-# ---------------------------------------------------------------------------
-# Decoding one image
-# ---------------------------------------------------------------------------
-
-
-def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    height, width = (int(s) for s in image_size)
-    return (height, width)
-
-
-def _to_8bit(image):
-    """Converts 16/32-bit integer and float images to 8-bit, scaling the full range."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L")
-    return image
-
-
-def _finish(image, size, color_mode: str, resize: str) -> np.ndarray:
-    """Alpha over black, the wanted colour mode, the resize: a decoded Pillow image to ``uint8``."""
-    from PIL import Image, ImageOps
-
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, image)
-    wanted = "L" if color_mode == "grayscale" else "RGB"
-    if image.mode != wanted:
-        image = image.convert(wanted)
-    if size is not None:
-        target = (size[1], size[0])  # PIL sizes are (width, height)
-        if resize == "squash":
-            image = image.resize(target, Image.Resampling.BILINEAR)
-        elif resize == "crop":
-            image = ImageOps.fit(image, target, Image.Resampling.BILINEAR)
-        else:
-            image = ImageOps.pad(image, target, Image.Resampling.BILINEAR, color=0)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def load_image(
-    path: str | Path,
-    image_size: int | Sequence[int] | None = None,
-    color_mode: str = "grayscale",
-    resize: str = "squash",
-) -> np.ndarray:
-    """Reads one X-ray into a ``uint8`` array ready for `PneumoniaCNN`.
-
-    Handles JPEG and PNG in grayscale, RGB, RGBA, palette and 16-bit, applies
-    the EXIF orientation, and resizes. DICOM files (``.dcm``, or the ``DICM``
-    marker) are read with pydicom when the ``[dicom]`` extra is installed, with
-    their modality and VOI LUTs applied (see `keras_pneumonia.dicom`).
-
-    Args:
-        path: The image file.
-        image_size: ``(height, width)`` (or an int for a square) to resize to;
-            ``None`` keeps the original size.
-        color_mode: ``"grayscale"`` (1 channel) or ``"rgb"`` (3 channels).
-        resize: ``"squash"`` (stretch to the size, as
-            ``keras.utils.image_dataset_from_directory`` does), ``"crop"`` (keep
-            the aspect ratio, crop the centre) or ``"pad"`` (keep the aspect
-            ratio, pad with black).
-
-    Returns:
-        An array of shape ``(height, width, channels)`` and dtype ``uint8``.
-
-    Raises:
-        ValueError: The file is missing, empty, truncated or not an image; the
-            message names the file.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if color_mode not in COLOR_MODES:
-        raise ValueError(f"`color_mode` must be one of {COLOR_MODES}; received {color_mode!r}.")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            raise ValueError("empty file (0 bytes)")
-        size = _as_size(image_size) if image_size is not None else None
-        if is_dicom(path):
-            array = _finish(Image.fromarray(read_dicom(path)), size, color_mode, resize)
-        else:
-            with Image.open(path) as image:
-                if image.format == "JPEG":
-                    # Let libjpeg do part of the work: decode only the luma channel for
-                    # grayscale, and at a reduced scale (still >= 2x the target, either
-                    # orientation): full-resolution X-rays decode several times faster.
-                    mode = "L" if color_mode == "grayscale" and image.mode in ("L", "RGB") else image.mode
-                    side = 2 * max(size) if size is not None else max(image.size)
-                    image.draft(mode, (side, side))
-                image.load()
-                ImageOps.exif_transpose(image, in_place=True)
-                array = _finish(_to_8bit(image), size, color_mode, resize)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read (JPEG, PNG or DICOM expected)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        reason = str(error)
-        if reason.startswith(str(path)):
-            raise
-        raise ValueError(f"{path}: {reason or type(error).__name__}") from None
-    if array.ndim == 2:
-        array = array[..., None]
-    return array
-
-
 def _decode_many(paths: Sequence[str], image_size, color_mode: str, resize: str, chunk: int = 32):
     """Decodes many files in parallel with tf.data; returns (images, errors).
 
@@ -169,7 +54,7 @@ def _decode_many(paths: Sequence[str], image_size, color_mode: str, resize: str,
     """
     import tensorflow as tf
 
-    height, width = _as_size(image_size)
+    height, width = as_size(image_size)
     channels = 1 if color_mode == "grayscale" else 3
 
     def decode(batch):
@@ -364,7 +249,7 @@ class ChestXrayData:
         test: The test dataset, or ``None`` when there is no ``test/`` folder.
         class_names: Class names in label order, e.g. ``["NORMAL", "PNEUMONIA"]``.
         class_weight: Balanced class weights of the train part, for ``fit(class_weight=...)``.
-        files: For each split, its `FileEntry` list, in dataset order.
+        files: For each split, its `~keras_pneumonia.data.FileEntry` list, in dataset order.
         data_dir: The Kaggle root that was read.
         options: The options the split was made with (seed, sizes...).
     """
@@ -426,7 +311,7 @@ def load_image_folder(
 
     Returns:
         ``(images, labels, entries)``: ``uint8`` images ``(n, h, w, c)``, int
-        labels, and the `FileEntry` of each image (paths relative to ``directory``).
+        labels, and the `~keras_pneumonia.data.FileEntry` of each image (paths relative to ``directory``).
     """
     directory = Path(directory)
     if not has_class_dirs(directory, class_names):
@@ -493,7 +378,7 @@ def load_chest_xray(
             gives the same split.
         kaggle_val: ``"pool"`` (default) merges ``val/`` into the training data
             before splitting; ``"keep"`` uses ``val/`` as the validation set as given.
-        resize: ``"squash"``, ``"crop"`` or ``"pad"`` (see `load_image`).
+        resize: ``"squash"``, ``"crop"`` or ``"pad"`` (see `~keras_pneumonia.load_image`).
         on_bad_file: ``"raise"`` (one error listing every bad file) or ``"skip"``
             (leave them out, with a warning naming them).
         class_names: The class folders, in label order.
@@ -523,7 +408,7 @@ def load_chest_xray(
         raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
-    size = _as_size(image_size)
+    size = as_size(image_size)
     root = find_kaggle_root(data_dir, class_names)
     class_names = list(class_names)
 

@@ -1,6 +1,6 @@
 """DICOM input (optional: ``pip install 'keras-pneumonia[dicom]'``), read with pydicom.
 
-`keras_pneumonia.load_image` (and so `load_chest_xray`, ``predict``,
+`keras_pneumonia.load_image` (and so `~keras_pneumonia.load_chest_xray`, ``predict``,
 ``evaluate`` and Grad-CAM) hands ``.dcm``/``.dicom`` files, and files with the
 ``DICM`` marker, to `read_dicom`, which turns the stored pixels into the
 8-bit grey levels a radiologist's viewer would show:

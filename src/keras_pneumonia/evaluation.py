@@ -195,7 +195,7 @@ class EvaluationReport:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
-        """The inverse of `to_dict` (``None`` becomes NaN again)."""
+        """The inverse of ``to_dict`` (``None`` becomes NaN again)."""
         return cls(**{k: float("nan") if v is None else v for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,7 +258,7 @@ def evaluate(model, data, threshold: float | None = None) -> EvaluationReport:
     """Evaluates a model on labelled data.
 
     Args:
-        model: A `PneumoniaCNN` (or any model whose last output column is the
+        model: A `~keras_pneumonia.PneumoniaCNN` (or any model whose last output column is the
             probability of PNEUMONIA).
         data: A ``tf.data.Dataset`` of ``(images, labels)`` batches, or a tuple
             ``(images, labels)`` of arrays.

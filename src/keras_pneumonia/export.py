@@ -35,6 +35,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: The export formats, TensorFlow SavedModel, LiteRT (TFLite) and ONNX.
 FORMATS = ("saved_model", "litert", "onnx")
 TOLERANCE = 1e-4
 _SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
@@ -71,7 +72,7 @@ def decode_as_is(path: str | Path) -> np.ndarray:
 
 
 def with_resize(model):
-    """``model`` behind a `SquashResize`: a Keras model that takes decoded images of any size."""
+    """``model`` behind a `~keras_pneumonia.SquashResize`: a Keras model that takes decoded images of any size."""
     import keras
 
     from keras_pneumonia.layers import SquashResize
@@ -86,7 +87,7 @@ def with_resize(model):
 
 def sample_batch(model) -> np.ndarray:
     """The bundled sample X-rays, decoded for ``model`` (float32 0-255), used to verify exports."""
-    from keras_pneumonia.data import load_image
+    from keras_pneumonia.images import load_image
 
     height, width, channels = model.input_shape[1:4]
     color_mode = "grayscale" if channels == 1 else "rgb"
@@ -185,15 +186,15 @@ def export_model(
     """Exports ``model``, verifies it with its own runtime, and writes the JSON sidecar.
 
     Args:
-        model: A `PneumoniaCNN` (e.g. ``PneumoniaCNN.from_pretrained()``).
+        model: A `~keras_pneumonia.PneumoniaCNN` (e.g. ``PneumoniaCNN.from_pretrained()``).
         path: The output: a folder for ``"saved_model"``, a ``.tflite`` file for
             ``"litert"``, a ``.onnx`` file for ``"onnx"``.
         format: ``"saved_model"``, ``"litert"`` or ``"onnx"``.
         any_size: Put the resize inside the graph (`keras_pneumonia.layers.SquashResize`):
             the export takes a decoded image as it is, any height and width, 1
-            or 3 channels, and produces `load_image`'s pixels itself (one image
+            or 3 channels, and produces `~keras_pneumonia.load_image`'s pixels itself (one image
             size per batch). Verified on the bundled samples decoded at their own
-            sizes against ``model.predict`` on `load_image`'s pixels. Only for
+            sizes against ``model.predict`` on `~keras_pneumonia.load_image`'s pixels. Only for
             models trained on squashed images (the package's default resize).
         overwrite: Replace an existing output.
 

@@ -1,4 +1,8 @@
-"""Grad-CAM heatmaps (built on tf-keras-vis) and overlays a person can look at."""
+"""Grad-CAM heatmaps, built on tf-keras-vis.
+
+Their figures (`~keras_pneumonia.overlay`, `~keras_pneumonia.explanation_figure`) are in
+`keras_pneumonia.plots`.
+"""
 
 from __future__ import annotations
 
@@ -111,38 +115,17 @@ def _flat_clone(model, target_path: str):
     return flat, clones[target_path]
 
 
-def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ValueError(f"Expected an image of shape (H, W), (H, W, 1) or (H, W, 3); received {image.shape}.")
-    return image[..., :3]
-
-
-def _resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
-    if array.shape[:2] == (height, width):
-        return array
-    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
-
-
 def _model_input(model, image) -> np.ndarray:
     """One raw image (path or array of any size, 1/3/4 channels) resized to the model's input."""
     from PIL import Image
 
-    from keras_pneumonia.data import load_image
+    from keras_pneumonia.images import as_rgb_uint8, load_image
 
     height, width, channels = model.input_shape[1:4]
     color_mode = "grayscale" if channels == 1 else "rgb"
     if isinstance(image, str | Path):
         return load_image(image, (height, width), color_mode)
-    pil = Image.fromarray(_as_rgb_uint8(image))
+    pil = Image.fromarray(as_rgb_uint8(image))
     pil = pil.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
     array = np.asarray(pil, dtype=np.uint8)
     return array[..., None] if array.ndim == 2 else array
@@ -238,9 +221,11 @@ def gradcam(
         normalize_cam=False,
     )
     cams = np.asarray(cams, dtype=np.float32).reshape(len(items), *batch.shape[1:3])
+    from keras_pneumonia.images import resize_float
+
     heatmaps = []
     for cam, (height, width) in zip(cams, originals):
-        cam = _resize(np.maximum(cam, 0.0), height, width)
+        cam = resize_float(np.maximum(cam, 0.0), height, width)
         top = cam.max()
         heatmaps.append(np.clip(cam / top, 0.0, 1.0) if top > 0 else np.zeros_like(cam))
     if single:
@@ -257,75 +242,3 @@ def _original_size(image) -> tuple[int, int]:
         with Image.open(image) as pil:
             return ImageOps.exif_transpose(pil).size[::-1]
     return tuple(np.asarray(image).shape[:2])
-
-
-def overlay(image, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
-    """Blends a heatmap over an X-ray.
-
-    Args:
-        image: The X-ray, ``uint8`` ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
-        heatmap: Values in ``[0, 1]``; resized to the image if needed.
-        alpha: Weight of the heatmap (0 shows only the X-ray).
-        colormap: A matplotlib colormap name.
-
-    Returns:
-        An RGB ``uint8`` image of the X-ray's size.
-
-    >>> import numpy as np
-    >>> from keras_pneumonia import overlay
-    >>> overlay(np.zeros((4, 4), "uint8"), np.ones((2, 2))).shape
-    (4, 4, 3)
-    """
-    import matplotlib
-
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"`alpha` must be in [0, 1]; received {alpha}.")
-    rgb = _as_rgb_uint8(image).astype(np.float32)
-    heat = _resize(np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0), *rgb.shape[:2])
-    colors = matplotlib.colormaps[colormap](heat)[..., :3] * 255.0
-    return np.clip((1 - alpha) * rgb + alpha * colors, 0, 255).astype(np.uint8)
-
-
-def explanation_figure(
-    image,
-    heatmap: np.ndarray,
-    *,
-    label: str,
-    probability: float,
-    title: str | None = None,
-    path: str | Path | None = None,
-    alpha: float = 0.4,
-):
-    """The X-ray and its Grad-CAM overlay side by side, with the label and probability.
-
-    Args:
-        image: The X-ray (``uint8`` array).
-        heatmap: Its heatmap in ``[0, 1]``.
-        label: The predicted class name.
-        probability: The probability of PNEUMONIA.
-        title: Optional title (e.g. the file name).
-        path: Where to save the PNG (optional).
-
-    Returns:
-        The `matplotlib.figure.Figure`.
-    """
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.figure import Figure
-
-    rgb = _as_rgb_uint8(image)
-    figure = Figure(figsize=(8.0, 4.4), layout="constrained")
-    left, right = figure.subplots(1, 2)
-    left.imshow(rgb)
-    left.set_title("X-ray")
-    right.imshow(overlay(rgb, heatmap, alpha=alpha))
-    right.set_title("Grad-CAM")
-    figure.colorbar(ScalarMappable(cmap="jet"), ax=right, fraction=0.046, pad=0.02, label="relevance")
-    for ax in (left, right):
-        ax.axis("off")
-    figure.suptitle(f"{title + ': ' if title else ''}{label}  (P(pneumonia) = {probability:.3f})")
-    if path is not None:
-        from keras_pneumonia._io import atomic_path
-
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", dpi=110)
-    return figure

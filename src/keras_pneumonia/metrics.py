@@ -23,6 +23,7 @@ class SparseAUC(keras.metrics.AUC):
         self.positive_index = positive_index
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        """Counts a batch: integer labels ``y_true`` against the probability of ``positive_index``."""
         y_true = keras.ops.reshape(y_true, (-1,))
         y_true = keras.ops.cast(keras.ops.equal(y_true, self.positive_index), "float32")
         return super().update_state(y_true, y_pred[:, self.positive_index], sample_weight)

@@ -7,21 +7,13 @@ from pathlib import Path
 
 import keras
 
+from keras_pneumonia.images import as_size
 from keras_pneumonia.layers import PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 
 HEADS = ("flatten", "avg", "max")
 NORMALIZATIONS = ("per_image", "rescale")
 DEFAULT_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
-
-
-def _as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return (image_size, image_size)
-    size = tuple(int(s) for s in image_size)
-    if len(size) != 2:
-        raise ValueError(f"`image_size` must be an int or (height, width); received {image_size!r}.")
-    return size
 
 
 class classproperty:  # noqa: N801  (named like the built-in decorators)
@@ -121,7 +113,7 @@ class PneumoniaCNN(keras.Model):
     ):
         from keras_pneumonia import backbones
 
-        image_size = _as_size(image_size)
+        image_size = as_size(image_size)
         filters = tuple(int(f) for f in filters)
         dense_units = tuple(int(u) for u in dense_units)
         class_names = [str(c) for c in class_names]
@@ -320,7 +312,7 @@ class PneumoniaCNN(keras.Model):
 
     @property
     def gradcam_layer(self) -> str:
-        """The layer Grad-CAM explains by default: the feature extractor's last feature map."""
+        """The name of the layer Grad-CAM explains by default, the feature extractor's last feature map."""
         from keras_pneumonia.backbones import BACKBONES
 
         if self.backbone is not None:
@@ -428,7 +420,7 @@ class PneumoniaCNN(keras.Model):
         """Loads a preset, a local ``.keras`` file, or a URL, as KerasHub's ``from_preset`` does.
 
         Args:
-            preset: A preset name (see `PneumoniaCNN.presets`), a path to a
+            preset: A preset name (see ``PneumoniaCNN.presets``), a path to a
                 ``.keras`` file or to a folder holding ``model.keras``,
                 ``file://PATH``, or an ``http(s)://`` URL. ``None`` is the
                 default preset, which ships inside the package and needs no
@@ -450,11 +442,7 @@ class PneumoniaCNN(keras.Model):
         >>> model.class_names
         ['NORMAL', 'PNEUMONIA']
         """
-        from keras_pneumonia import weights
-
-        return weights.load_model(
-            preset, cache_dir=cache_dir, force_download=force_download, offline=offline, compile=compile
-        )
+        return load_model(preset, cache_dir=cache_dir, force_download=force_download, offline=offline, compile=compile)
 
     @classmethod
     def from_pretrained(cls, name: str | Path | None = None, **kwargs) -> PneumoniaCNN:
@@ -515,3 +503,31 @@ def _validate(
         raise ValueError(f"`threshold` must be strictly between 0 and 1; received {threshold!r}.")
     if not (temperature > 0.0 and temperature < float("inf")):
         raise ValueError(f"`temperature` must be a positive number; received {temperature!r}.")
+
+
+def load_model(
+    name: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    offline: bool | None = None,
+    compile: bool = True,
+):
+    """Loads a model from a preset, a path or a URL (resolved by `keras_pneumonia.weights.get_file`).
+
+    Loading uses Keras' safe mode: a file that would run arbitrary code is refused.
+
+    Returns:
+        The loaded model (a `PneumoniaCNN` for the released presets), compiled
+        with its defaults if ``compile`` is true.
+    """
+    from keras_pneumonia.weights import WeightsError, get_file
+
+    path = get_file(name, cache_dir=cache_dir, force_download=force_download, offline=offline)
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise WeightsError(f"{path} is not a loadable .keras model: {error}") from None
+    if compile:
+        model.compile()
+    return model

@@ -1,4 +1,4 @@
-"""Figures a person opens: training history, ROC curve, reliability diagram, confusion matrix.
+"""Figures a person opens: history, ROC, reliability, confusion matrix, robustness, Grad-CAM overlays.
 
 Each function returns a `matplotlib.figure.Figure` (built without pyplot, so
 nothing pops up and no global state leaks) and saves a PNG when given a path.
@@ -94,7 +94,7 @@ def plot_reliability(
         probabilities: ``{label: P(PNEUMONIA) per image}``, e.g. before and
             after calibration; each curve is labelled with its ECE.
         path: Where to save the PNG.
-        bins: Equal-width bins on [0, 1], as `expected_calibration_error` uses.
+        bins: Equal-width bins on [0, 1], as `~keras_pneumonia.evaluation.expected_calibration_error` uses.
         title: Figure title.
     """
     from keras_pneumonia.evaluation import expected_calibration_error
@@ -216,3 +216,79 @@ def plot_perturbations(image, path: str | Path | None = None, perturbations: Seq
     for ax in axes:
         ax.axis("off")
     return _save(figure, path)
+
+
+def overlay(image, heatmap: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """Blends a heatmap over an X-ray.
+
+    Args:
+        image: The X-ray, ``uint8`` ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)``.
+        heatmap: Values in ``[0, 1]``; resized to the image if needed.
+        alpha: Weight of the heatmap (0 shows only the X-ray).
+        colormap: A matplotlib colormap name.
+
+    Returns:
+        An RGB ``uint8`` image of the X-ray's size.
+
+    >>> import numpy as np
+    >>> from keras_pneumonia import overlay
+    >>> overlay(np.zeros((4, 4), "uint8"), np.ones((2, 2))).shape
+    (4, 4, 3)
+    """
+    import matplotlib
+
+    from keras_pneumonia.images import as_rgb_uint8, resize_float
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]; received {alpha}.")
+    rgb = as_rgb_uint8(image).astype(np.float32)
+    heat = resize_float(np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0), *rgb.shape[:2])
+    colors = matplotlib.colormaps[colormap](heat)[..., :3] * 255.0
+    return np.clip((1 - alpha) * rgb + alpha * colors, 0, 255).astype(np.uint8)
+
+
+def explanation_figure(
+    image,
+    heatmap: np.ndarray,
+    *,
+    label: str,
+    probability: float,
+    title: str | None = None,
+    path: str | Path | None = None,
+    alpha: float = 0.4,
+):
+    """The X-ray and its Grad-CAM overlay side by side, with the label and probability.
+
+    Args:
+        image: The X-ray (``uint8`` array).
+        heatmap: Its heatmap in ``[0, 1]``.
+        label: The predicted class name.
+        probability: The probability of PNEUMONIA.
+        title: Optional title (e.g. the file name).
+        path: Where to save the PNG (optional).
+
+    Returns:
+        The `matplotlib.figure.Figure`.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.figure import Figure
+
+    from keras_pneumonia.images import as_rgb_uint8
+
+    rgb = as_rgb_uint8(image)
+    figure = Figure(figsize=(8.0, 4.4), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    left.imshow(rgb)
+    left.set_title("X-ray")
+    right.imshow(overlay(rgb, heatmap, alpha=alpha))
+    right.set_title("Grad-CAM")
+    figure.colorbar(ScalarMappable(cmap="jet"), ax=right, fraction=0.046, pad=0.02, label="relevance")
+    for ax in (left, right):
+        ax.axis("off")
+    figure.suptitle(f"{title + ': ' if title else ''}{label}  (P(pneumonia) = {probability:.3f})")
+    if path is not None:
+        from keras_pneumonia._io import atomic_path
+
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", dpi=110)
+    return figure

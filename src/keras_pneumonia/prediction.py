@@ -45,7 +45,7 @@ def find_images(inputs: Sequence[str | Path], pattern: str = "*", recursive: boo
     Raises:
         ValueError: An input that does not exist.
     """
-    from keras_pneumonia.data import IMAGE_EXTENSIONS
+    from keras_pneumonia.images import IMAGE_EXTENSIONS
 
     found: dict[Path, None] = {}
     for item in map(Path, inputs):
@@ -82,7 +82,7 @@ def predict_files(
     ``error`` set and no probability; the others go on.
 
     Args:
-        model: A `PneumoniaCNN` (or any model with ``input_shape`` and a last
+        model: A `~keras_pneumonia.PneumoniaCNN` (or any model with ``input_shape`` and a last
             column of P(last class)).
         paths: The files.
         batch_size: Images per model call.
@@ -93,7 +93,7 @@ def predict_files(
         ``{"path", "probability", "decision", "threshold", "model", "version", "error"}``.
     """
     from keras_pneumonia._version import __version__
-    from keras_pneumonia.data import load_image
+    from keras_pneumonia.images import load_image
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
@@ -147,7 +147,7 @@ class ResultsFile:
 
     Each result is written as one line and flushed, so an interrupted run loses
     at most the line being written; on opening, a last line cut off mid-write is
-    removed. `done` holds the paths already in the file.
+    removed. ``done`` holds the paths already in the file.
 
     Args:
         path: ``*.csv`` or ``*.jsonl``.

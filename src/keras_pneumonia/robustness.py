@@ -139,6 +139,7 @@ def _rotate(degrees: float):
 
 
 #: Name -> (function of a Pillow image, what it models).
+#: Name -> (function of a Pillow image, description) of each perturbation.
 PERTURBATIONS: dict[str, tuple[Callable, str]] = {
     "crop_5": (_crop(0.05), "5% cut from each border (tighter framing)"),
     "crop_10": (_crop(0.10), "10% cut from each border"),
@@ -182,11 +183,11 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The resize `keras_pneumonia.load_image` applies (``squash``), on an array."""
     from PIL import Image
 
-    from keras_pneumonia.data import _finish
+    from keras_pneumonia.images import convert
 
     channels = image.shape[-1]
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = _finish(pil, size, "grayscale" if channels == 1 else "rgb", "squash")
+    out = convert(pil, size, "grayscale" if channels == 1 else "rgb", "squash")
     return out[..., None] if out.ndim == 2 else out
 
 
@@ -250,7 +251,7 @@ def evaluate_robustness(
         model: A `PneumoniaCNN` (or any model taking ``uint8``-range images and
             giving the probability of the last class in its last column).
         directory: A folder with one sub-folder per class (``NORMAL/``, ``PNEUMONIA/``).
-        perturbations: Names from `PERTURBATIONS` (default: all of them).
+        perturbations: Names from `~keras_pneumonia.robustness.PERTURBATIONS` (default: all of them).
         threshold: Decision threshold; ``None`` uses the model's own.
         class_names: The class folders (default: the model's class names).
         batch_size: Prediction batch size.
@@ -266,8 +267,9 @@ def evaluate_robustness(
         while the perturbations run: meant for evaluation folders (hundreds to a
         few thousand images), not for whole archives of full-resolution films.
     """
-    from keras_pneumonia.data import _entries, load_image
+    from keras_pneumonia.data import _entries
     from keras_pneumonia.evaluation import EvaluationReport
+    from keras_pneumonia.images import load_image
 
     names = list(PERTURBATIONS if perturbations is None else perturbations)
     unknown = [n for n in names if n not in PERTURBATIONS]

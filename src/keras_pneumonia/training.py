@@ -67,7 +67,7 @@ def train(
     command: Sequence[str] | None = None,
     verbose: int | str = "auto",
 ) -> dict[str, Any]:
-    """Trains a `PneumoniaCNN` on a Kaggle-layout folder and writes a run folder.
+    """Trains a `~keras_pneumonia.PneumoniaCNN` on a Kaggle-layout folder and writes a run folder.
 
     The run folder ends up holding ``model.keras`` (best weights on validation,
     the validation-chosen threshold inside), ``history.csv``, ``history.png``,
@@ -77,13 +77,14 @@ def train(
     again after an interruption resumes after the last finished epoch.
 
     Args:
-        data_dir: Kaggle root, see `load_chest_xray`.
+        data_dir: Kaggle root, see `~keras_pneumonia.load_chest_xray`.
         output: The run folder.
         epochs: Maximum number of epochs (early stopping may end sooner).
         image_size: Square input size in pixels.
         batch_size: Batch size.
         validation_split: Fraction of the training data (by patient) for validation.
-        kaggle_val: ``"pool"`` or ``"keep"``: what to do with a ``val/`` folder (see `load_chest_xray`).
+        kaggle_val: ``"pool"`` or ``"keep"``: what to do with a ``val/`` folder
+            (see `~keras_pneumonia.load_chest_xray`).
         seed: Seeds the split, the initialisation, the augmentation and the shuffling.
         split_seed: Seeds the split (and the shuffling) instead of ``seed``: to
             retrain with another initialisation on the same validation split.
@@ -106,7 +107,7 @@ def train(
             split (Youden's J with the one-standard-error rule, see
             `keras_pneumonia.evaluation.youden_threshold`); a number fixes it
             (the release recipe of v2 uses 0.5, see the model card for why).
-        model_kwargs: More `PneumoniaCNN` arguments (filters, head, dropout...).
+        model_kwargs: More `~keras_pneumonia.PneumoniaCNN` arguments (filters, head, dropout...).
         class_weight: Weight the loss by balanced class weights of the train part.
         deterministic: Ask TensorFlow for deterministic ops (slower; see the docs).
         tensorboard: Also log to ``output/tensorboard``.
@@ -272,9 +273,9 @@ def train(
     return report
 
 
-# The two-stage fine-tuning recipe, kept as data: the head first at a normal
-# learning rate with the feature extractor frozen, then the top blocks too at a
-# learning rate a hundred times lower (batch normalization stays frozen).
+#: The fine-tuning recipes of `fine_tune`, kept as data. ``"two_stage"``: the head
+#: first at a normal learning rate with the feature extractor frozen, then the top
+#: blocks too at a learning rate a hundred times lower (batch normalization stays frozen).
 FINE_TUNE_PRESETS: dict[str, dict[str, Any]] = {
     "two_stage": {
         "head_epochs": 5,
@@ -299,17 +300,17 @@ def fine_tune(
 ) -> dict[str, Any]:
     """Fine-tunes ``model`` on ``data`` in two stages and saves ``run_dir/model.keras``.
 
-    Stage 1 freezes the feature extractor (`PneumoniaCNN.freeze_backbone`) and
+    Stage 1 freezes the feature extractor (`~keras_pneumonia.PneumoniaCNN.freeze_backbone`) and
     trains the head with ``head_learning_rate`` for ``head_epochs``; its result
     is saved to ``run_dir/head/model.keras``, so a rerun after an interruption
     skips it. Stage 2 unfreezes the top ``unfreeze_blocks`` blocks
-    (`PneumoniaCNN.unfreeze`) and trains with ``learning_rate`` for up to
+    (`~keras_pneumonia.PneumoniaCNN.unfreeze`) and trains with ``learning_rate`` for up to
     ``epochs`` with the ``"fine_tune"`` callback preset (early stopping, best
     weights, ``BackupAndRestore`` in ``run_dir/fine_tune``). The threshold is
     then chosen again on the validation split.
 
     Args:
-        model: A `PneumoniaCNN`, e.g. ``PneumoniaCNN.from_preset(...)`` or one
+        model: A `~keras_pneumonia.PneumoniaCNN`, e.g. ``PneumoniaCNN.from_preset(...)`` or one
             with an ImageNet ``backbone``.
         data: A `keras_pneumonia.ChestXrayData` (``load_chest_xray`` of the
             user's folder, at the model's ``image_size`` and ``color_mode``).
@@ -387,3 +388,40 @@ def fine_tune(
     atomic_save_model(clone_without_optimizer(model), run_dir / "model.keras")
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def export_preset(model_path: str | Path, name: str | None = None, output_dir: str | Path | None = None) -> dict:
+    """Writes a trained model as a release file and returns its registry fields.
+
+    The file holds the model without optimizer state (a third of the size).
+    Copy the returned ``sha256`` and ``size`` into `keras_pneumonia.presets`, and
+    publish the file at the preset's ``url`` (see ``docs/weights.md``).
+
+    Args:
+        model_path: The trained ``.keras`` file (e.g. ``runs/release-v1/model.keras``).
+        name: The preset whose ``file_name`` to write (default: the default preset).
+        output_dir: Defaults to the package's ``assets/`` folder.
+    """
+    from importlib import resources
+
+    import keras
+
+    from keras_pneumonia._io import atomic_save_model
+    from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
+    from keras_pneumonia.weights import sha256sum
+
+    name = DEFAULT_PRESET if name is None else name
+    clean = clone_without_optimizer(keras.saving.load_model(model_path, compile=False, safe_mode=True))
+    folder = Path(output_dir) if output_dir else Path(str(resources.files("keras_pneumonia") / "assets"))
+    destination = folder / PRESETS[name]["file_name"]
+    atomic_save_model(clean, destination)
+    return {
+        "file": str(destination),
+        "sha256": sha256sum(destination),
+        "size": destination.stat().st_size,
+        "params": clean.count_params(),
+        "image_size": list(clean.image_size),
+        "channels": clean.channels,
+        "class_names": list(clean.class_names),
+        "threshold": clean.threshold,
+    }

@@ -227,36 +227,6 @@ def get_file(
     return download(preset["url"], cache / file_name, sha256)
 
 
-def load_model(
-    name: str | Path | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    force_download: bool = False,
-    offline: bool | None = None,
-    compile: bool = True,
-):
-    """Loads a model from a preset, a path or a URL (see `get_file`).
-
-    Loading uses Keras' safe mode: a file that would run arbitrary code is refused.
-
-    Returns:
-        The loaded model (a `PneumoniaCNN` for the released presets), compiled
-        with its defaults if ``compile`` is true.
-    """
-    import keras
-
-    import keras_pneumonia.models  # noqa: F401  (registers the custom objects)
-
-    path = get_file(name, cache_dir=cache_dir, force_download=force_download, offline=offline)
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:
-        raise WeightsError(f"{path} is not a loadable .keras model: {error}") from None
-    if compile:
-        model.compile()
-    return model
-
-
 def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | None = None) -> list[Path]:
     """Fills the cache with the given presets (all when ``names`` is None), for offline use later.
 
@@ -284,36 +254,3 @@ def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | 
                 download(preset["url"], destination, preset["sha256"])
         paths.append(destination)
     return paths
-
-
-def export_preset(model_path: str | Path, name: str = DEFAULT_PRESET, output_dir: str | Path | None = None) -> dict:
-    """Writes a trained model as a release file and returns its registry fields.
-
-    The file holds the model without optimizer state (a third of the size).
-    Copy the returned ``sha256`` and ``size`` into `keras_pneumonia.presets`, and
-    publish the file at the preset's ``url`` (see ``docs/weights.md``).
-
-    Args:
-        model_path: The trained ``.keras`` file (e.g. ``runs/release-v1/model.keras``).
-        name: The preset whose ``file_name`` to write.
-        output_dir: Defaults to the package's ``assets/`` folder.
-    """
-    import keras
-
-    from keras_pneumonia._io import atomic_save_model
-    from keras_pneumonia.training import clone_without_optimizer
-
-    clean = clone_without_optimizer(keras.saving.load_model(model_path, compile=False, safe_mode=True))
-    folder = Path(output_dir) if output_dir else Path(str(resources.files("keras_pneumonia") / "assets"))
-    destination = folder / PRESETS[name]["file_name"]
-    atomic_save_model(clean, destination)
-    return {
-        "file": str(destination),
-        "sha256": sha256sum(destination),
-        "size": destination.stat().st_size,
-        "params": clean.count_params(),
-        "image_size": list(clean.image_size),
-        "channels": clean.channels,
-        "class_names": list(clean.class_names),
-        "threshold": clean.threshold,
-    }

@@ -1,0 +1,104 @@
+"""One home for the defaults and the allowed choices, without Keras.
+
+The library (`~keras_pneumonia.PneumoniaCNN`, `~keras_pneumonia.load_chest_xray`,
+`keras_pneumonia.training.train`), the command line and ``run.json`` read them from
+here, so changing a default (the input size, the seed) is one edit and every command
+follows, and the command line's choices cannot drift from the library's.
+
+Example:
+
+>>> from keras_pneumonia.config import TrainConfig
+>>> TrainConfig().image_size, TrainConfig(schedule="cosine").schedule
+(160, 'cosine')
+>>> TrainConfig(schedule="linear")
+Traceback (most recent call last):
+...
+ValueError: `schedule` must be one of ('plateau', 'cosine'); received 'linear'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+#: Input height and width of new models and data sets, in pixels.
+DEFAULT_IMAGE_SIZE = 160
+#: The seed of the patient split, the initialisation, the augmentation and the shuffling.
+#: 1337 is the value the project has used since its first script, so runs stay comparable.
+DEFAULT_SEED = 1337
+#: The allowed values of each training choice (and of the command line's flags).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "kaggle_val": ("pool", "keep"),
+    "callbacks": ("default", "fine_tune"),
+    "augmentation": ("strong", "mixed", "light", "none"),
+    "schedule": ("plateau", "cosine"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The settings of one training run, with their defaults, checked on creation.
+
+    ``keras_pneumonia.training.train`` takes the same names as keyword arguments and
+    records the resolved settings in ``run.json``; ``keras-pneumonia train`` takes
+    its defaults and choices from here.
+
+    Args:
+        epochs: Maximum number of epochs.
+        image_size: Square input size in pixels.
+        batch_size: Batch size.
+        validation_split: Fraction of the training data, by patient, for validation.
+        seed: Seeds the split, the initialisation, the augmentation and the shuffling.
+        split_seed: Seeds the split only (``None``: ``seed``).
+        kaggle_val: What to do with a ``val/`` folder: ``"pool"`` or ``"keep"``.
+        learning_rate: Initial learning rate.
+        callbacks: Callback preset (see `keras_pneumonia.callbacks`).
+        augmentation: Augmentation preset (see `keras_pneumonia.augmentation`).
+        schedule: ``"plateau"`` or ``"cosine"``.
+        weight_decay: Decoupled weight decay (AdamW) when above 0.
+        ema: Keep an exponential moving average of the weights.
+        threshold: ``"youden"`` (chosen on validation) or a number in (0, 1).
+        class_weight: Balance the classes in the loss.
+    """
+
+    epochs: int = 30
+    image_size: int = DEFAULT_IMAGE_SIZE
+    batch_size: int = 32
+    validation_split: float = 0.1
+    seed: int = DEFAULT_SEED
+    split_seed: int | None = None
+    kaggle_val: str = "pool"
+    learning_rate: float = 1e-3
+    callbacks: str = "default"
+    augmentation: str = "strong"
+    schedule: str = "plateau"
+    weight_decay: float = 0.0
+    ema: bool = False
+    threshold: float | str = "youden"
+    class_weight: bool = True
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}; received {value!r}.")
+        for name in ("epochs", "image_size", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer; received {getattr(self, name)!r}.")
+        if not 0.0 < self.validation_split < 1.0:
+            raise ValueError(f"`validation_split` must be in (0, 1); received {self.validation_split!r}.")
+        if not self.learning_rate > 0 or self.weight_decay < 0:
+            raise ValueError("`learning_rate` must be positive and `weight_decay` non-negative.")
+        threshold = self.threshold
+        if threshold != "youden" and not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
+            raise ValueError(
+                f"`threshold` must be 'youden' or a number strictly between 0 and 1; received {threshold!r}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (what ``run.json`` records)."""
+        return dataclasses.asdict(self)
+
+
+#: A `TrainConfig` with every default.
+DEFAULTS = TrainConfig()

@@ -1,0 +1,162 @@
+"""Decoding one chest X-ray into the pixels a model takes.
+
+`load_image` reads JPEG, PNG (8- and 16-bit, palette, alpha) and DICOM files,
+applies the EXIF orientation, converts the colour mode and resizes, with one
+rule for every reader: the data sets, ``predict``, ``evaluate``, Grad-CAM and
+exports (whose in-graph `keras_pneumonia.layers.SquashResize` reproduces
+`convert`'s ``"squash"`` resize pixel for pixel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from keras_pneumonia.dicom import is_dicom, read_dicom
+
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
+RESIZE_MODES = ("squash", "crop", "pad")
+COLOR_MODES = ("grayscale", "rgb")
+
+
+def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from an int (a square) or a pair; the one place sizes are normalised.
+
+    >>> from keras_pneumonia.images import as_size
+    >>> as_size(160), as_size((224, 200))
+    ((160, 160), (224, 200))
+    """
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    size = tuple(int(s) for s in image_size)
+    if len(size) != 2:
+        raise ValueError(f"`image_size` must be an int or (height, width); received {image_size!r}.")
+    return size
+
+
+def to_8bit(image):
+    """Converts 16/32-bit integer and float images to 8-bit, scaling the full range."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(array, mode="L")
+    return image
+
+
+def convert(image, size, color_mode: str, resize: str) -> np.ndarray:
+    """Alpha over black, the wanted colour mode, the resize: a decoded Pillow image to ``uint8``."""
+    from PIL import Image, ImageOps
+
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image)
+    wanted = "L" if color_mode == "grayscale" else "RGB"
+    if image.mode != wanted:
+        image = image.convert(wanted)
+    if size is not None:
+        target = (size[1], size[0])  # PIL sizes are (width, height)
+        if resize == "squash":
+            image = image.resize(target, Image.Resampling.BILINEAR)
+        elif resize == "crop":
+            image = ImageOps.fit(image, target, Image.Resampling.BILINEAR)
+        else:
+            image = ImageOps.pad(image, target, Image.Resampling.BILINEAR, color=0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_image(
+    path: str | Path,
+    image_size: int | Sequence[int] | None = None,
+    color_mode: str = "grayscale",
+    resize: str = "squash",
+) -> np.ndarray:
+    """Reads one X-ray into a ``uint8`` array ready for `~keras_pneumonia.PneumoniaCNN`.
+
+    Handles JPEG and PNG in grayscale, RGB, RGBA, palette and 16-bit, applies
+    the EXIF orientation, and resizes. DICOM files (``.dcm``, or the ``DICM``
+    marker) are read with pydicom when the ``[dicom]`` extra is installed, with
+    their modality and VOI LUTs applied (see `keras_pneumonia.dicom`).
+
+    Args:
+        path: The image file.
+        image_size: ``(height, width)`` (or an int for a square) to resize to;
+            ``None`` keeps the original size.
+        color_mode: ``"grayscale"`` (1 channel) or ``"rgb"`` (3 channels).
+        resize: ``"squash"`` (stretch to the size, as
+            ``keras.utils.image_dataset_from_directory`` does), ``"crop"`` (keep
+            the aspect ratio, crop the centre) or ``"pad"`` (keep the aspect
+            ratio, pad with black).
+
+    Returns:
+        An array of shape ``(height, width, channels)`` and dtype ``uint8``.
+
+    Raises:
+        ValueError: The file is missing, empty, truncated or not an image; the
+            message names the file.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"`color_mode` must be one of {COLOR_MODES}; received {color_mode!r}.")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ValueError("empty file (0 bytes)")
+        size = as_size(image_size) if image_size is not None else None
+        if is_dicom(path):
+            array = convert(Image.fromarray(read_dicom(path)), size, color_mode, resize)
+        else:
+            with Image.open(path) as image:
+                if image.format == "JPEG":
+                    # Let libjpeg do part of the work: decode only the luma channel for
+                    # grayscale, and at a reduced scale (still >= 2x the target, either
+                    # orientation): full-resolution X-rays decode several times faster.
+                    mode = "L" if color_mode == "grayscale" and image.mode in ("L", "RGB") else image.mode
+                    side = 2 * max(size) if size is not None else max(image.size)
+                    image.draft(mode, (side, side))
+                image.load()
+                ImageOps.exif_transpose(image, in_place=True)
+                array = convert(to_8bit(image), size, color_mode, resize)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image Pillow can read (JPEG, PNG or DICOM expected)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = str(error)
+        if reason.startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: {reason or type(error).__name__}") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    return array
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """An image array (``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or RGBA) as RGB ``uint8``."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"Expected an image of shape (H, W), (H, W, 1) or (H, W, 3); received {image.shape}.")
+    return image[..., :3]
+
+
+def resize_float(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A float array (a heatmap) resized bilinearly with Pillow's float mode."""
+    from PIL import Image
+
+    if array.shape[:2] == (height, width):
+        return array
+    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
