@@ -30,7 +30,7 @@ def main(argv=None):
             continue
         model_input = kp.load_image(path, model.image_size, model.color_mode)
         probability = float(model.predict(model_input[None], verbose=0)[0, 1])
-        label = model.class_names[int(probability >= model.threshold)]
+        label = model.class_names[int(model.decide([probability])[0])]
         heatmap = kp.gradcam(model, original, class_index=model.class_names.index(label), method=args.method)
         out = args.output / f"{path.stem}_gradcam.png"
         kp.explanation_figure(original, heatmap, label=label, probability=probability, title=path.name, path=out)

@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 
 import keras_pneumonia as kp
+from keras_pneumonia.config import DEFAULT_SEED
 from keras_pneumonia.training import FINE_TUNE_PRESETS, fine_tune
 
 PRESET = FINE_TUNE_PRESETS["two_stage"]
@@ -42,7 +43,7 @@ def main(argv=None):
     parser.add_argument("--unfreeze-blocks", type=int, default=PRESET["unfreeze_blocks"], help="blocks in stage 2")
     parser.add_argument("--learning-rate", type=float, default=PRESET["learning_rate"], help="stage 2 learning rate")
     parser.add_argument("--validation-split", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)

@@ -14,7 +14,8 @@ import keras
 
 import keras_pneumonia as kp
 from keras_pneumonia import callbacks
-from keras_pneumonia.evaluation import predict_proba, youden_threshold
+from keras_pneumonia.config import DEFAULT_IMAGE_SIZE, DEFAULT_SEED
+from keras_pneumonia.evaluation import choose_threshold
 
 
 def main(argv=None):
@@ -22,10 +23,10 @@ def main(argv=None):
     parser.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional test/)")
     parser.add_argument("--output", type=Path, default=Path("runs/example"), help="run folder")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--filters", default="16,32,64,128,256", help="filters per block")
     parser.add_argument("--validation-split", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(args.seed)
@@ -44,8 +45,7 @@ def main(argv=None):
         class_weight=data.class_weight,
         callbacks=callbacks.preset("default", run_dir=args.output),
     )
-    y_val, p_val = predict_proba(model, data.val)
-    model.threshold = youden_threshold(y_val, p_val)
+    choose_threshold(model, data.val)  # Youden's J on the validation split, stored in the model
     model.save(args.output / "model.keras")
     kp.plots.plot_history(history.history, args.output / "history.png")
     print("validation:\n" + kp.evaluate(model, data.val).to_markdown())

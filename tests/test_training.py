@@ -106,6 +106,9 @@ def test_train_cli_writes_a_complete_run(kaggle_dir, tmp_path, capsys):
     assert report["val"]["threshold"] == pytest.approx(report["threshold"])
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["command"].startswith("keras-pneumonia train")
+    from keras_pneumonia.config import DEFAULTS
+
+    assert set(DEFAULTS.to_dict()) <= set(run_info["arguments"])  # every setting of the run, resolved
     assert "keras" in run_info["versions"] and "tensorflow" in run_info["versions"]
     assert not list(run.glob("*.part"))
     assert "threshold" in capsys.readouterr().out
@@ -121,9 +124,9 @@ def test_threshold_is_chosen_on_validation_only(kaggle_dir, tmp_path, monkeypatc
     seen = []
     original = evaluation.youden_threshold
 
-    def spy(y, p):
+    def spy(y, p, **kwargs):
         seen.append(len(y))
-        return original(y, p)
+        return original(y, p, **kwargs)
 
     monkeypatch.setattr(evaluation, "youden_threshold", spy)
     report = training.train(
@@ -263,7 +266,11 @@ def test_atomic_writes_follow_the_umask(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"threshold": 7.0}, "threshold"), ({"schedule": "linear"}, "schedule"), ({"augmentation": "wild"}, "preset")],
+    [
+        ({"threshold": 7.0}, "threshold"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"augmentation": "wild"}, "augmentation"),
+    ],
 )
 def test_bad_training_arguments_fail_before_any_work(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):

@@ -30,6 +30,8 @@ import dataclasses
 import math
 from typing import Any
 
+from keras_pneumonia.config import DEFAULT_SEED
+
 # Every change off: the identity.
 _NONE: dict[str, Any] = {
     "zoom": (1.0, 1.0),
@@ -182,7 +184,7 @@ class Augmentation:
             x = x + tf.random.stateless_normal(tf.shape(x), next(seeds)) * std
         return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
 
-    def apply_to_dataset(self, dataset, seed: int = 1337):
+    def apply_to_dataset(self, dataset, seed: int = DEFAULT_SEED):
         """Maps a batched ``(images, labels[, weights])`` dataset through the augmentation.
 
         Each batch gets its own seed from ``tf.data.Dataset.random``, drawn anew

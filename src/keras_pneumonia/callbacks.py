@@ -5,7 +5,7 @@ Every preset is built from Keras' own callbacks:
 ``"default"`` (training from scratch)
     * ``EarlyStopping(monitor="val_loss", patience=6, restore_best_weights=True)``:
       stops when validation loss has not improved for 6 epochs and puts back
-      the best weights, the seed's guard against over-fitting.
+      the best weights, the original script's guard against over-fitting.
     * ``ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5)``:
       halves the learning rate when progress stalls.
     * ``ModelCheckpoint`` of the best model so far, to

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_pneumonia._version import __version__
+from keras_pneumonia.config import CHOICES
+from keras_pneumonia.config import DEFAULTS as D
 
 logger = logging.getLogger("keras_pneumonia")
 
@@ -74,27 +76,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     split = commands.add_parser("split", help="write a patient-disjoint train/val/test manifest")
     split.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
-    split.add_argument("--validation-split", type=_fraction, default=0.1, help="fraction for validation (0.1)")
-    split.add_argument("--seed", type=int, default=1337, help="seed of the split (1337)")
-    split.add_argument("--kaggle-val", choices=("pool", "keep"), default="pool", help="use of the val/ folder")
+    split.add_argument(
+        "--validation-split", type=_fraction, default=D.validation_split, help=f"fraction ({D.validation_split})"
+    )
+    split.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split ({D.seed})")
+    split.add_argument("--kaggle-val", choices=CHOICES["kaggle_val"], default=D.kaggle_val, help="use of val/")
     split.add_argument("--manifest", type=Path, required=True, help="where to write the JSON manifest")
 
     train = commands.add_parser("train", help="train a PneumoniaCNN and write a run folder")
     train.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
     train.add_argument("--output", "-o", type=Path, required=True, help="run folder (created; resumed if interrupted)")
-    train.add_argument("--epochs", type=_positive_int, default=30, help="maximum epochs (30)")
-    train.add_argument("--image-size", type=_positive_int, default=160, help="square input size in pixels (160)")
-    train.add_argument("--batch-size", type=_positive_int, default=32, help="batch size (32)")
-    train.add_argument("--validation-split", type=_fraction, default=0.1, help="validation fraction, by patient (0.1)")
-    train.add_argument("--seed", type=int, default=1337, help="seed of split, initialisation and shuffle (1337)")
+    train.add_argument("--epochs", type=_positive_int, default=D.epochs, help=f"maximum epochs ({D.epochs})")
+    train.add_argument(
+        "--image-size", type=_positive_int, default=D.image_size, help=f"square input size in pixels ({D.image_size})"
+    )
+    train.add_argument(
+        "--resize",
+        choices=CHOICES["resize"],
+        default=D.resize,
+        help="squash (stretch), crop (centre) or pad (black borders) to the input size; saved with the model",
+    )
+    train.add_argument("--batch-size", type=_positive_int, default=D.batch_size, help=f"batch size ({D.batch_size})")
+    train.add_argument(
+        "--validation-split",
+        type=_fraction,
+        default=D.validation_split,
+        help=f"validation fraction, by patient ({D.validation_split})",
+    )
+    train.add_argument(
+        "--seed", type=int, default=D.seed, help=f"seed of split, initialisation, augmentation, shuffle ({D.seed})"
+    )
     train.add_argument(
         "--split-seed", type=int, help="seed of the split only (default: --seed): another run on the same split"
     )
     train.add_argument(
-        "--kaggle-val", choices=("pool", "keep"), default="pool", help="pool val/ into train, or keep it as validation"
+        "--kaggle-val",
+        choices=CHOICES["kaggle_val"],
+        default=D.kaggle_val,
+        help="pool val/ into train, or keep it as validation",
     )
-    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (1e-3)")
-    train.add_argument("--callbacks", choices=("default", "fine_tune"), default="default", help="callback preset")
+    train.add_argument(
+        "--learning-rate", type=float, default=D.learning_rate, help=f"initial learning rate ({D.learning_rate})"
+    )
+    train.add_argument("--callbacks", choices=CHOICES["callbacks"], default=D.callbacks, help="callback preset")
     train.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1 grayscale, 3 RGB (1)")
     train.add_argument("--filters", type=_int_list, help="filters per block, e.g. 16,32,64,128,256")
     train.add_argument("--convs-per-block", type=_positive_int, help="convolutions per block")
@@ -114,23 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--augmentation",
-        choices=("mixed", "strong", "light", "none"),
-        default="strong",
+        choices=CHOICES["augmentation"],
+        default=D.augmentation,
         help="augmentation of the training pipeline (strong: framing, exposure, blur, noise)",
     )
     train.add_argument("--no-augmentation", action="store_true", help="same as --augmentation none")
     train.add_argument(
         "--schedule",
-        choices=("plateau", "cosine"),
-        default="plateau",
+        choices=CHOICES["schedule"],
+        default=D.schedule,
         help="plateau: halve the LR and stop early on validation loss; cosine: decay to 0 over --epochs",
     )
-    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0: plain Adam)")
+    train.add_argument("--weight-decay", type=float, default=D.weight_decay, help="AdamW weight decay (0: plain Adam)")
     train.add_argument("--ema", action="store_true", help="average the weights (exponential moving average)")
     train.add_argument(
         "--threshold",
         type=_threshold,
-        default="youden",
+        default=D.threshold,
         help="'youden' (chosen on validation, the default) or a fixed decision threshold in (0, 1)",
     )
     train.add_argument(
@@ -178,8 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     calibrate.add_argument("--output", type=Path, help="write the calibrated model here (.keras); omit to only measure")
     calibrate.add_argument("--report-dir", type=Path, metavar="DIR", help="write calibration.json and reliability.png")
-    calibrate.add_argument("--validation-split", type=_fraction, default=0.1, help="as in train (0.1)")
-    calibrate.add_argument("--seed", type=int, default=1337, help="seed of the split, as in train (1337)")
+    calibrate.add_argument(
+        "--validation-split", type=_fraction, default=D.validation_split, help=f"as in train ({D.validation_split})"
+    )
+    calibrate.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
     calibrate.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
     predict = commands.add_parser(
@@ -278,6 +304,7 @@ def _cmd_train(args) -> int:
         args.output,
         epochs=args.epochs,
         image_size=args.image_size,
+        resize=args.resize,
         batch_size=args.batch_size,
         validation_split=args.validation_split,
         seed=args.seed,
@@ -325,11 +352,12 @@ def _evaluation_folder(data_dir: Path) -> Path:
     return folder
 
 
-def _evaluation_data(data_dir: Path, image_size, color_mode: str):
+def _evaluation_data(data_dir: Path, model):
     from keras_pneumonia.data import load_image_folder
+    from keras_pneumonia.images import input_config_of
 
     folder = _evaluation_folder(data_dir)
-    images, labels, _ = load_image_folder(folder, image_size=image_size, color_mode=color_mode)
+    images, labels, _ = load_image_folder(folder, **input_config_of(model).dataset_kwargs())
     if len(labels) == 0:
         raise CLIError(f"{folder} holds no images (.jpeg, .jpg or .png).")
     return images, labels
@@ -370,8 +398,7 @@ def _cmd_calibrate(args) -> int:
     model = load_model(args.weights, compile=False)
     data = load_chest_xray(
         args.data_dir,
-        image_size=model.image_size,
-        color_mode=model.color_mode,
+        **model.input_config.dataset_kwargs(),
         validation_split=args.validation_split,
         seed=args.seed,
     )
@@ -403,9 +430,7 @@ def _cmd_evaluate(args) -> int:
     from keras_pneumonia.models import load_model
 
     model = load_model(args.weights, compile=False)
-    image_size = tuple(model.input_shape[1:3])
-    color_mode = "grayscale" if model.input_shape[-1] == 1 else "rgb"
-    images, labels = _evaluation_data(args.data_dir, image_size, color_mode)
+    images, labels = _evaluation_data(args.data_dir, model)
     report = evaluate(model, (images, labels), threshold=args.threshold)
     calibration = _calibration_summary(model, (images, labels), args) if args.calibration else None
     if not args.robustness:

@@ -32,6 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "callbacks": ("default", "fine_tune"),
     "augmentation": ("strong", "mixed", "light", "none"),
     "schedule": ("plateau", "cosine"),
+    "resize": ("squash", "crop", "pad"),
 }
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     Args:
         epochs: Maximum number of epochs.
         image_size: Square input size in pixels.
+        resize: How images are brought to that size: ``"squash"``, ``"crop"`` or ``"pad"``.
         batch_size: Batch size.
         validation_split: Fraction of the training data, by patient, for validation.
         seed: Seeds the split, the initialisation, the augmentation and the shuffling.
@@ -63,6 +65,7 @@ class TrainConfig:
 
     epochs: int = 30
     image_size: int = DEFAULT_IMAGE_SIZE
+    resize: str = "squash"
     batch_size: int = 32
     validation_split: float = 0.1
     seed: int = DEFAULT_SEED

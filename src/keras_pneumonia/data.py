@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia.config import DEFAULT_IMAGE_SIZE, DEFAULT_SEED
 from keras_pneumonia.images import COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
 
 logger = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: b
 def load_image_folder(
     directory: str | Path,
     *,
-    image_size: int | Sequence[int] = 160,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
     color_mode: str = "grayscale",
     resize: str = "squash",
     class_names: Sequence[str] = CLASS_NAMES,
@@ -344,11 +345,11 @@ def _decode_entries(entries, root, image_size, color_mode, resize, on_bad_file):
 def load_chest_xray(
     data_dir: str | Path,
     *,
-    image_size: int | Sequence[int] = 160,
+    image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
     color_mode: str = "grayscale",
     batch_size: int = 32,
     validation_split: float = 0.1,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     kaggle_val: str = "pool",
     resize: str = "squash",
     on_bad_file: str = "raise",

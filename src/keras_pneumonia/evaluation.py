@@ -91,6 +91,45 @@ def youden_threshold(y_true: np.ndarray, scores: np.ndarray, one_standard_error:
     return float(np.clip(candidates[chosen], 1e-6, 1 - 1e-6))
 
 
+def decide(probabilities, threshold: float) -> np.ndarray:
+    """The decision rule, in one place: the last class when its probability is at least ``threshold``.
+
+    Args:
+        probabilities: P(last class) per image, ``(n,)``, or softmax rows ``(n, classes)``.
+        threshold: The decision threshold (a model's ``threshold``).
+
+    Returns:
+        Class indices, ``(n,)``: the last class (PNEUMONIA, 1) or the first (NORMAL, 0).
+
+    >>> from keras_pneumonia.evaluation import decide
+    >>> decide([0.2, 0.5, 0.9], 0.5).tolist()
+    [0, 1, 1]
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    last = probabilities.shape[-1] - 1 if probabilities.ndim == 2 else 1
+    p_last = probabilities[:, -1] if probabilities.ndim == 2 else probabilities.reshape(-1)
+    return np.where(p_last >= threshold, last, 0).astype(int)
+
+
+def choose_threshold(model, data, *, one_standard_error: bool = True, apply: bool = True) -> float:
+    """Chooses a model's threshold on validation data (never the test set), by `youden_threshold`.
+
+    Args:
+        model: A `~keras_pneumonia.PneumoniaCNN` (or a model with a settable ``threshold``).
+        data: Labelled validation data: a dataset of ``(images, labels)`` or an ``(x, y)`` tuple.
+        one_standard_error: Keep the threshold closest to 0.5 among those within one
+            standard error of the best Youden's J (see `youden_threshold`).
+        apply: Set ``model.threshold`` to it.
+
+    Returns:
+        The chosen threshold.
+    """
+    threshold = youden_threshold(*predict_proba(model, data), one_standard_error=one_standard_error)
+    if apply:
+        model.threshold = threshold
+    return threshold
+
+
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error of the predicted probability of PNEUMONIA.
 
@@ -165,7 +204,7 @@ class EvaluationReport:
         probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
         if y_true.shape != probabilities.shape:
             raise ValueError(f"{len(y_true)} labels but {len(probabilities)} probabilities.")
-        y_pred = (probabilities >= threshold).astype(int)
+        y_pred = decide(probabilities, threshold)
         tp = int(np.sum((y_true == 1) & (y_pred == 1)))
         tn = int(np.sum((y_true == 0) & (y_pred == 0)))
         fp = int(np.sum((y_true == 0) & (y_pred == 1)))
@@ -240,13 +279,22 @@ class EvaluationReport:
 
 
 def predict_proba(model, data) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and probabilities of PNEUMONIA for a dataset of ``(images, labels)`` or a tuple ``(x, y)``."""
+    """Labels and probabilities of PNEUMONIA for a dataset of ``(images, labels)`` or a tuple ``(x, y)``.
+
+    Images of another size or channel count than the model's input are refused
+    with a clear error (`keras_pneumonia.images.check_batch`), never silently read.
+    """
+    from keras_pneumonia.images import check_batch
+
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
+        check_batch(model, np.asarray(x))
         probabilities = model.predict(np.asarray(x), verbose=0)
         return np.asarray(y).reshape(-1), probabilities[:, -1]
     labels, probabilities = [], []
     for x, y in data:
+        if not labels:
+            check_batch(model, x)
         probabilities.append(np.asarray(model.predict_on_batch(x))[:, -1])
         labels.append(np.asarray(y).reshape(-1))
     if not labels:

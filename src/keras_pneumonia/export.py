@@ -87,11 +87,10 @@ def with_resize(model):
 
 def sample_batch(model) -> np.ndarray:
     """The bundled sample X-rays, decoded for ``model`` (float32 0-255), used to verify exports."""
-    from keras_pneumonia.images import load_image
+    from keras_pneumonia.images import input_config_of
 
-    height, width, channels = model.input_shape[1:4]
-    color_mode = "grayscale" if channels == 1 else "rgb"
-    return np.stack([load_image(p, (height, width), color_mode) for p in sample_images()]).astype("float32")
+    spec = input_config_of(model)
+    return np.stack([spec.load(p) for p in sample_images()]).astype("float32")
 
 
 def _require_tensorflow(what: str):
@@ -219,6 +218,13 @@ def export_model(
     if (path.exists() or sidecar_path(path).exists()) and not overwrite:
         raise ValueError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it.")
 
+    from keras_pneumonia.images import input_config_of
+
+    if any_size and input_config_of(model).resize != "squash":
+        raise ValueError(
+            f"any_size reproduces the 'squash' resize only; this model was trained with "
+            f"resize={input_config_of(model).resize!r}. Export it without any_size and resize as load_image does."
+        )
     x = sample_batch(model)
     expected = np.asarray(model.predict(x, verbose=0))  # also builds a loaded model's graph
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,13 +254,14 @@ def export_model(
                 "shape": [None, None, None, None] if any_size else [None, height, width, channels],
                 "dtype": "float32",
                 "pixels": "raw 0-255 (the graph normalises them)",
-                "color_mode": "grayscale" if channels == 1 else "rgb",
+                "color_mode": input_config_of(model).color_mode,
                 "resize": (
                     f"inside the graph: any size, 1 or 3 channels, one size per batch; converted to "
                     f"{'grayscale' if channels == 1 else 'rgb'} and squashed to ({height}, {width}) with "
                     "Pillow's bilinear resample (keras_pneumonia.layers.SquashResize)"
                     if any_size
-                    else f"squash to ({height}, {width}), Pillow bilinear (keras_pneumonia.load_image)"
+                    else f"{input_config_of(model).resize} to ({height}, {width}), Pillow bilinear "
+                    "(keras_pneumonia.load_image)"
                 ),
                 "model_input_size": [height, width],
             },

@@ -119,15 +119,12 @@ def _model_input(model, image) -> np.ndarray:
     """One raw image (path or array of any size, 1/3/4 channels) resized to the model's input."""
     from PIL import Image
 
-    from keras_pneumonia.images import as_rgb_uint8, load_image
+    from keras_pneumonia.images import as_rgb_uint8, convert, input_config_of
 
-    height, width, channels = model.input_shape[1:4]
-    color_mode = "grayscale" if channels == 1 else "rgb"
+    spec = input_config_of(model)
     if isinstance(image, str | Path):
-        return load_image(image, (height, width), color_mode)
-    pil = Image.fromarray(as_rgb_uint8(image))
-    pil = pil.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-    array = np.asarray(pil, dtype=np.uint8)
+        return spec.load(image)
+    array = convert(Image.fromarray(as_rgb_uint8(image)), spec.image_size, spec.color_mode, spec.resize)
     return array[..., None] if array.ndim == 2 else array
 
 

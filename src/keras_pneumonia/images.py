@@ -9,15 +9,18 @@ exports (whose in-graph `keras_pneumonia.layers.SquashResize` reproduces
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from keras_pneumonia.config import CHOICES
 from keras_pneumonia.dicom import is_dicom, read_dicom
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
-RESIZE_MODES = ("squash", "crop", "pad")
+RESIZE_MODES = CHOICES["resize"]
 COLOR_MODES = ("grayscale", "rgb")
 
 
@@ -160,3 +163,84 @@ def resize_float(array: np.ndarray, height: int, width: int) -> np.ndarray:
     if array.shape[:2] == (height, width):
         return array
     return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """How images must be read for a model: saved with it, used by every reader.
+
+    A `~keras_pneumonia.PneumoniaCNN` gives its own as ``model.input_config``
+    (from its saved config; 0.1.0 and 0.2.0 files get ``resize="squash"``, what
+    they were trained with). `input_config_of` gives one for any Keras image model.
+
+    Args:
+        image_size: ``(height, width)`` of the model's input.
+        color_mode: ``"grayscale"`` or ``"rgb"``.
+        resize: ``"squash"``, ``"crop"`` or ``"pad"`` (see `load_image`).
+        interpolation: The resampling filter of the resize: Pillow's bilinear,
+            antialiased when shrinking (the only one; recorded so that it is said).
+
+    Example:
+
+    >>> import keras_pneumonia as kp
+    >>> spec = kp.PneumoniaCNN.from_pretrained().input_config
+    >>> spec.image_size, spec.color_mode, spec.resize
+    ((160, 160), 'grayscale', 'squash')
+    >>> spec.load("tests/data/fullres/IM-0314-0001.jpeg").shape
+    (160, 160, 1)
+    """
+
+    image_size: tuple[int, int]
+    color_mode: str = "grayscale"
+    resize: str = "squash"
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_size", as_size(self.image_size))
+        if self.color_mode not in COLOR_MODES:
+            raise ValueError(f"`color_mode` must be one of {COLOR_MODES}; received {self.color_mode!r}.")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {self.resize!r}.")
+        if self.interpolation != "bilinear":
+            raise ValueError(f"`interpolation` must be 'bilinear'; received {self.interpolation!r}.")
+
+    @property
+    def channels(self) -> int:
+        """1 for grayscale, 3 for RGB."""
+        return 1 if self.color_mode == "grayscale" else 3
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """One file read for the model: `load_image` with this size, colour mode and resize."""
+        return load_image(path, self.image_size, self.color_mode, self.resize)
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """``image_size``, ``color_mode`` and ``resize``, as `~keras_pneumonia.load_chest_xray` takes them."""
+        return {"image_size": self.image_size, "color_mode": self.color_mode, "resize": self.resize}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "image_size": list(self.image_size)}
+
+
+def input_config_of(model) -> InputConfig:
+    """A model's `InputConfig`: its own if it has one, else read from its input shape (squash)."""
+    config = getattr(model, "input_config", None)
+    if isinstance(config, InputConfig):
+        return config
+    height, width, channels = model.input_shape[1:4]
+    return InputConfig((height, width), "grayscale" if channels == 1 else "rgb")
+
+
+def check_batch(model, images) -> None:
+    """Refuses a batch whose height, width or channels differ from the model's input.
+
+    Keras would run a global-pooling network on any size and answer for an image
+    it was never trained to read; this says what to do instead.
+    """
+    shape = tuple(np.shape(images)[1:4])
+    expected = tuple(model.input_shape[1:4])
+    if len(shape) == 3 and any(e is not None and e != s for s, e in zip(shape, expected)):
+        raise ValueError(
+            f"The images are {shape[0]}x{shape[1]} with {shape[2]} channel(s), but {model.name!r} takes "
+            f"{expected[0]}x{expected[1]} with {expected[2]}: read them with the model's input config "
+            "(model.input_config.load(path), or load_chest_xray(..., **model.input_config.dataset_kwargs()))."
+        )

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from keras_pneumonia.images import as_size
+from keras_pneumonia.config import DEFAULT_IMAGE_SIZE
+from keras_pneumonia.images import RESIZE_MODES, InputConfig, as_size
 from keras_pneumonia.layers import PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 
@@ -31,7 +33,8 @@ class classproperty:  # noqa: N801  (named like the built-in decorators)
 class PneumoniaCNN(keras.Model):
     """A small convolutional network that classifies chest X-rays.
 
-    The network is the seed design made configurable: blocks of convolution
+    The network is the design of the original Keras script this package grew from,
+    made configurable: blocks of convolution
     (+ batch normalization, ReLU) and max-pooling, a flatten or global-pooling
     head, dense layers with dropout, and a softmax over the classes.
 
@@ -56,9 +59,9 @@ class PneumoniaCNN(keras.Model):
         convs_per_block: Convolutions in each block before its pooling.
         dense_units: Units of each hidden dense layer of the head (may be empty).
         dropout: Dropout rate before each dense layer.
-        head: ``"flatten"`` (as in the seed), ``"avg"`` or ``"max"`` (global pooling).
+        head: ``"flatten"`` (as in the original script), ``"avg"`` or ``"max"`` (global pooling).
         normalization: ``"per_image"`` (zero mean and unit variance per image,
-            robust to exposure) or ``"rescale"`` (divide by 255, as in the seed).
+            robust to exposure) or ``"rescale"`` (divide by 255, as in the original script).
         augmentation: Adds 0.1.0's random rotation, translation and zoom layers
             to the graph. They run only when the model is called with
             ``training=True`` passed explicitly (as ``fit`` does), never from
@@ -75,6 +78,9 @@ class PneumoniaCNN(keras.Model):
             `keras_pneumonia.backbones`). Grayscale input is repeated to RGB
             and the backbone's own preprocessing runs inside the model; then
             ``filters``, ``convs_per_block`` and ``normalization`` are unused.
+        resize: How images are brought to ``image_size`` (``"squash"``,
+            ``"crop"`` or ``"pad"``, see `~keras_pneumonia.load_image`); saved with
+            the model, so every reader resizes the way it was trained.
         backbone_weights: ``"imagenet"`` (downloaded by ``keras.applications``
             into ``$KERAS_HOME/models``, or found there), a path to a weights
             file of the backbone without its top, or ``None`` (random).
@@ -95,7 +101,7 @@ class PneumoniaCNN(keras.Model):
 
     def __init__(
         self,
-        image_size: int | Sequence[int] = 160,
+        image_size: int | Sequence[int] = DEFAULT_IMAGE_SIZE,
         channels: int = 1,
         filters: Sequence[int] = (16, 32, 64, 128, 256),
         convs_per_block: int = 2,
@@ -109,6 +115,7 @@ class PneumoniaCNN(keras.Model):
         temperature: float = 1.0,
         backbone: str | None = None,
         backbone_weights: str | Path | None = "imagenet",
+        resize: str = "squash",
         **kwargs,
     ):
         from keras_pneumonia import backbones
@@ -130,6 +137,8 @@ class PneumoniaCNN(keras.Model):
             float(temperature),
             backbone,
         )
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
 
         # === Layers ===
         if normalization == "per_image":
@@ -209,6 +218,7 @@ class PneumoniaCNN(keras.Model):
         # model's) already have it folded in. See the `temperature` property.
         self._temperature = float(temperature)
         self.backbone = backbone
+        self.resize = resize
         self._feature_layers = feature_layers
 
     def get_config(self):
@@ -236,6 +246,7 @@ class PneumoniaCNN(keras.Model):
             "backbone": self.backbone,
             # The weights travel in the file: rebuilding never downloads ImageNet weights.
             "backbone_weights": None,
+            "resize": self.resize,
         }
         # [position, name] pairs: the position finds the layer again, because layers that
         # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.
@@ -273,6 +284,17 @@ class PneumoniaCNN(keras.Model):
             raise ValueError(f"`threshold` must be strictly between 0 and 1; received {value!r}.")
         self._threshold = value
 
+    def decide(self, probabilities) -> np.ndarray:
+        """Class indices for probabilities by this model's threshold (`keras_pneumonia.evaluation.decide`).
+
+        >>> import keras_pneumonia as kp
+        >>> kp.PneumoniaCNN.from_pretrained().decide([[0.7, 0.3], [0.2, 0.8]]).tolist()
+        [0, 1]
+        """
+        from keras_pneumonia.evaluation import decide
+
+        return decide(probabilities, self.threshold)
+
     @property
     def temperature(self) -> float:
         """The calibration temperature ``T`` of the probabilities, ``softmax(logits / T)`` (saved with the model).
@@ -295,6 +317,15 @@ class PneumoniaCNN(keras.Model):
         for weight in head.weights:
             weight.assign(weight * (self._temperature / value))
         self._temperature = value
+
+    @property
+    def input_config(self) -> InputConfig:
+        """How images must be read for this model (size, colour mode, resize), saved with it.
+
+        Every reader uses it: ``predict``, ``evaluate``, Grad-CAM, exports and
+        `keras_pneumonia.training.train`. See `keras_pneumonia.images.InputConfig`.
+        """
+        return InputConfig(self.image_size, self.color_mode, self.resize)
 
     @property
     def color_mode(self) -> str:
@@ -365,7 +396,7 @@ class PneumoniaCNN(keras.Model):
             layer.trainable = in_top and (batch_norm or not is_bn)
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
-        """Configures the model for training, with the seed's defaults.
+        """Configures the model for training, with the original script's defaults.
 
         Args:
             optimizer: ``"auto"`` gives ``keras.optimizers.Adam(1e-3)``.

@@ -93,20 +93,21 @@ def predict_files(
         ``{"path", "probability", "decision", "threshold", "model", "version", "error"}``.
     """
     from keras_pneumonia._version import __version__
-    from keras_pneumonia.images import load_image
+    from keras_pneumonia.evaluation import decide
+    from keras_pneumonia.images import input_config_of
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
     paths = [Path(p) for p in paths]
     threshold = float(getattr(model, "threshold", 0.5) if threshold is None else threshold)
     class_names = list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"]))
-    height, width, channels = model.input_shape[1:4]
-    color_mode = "grayscale" if channels == 1 else "rgb"
+    spec = input_config_of(model)
+    (height, width), channels = spec.image_size, spec.channels
     base = {"threshold": threshold, "model": model.name, "version": __version__}
 
     def decode(path: Path):
         try:
-            return load_image(path, (height, width), color_mode), None
+            return spec.load(path), None
         except ValueError as error:
             return None, str(error).removeprefix(f"{path}: ")
 
@@ -136,7 +137,7 @@ def predict_files(
             for j, path in enumerate(batch):
                 if j in probabilities:
                     p = float(probabilities[j])
-                    decision = class_names[-1] if p >= threshold else class_names[0]
+                    decision = class_names[int(decide([p], threshold)[0])]
                     yield {"path": str(path), "probability": p, "decision": decision, **base, "error": None}
                 else:
                     yield {"path": str(path), "probability": None, "decision": None, **base, "error": decoded[j][1]}

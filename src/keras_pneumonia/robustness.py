@@ -179,15 +179,15 @@ def perturb(image: np.ndarray, name: str) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The resize `keras_pneumonia.load_image` applies (``squash``), on an array."""
+def _resize(image: np.ndarray, spec) -> np.ndarray:
+    """The resize `keras_pneumonia.load_image` applies for the model's `~keras_pneumonia.images.InputConfig`."""
     from PIL import Image
 
     from keras_pneumonia.images import convert
 
     channels = image.shape[-1]
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = convert(pil, size, "grayscale" if channels == 1 else "rgb", "squash")
+    out = convert(pil, spec.image_size, spec.color_mode, spec.resize)
     return out[..., None] if out.ndim == 2 else out
 
 
@@ -268,8 +268,8 @@ def evaluate_robustness(
         few thousand images), not for whole archives of full-resolution films.
     """
     from keras_pneumonia.data import _entries
-    from keras_pneumonia.evaluation import EvaluationReport
-    from keras_pneumonia.images import load_image
+    from keras_pneumonia.evaluation import EvaluationReport, decide
+    from keras_pneumonia.images import input_config_of, load_image
 
     names = list(PERTURBATIONS if perturbations is None else perturbations)
     unknown = [n for n in names if n not in PERTURBATIONS]
@@ -277,27 +277,24 @@ def evaluate_robustness(
         raise ValueError(f"Unknown perturbation(s) {unknown}; choose from {', '.join(PERTURBATIONS)}.")
     class_names = list(class_names or getattr(model, "class_names", ("NORMAL", "PNEUMONIA")))
     threshold = float(getattr(model, "threshold", 0.5) if threshold is None else threshold)
-    height, width, channels = model.input_shape[1:4]
-    color_mode = "grayscale" if channels == 1 else "rgb"
+    spec = input_config_of(model)
     directory = Path(directory)
     entries = _entries(directory, directory, class_names)
     if not entries:
         raise ValueError(f"{directory} holds no images in {', '.join(class_names)} folders.")
-    originals = [load_image(directory / e.path, None, color_mode) for e in entries]
+    originals = [load_image(directory / e.path, None, spec.color_mode) for e in entries]
     labels = np.array([e.label for e in entries], dtype=int)
 
     def probabilities(name: str | None) -> np.ndarray:
-        batch = np.stack(
-            [_resize(image if name is None else perturb(image, name), (height, width)) for image in originals]
-        )
+        batch = np.stack([_resize(image if name is None else perturb(image, name), spec) for image in originals])
         return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0))[:, -1]
 
     clean = probabilities(None)
-    clean_decision = clean >= threshold
+    clean_decision = decide(clean, threshold)
     results = {}
     for name in ["clean", *names]:
         p = clean if name == "clean" else probabilities(name)
-        decision = p >= threshold
+        decision = decide(p, threshold)
         report = EvaluationReport.from_predictions(labels, p, threshold, class_names)
         results[name] = {
             "accuracy": report.accuracy,

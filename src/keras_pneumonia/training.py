@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -12,9 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from keras_pneumonia.config import CHOICES, DEFAULTS, TrainConfig
+
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("plateau", "cosine")
+SCHEDULES = CHOICES["schedule"]
 
 
 def package_versions() -> dict[str, str]:
@@ -44,23 +47,24 @@ def train(
     data_dir: str | Path,
     output: str | Path,
     *,
-    epochs: int = 30,
-    image_size: int = 160,
-    batch_size: int = 32,
-    validation_split: float = 0.1,
-    seed: int = 1337,
-    split_seed: int | None = None,
-    kaggle_val: str = "pool",
-    learning_rate: float = 1e-3,
-    callbacks: str = "default",
-    augmentation: str = "strong",
-    schedule: str = "plateau",
-    weight_decay: float = 0.0,
-    ema: bool = False,
+    epochs: int = DEFAULTS.epochs,
+    image_size: int = DEFAULTS.image_size,
+    resize: str = DEFAULTS.resize,
+    batch_size: int = DEFAULTS.batch_size,
+    validation_split: float = DEFAULTS.validation_split,
+    seed: int = DEFAULTS.seed,
+    split_seed: int | None = DEFAULTS.split_seed,
+    kaggle_val: str = DEFAULTS.kaggle_val,
+    learning_rate: float = DEFAULTS.learning_rate,
+    callbacks: str = DEFAULTS.callbacks,
+    augmentation: str = DEFAULTS.augmentation,
+    schedule: str = DEFAULTS.schedule,
+    weight_decay: float = DEFAULTS.weight_decay,
+    ema: bool = DEFAULTS.ema,
     monitor_dir: str | Path | None = None,
-    threshold: float | str = "youden",
+    threshold: float | str = DEFAULTS.threshold,
     model_kwargs: Mapping[str, Any] | None = None,
-    class_weight: bool = True,
+    class_weight: bool = DEFAULTS.class_weight,
     deterministic: bool = False,
     tensorboard: bool = False,
     overwrite: bool = False,
@@ -68,6 +72,9 @@ def train(
     verbose: int | str = "auto",
 ) -> dict[str, Any]:
     """Trains a `~keras_pneumonia.PneumoniaCNN` on a Kaggle-layout folder and writes a run folder.
+
+    The settings and their defaults are those of `keras_pneumonia.config.TrainConfig`
+    (checked before any data is read); ``run.json`` records them.
 
     The run folder ends up holding ``model.keras`` (best weights on validation,
     the validation-chosen threshold inside), ``history.csv``, ``history.png``,
@@ -81,6 +88,8 @@ def train(
         output: The run folder.
         epochs: Maximum number of epochs (early stopping may end sooner).
         image_size: Square input size in pixels.
+        resize: How images are brought to ``image_size`` (``"squash"``, ``"crop"``,
+            ``"pad"``); saved with the model, so every reader resizes the same way.
         batch_size: Batch size.
         validation_split: Fraction of the training data (by patient) for validation.
         kaggle_val: ``"pool"`` or ``"keep"``: what to do with a ``val/`` folder
@@ -125,16 +134,12 @@ def train(
     from keras_pneumonia._io import atomic_save_model, atomic_write_text
     from keras_pneumonia.augmentation import Augmentation
     from keras_pneumonia.data import load_chest_xray
-    from keras_pneumonia.evaluation import EvaluationReport, predict_proba, youden_threshold
+    from keras_pneumonia.evaluation import EvaluationReport, choose_threshold, predict_proba
     from keras_pneumonia.models import PneumoniaCNN
 
-    if epochs < 1:
-        raise ValueError(f"`epochs` must be >= 1; received {epochs}.")
     # Arguments are checked before minutes of decoding and hours of training.
-    if schedule not in SCHEDULES:
-        raise ValueError(f"`schedule` must be one of {SCHEDULES}; received {schedule!r}.")
-    if threshold != "youden" and not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
-        raise ValueError(f"`threshold` must be 'youden' or a number strictly between 0 and 1; received {threshold!r}.")
+    settings = locals()  # the arguments (and the imports above), by name
+    config = TrainConfig(**{field.name: settings[field.name] for field in dataclasses.fields(TrainConfig)})
     augment = None if augmentation == "none" else Augmentation.preset(augmentation)
     output = Path(output)
     if (output / "model.keras").exists() and not (output / "backup").exists() and not overwrite:
@@ -153,11 +158,13 @@ def train(
         tf.config.experimental.enable_op_determinism()
 
     model_kwargs = dict(model_kwargs or {})
-    channels = int(model_kwargs.get("channels", 1))
+    # The model first: a size or an architecture it cannot take fails here, not after
+    # minutes of decoding, and the data is read the way the model says (its input config).
+    model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
     data = load_chest_xray(
         data_dir,
-        image_size=image_size,
-        color_mode="grayscale" if channels == 1 else "rgb",
+        **model.input_config.dataset_kwargs(),
+        class_names=model.class_names,
         batch_size=batch_size,
         validation_split=validation_split,
         seed=seed if split_seed is None else split_seed,
@@ -170,14 +177,10 @@ def train(
     if monitor_dir is not None:
         from keras_pneumonia.data import load_image_folder
 
-        monitor = load_image_folder(
-            monitor_dir,
-            image_size=image_size,
-            color_mode="grayscale" if channels == 1 else "rgb",
-            class_names=data.class_names,
-        )[:2]
+        monitor = load_image_folder(monitor_dir, **model.input_config.dataset_kwargs(), class_names=model.class_names)[
+            :2
+        ]
 
-    model = PneumoniaCNN(image_size=image_size, class_names=data.class_names, **model_kwargs)
     lr = learning_rate
     if schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * int(data.train.cardinality()))
@@ -204,14 +207,12 @@ def train(
 
     # The threshold is chosen on validation data only, then stored in the model.
     y_val, p_val = predict_proba(model, data.val)
+    chosen = choose_threshold(model, data.val, apply=threshold == "youden")
     if threshold == "youden":
-        model.threshold = youden_threshold(y_val, p_val)
         threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
     else:
         model.threshold = float(threshold)
-        threshold_rule = (
-            f"fixed at {float(threshold)} by the caller (validation would choose {youden_threshold(y_val, p_val):.4f})"
-        )
+        threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {chosen:.4f})"
     reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
     predictions = {"val": (y_val, p_val)}
     if data.test is not None:
@@ -244,23 +245,9 @@ def train(
         "command": shlex.join(command) if command else None,
         "arguments": {
             "data_dir": str(data_dir),
-            "epochs": epochs,
-            "image_size": image_size,
-            "batch_size": batch_size,
-            "validation_split": validation_split,
-            "kaggle_val": kaggle_val,
-            "seed": seed,
-            "split_seed": split_seed,
-            "learning_rate": learning_rate,
-            "callbacks": callbacks,
-            "augmentation": augmentation,
-            "schedule": schedule,
-            "weight_decay": weight_decay,
-            "ema": ema,
-            "threshold": threshold,
+            **config.to_dict(),
             "monitor_dir": None if monitor_dir is None else str(monitor_dir),
             "model_kwargs": model_kwargs,
-            "class_weight": class_weight,
             "deterministic": deterministic,
         },
         "versions": package_versions(),
@@ -330,7 +317,7 @@ def fine_tune(
 
     from keras_pneumonia import callbacks as callback_presets
     from keras_pneumonia._io import atomic_save_model, atomic_write_text
-    from keras_pneumonia.evaluation import EvaluationReport, predict_proba, youden_threshold
+    from keras_pneumonia.evaluation import EvaluationReport, choose_threshold, predict_proba
 
     if preset not in FINE_TUNE_PRESETS:
         raise ValueError(f"Unknown fine-tuning preset {preset!r}; choose one of {sorted(FINE_TUNE_PRESETS)}.")
@@ -373,11 +360,11 @@ def fine_tune(
         verbose=verbose,
     ).history
 
-    y_val, p_val = predict_proba(model, data.val)
     if threshold == "youden":
-        model.threshold = youden_threshold(y_val, p_val)
+        choose_threshold(model, data.val)
     elif threshold is not None:
         model.threshold = float(threshold)
+    y_val, p_val = predict_proba(model, data.val)
     report = {
         "settings": {"preset": preset, **settings},
         "head_history": {k: [float(v) for v in vs] for k, vs in head_history.items()},

@@ -1,0 +1,61 @@
+"""One home for defaults and choices: the CLI, train() and run.json cannot drift from keras_pneumonia.config."""
+
+import dataclasses
+
+import pytest
+
+from keras_pneumonia import augmentation, callbacks
+from keras_pneumonia.cli import build_parser
+from keras_pneumonia.config import CHOICES, DEFAULT_IMAGE_SIZE, DEFAULTS, TrainConfig
+
+
+def _train_action(dest):
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    return next(a for a in train._actions if a.dest == dest)
+
+
+def test_the_cli_defaults_are_the_config_defaults():
+    args = build_parser().parse_args(["train", "data", "--output", "run"])
+    from_cli = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(TrainConfig)
+        if field.name not in ("class_weight",)
+    }
+    from_cli["class_weight"] = not args.no_class_weight
+    assert TrainConfig(**from_cli) == DEFAULTS
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_the_cli_choices_are_the_config_choices(name):
+    assert tuple(_train_action(name).choices) == CHOICES[name]
+
+
+def test_the_presets_behind_the_choices_exist():
+    assert set(CHOICES["augmentation"]) == set(augmentation.PRESETS)
+    assert set(CHOICES["callbacks"]) <= set(callbacks.PRESETS)
+
+
+def test_one_default_input_size_everywhere():
+    import inspect
+
+    import keras_pneumonia as kp
+    from keras_pneumonia.training import train
+
+    for function in (kp.PneumoniaCNN.__init__, kp.load_chest_xray, train):
+        assert inspect.signature(function).parameters["image_size"].default == DEFAULT_IMAGE_SIZE, function
+    assert _train_action("image_size").default == DEFAULT_IMAGE_SIZE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"validation_split": 1.0}, "validation_split"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"kaggle_val": "merge"}, "kaggle_val"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
