@@ -133,7 +133,7 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Speed benchmarks (`benchmarks/run.py`); pass ``-- --quick`` for the 5-minute version."""
+    """Speed benchmarks (`benchmarks/run.py`); pass ``-- --quick`` for a reduced run (times: README)."""
     session.install("-e", ".")
     args = session.posargs or ["--json", "benchmarks/results.json"]
     session.run("python", "benchmarks/run.py", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -141,7 +141,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(name="train_release")
 def train_release(session: nox.Session) -> None:
-    """Retrains the released pneumonia_cnn_v2 weights (about 55 minutes on 2 CPU cores; resumable)."""
+    """Retrains the released pneumonia_cnn_v2 weights (resumable; time: README, "More sessions")."""
     session.install("-e", ".")
     data = Path(os.environ.get("CHEST_XRAY_DIR", str(SHARED_DATA / "chest_xray_224")))
     command = ["keras-pneumonia", "train", str(data), "--output", "runs/release-v2", *RELEASE_V2_ARGS]

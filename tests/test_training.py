@@ -74,7 +74,7 @@ def test_interrupted_run_resumes_from_the_right_epoch(kaggle_dir, tmp_path, monk
     with open(run / "history.csv") as f:
         epochs = [row["epoch"] for row in csv.DictReader(f)]
     assert epochs == ["0", "1", "2", "3"]  # resumed at epoch 2, nothing redone or lost
-    assert report["epochs_run"] == 2
+    assert report["epochs_run"] == 4  # every epoch of the run, those before the interruption too
 
 
 def test_train_cli_writes_a_complete_run(kaggle_dir, tmp_path, capsys):

@@ -30,6 +30,7 @@ _EXPORTS = {
     "SparseAUC": "keras_pneumonia.metrics",
     "SquashResize": "keras_pneumonia.layers",
     "callbacks": "",
+    "check_input": "keras_pneumonia.input_check",
     "evaluate": "keras_pneumonia.evaluation",
     "evaluate_robustness": "keras_pneumonia.robustness",
     "explanation_figure": "keras_pneumonia.plots",

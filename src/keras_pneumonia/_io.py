@@ -54,3 +54,44 @@ def atomic_save_model(model, path: str | Path) -> None:
             os.replace(keras_tmp, tmp)
         finally:
             keras_tmp.unlink(missing_ok=True)
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the folder's lock (another training writing into it)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | Path) -> Iterator[Path]:
+    """Holds an exclusive lock on ``folder`` (the file ``folder/.lock``, holding our PID).
+
+    A second process asking for it gets `FolderInUseError` at once, naming the
+    holder's PID. The lock is the operating system's (``fcntl.flock``), so it
+    dies with its process, even after ``kill -9``: a stale lock file never
+    blocks a later run. Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        yield path
+        return
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            raise FolderInUseError(
+                f"{folder} is in use by another run (PID {holder}); wait for it to finish, or choose "
+                "another output folder."
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        try:
+            yield path
+        finally:
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)

@@ -24,8 +24,10 @@ Every preset is built from Keras' own callbacks:
 
 Note:
     ``BackupAndRestore`` saves the model's weights, the optimizer and the epoch,
-    not the state of other callbacks: after a resume, ``EarlyStopping`` and
-    ``ReduceLROnPlateau`` count patience again from the resumed epoch.
+    not the state of other callbacks. After a resume, `ResumeBest` gives
+    ``ModelCheckpoint`` and ``EarlyStopping`` the best epoch so far (its loss and
+    weights, from its checkpoint file); ``ReduceLROnPlateau`` counts its patience
+    again from the resumed epoch.
 """
 
 from __future__ import annotations
@@ -89,20 +91,78 @@ def preset(
         callbacks.append(keras.callbacks.EarlyStopping(verbose=verbose, **settings["early_stopping"]))
     if "reduce_lr" in settings:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(verbose=verbose, **settings["reduce_lr"]))
+    resuming = (run_dir / "backup").exists()
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(run_dir / "checkpoints" / "epoch{epoch:03d}-val_loss{val_loss:.4f}.keras"),
+        monitor="val_loss",
+        save_best_only=bool(settings),
+        verbose=verbose,
+    )
     callbacks += [
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / "checkpoints" / "epoch{epoch:03d}-val_loss{val_loss:.4f}.keras"),
-            monitor="val_loss",
-            save_best_only=bool(settings),
-            verbose=verbose,
-        ),
+        checkpoint,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), **backup_kwargs),
         EpochTime(),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
     ]
+    if resuming:
+        early_stopping = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
+        callbacks.append(ResumeBest(run_dir / "checkpoints", checkpoint, early_stopping))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tensorboard")))
     return callbacks
+
+
+def best_checkpoint(folder: str | Path) -> tuple[float, int, Path] | None:
+    """``(val_loss, epoch, path)`` of the best ``epochNNN-val_lossX.keras`` file in ``folder``."""
+    import re
+
+    found = []
+    for path in Path(folder).glob("epoch*-val_loss*.keras"):
+        match = re.fullmatch(r"epoch(\d+)-val_loss([0-9.]+|nan|inf)\.keras", path.name)
+        if match and match.group(2) not in ("nan", "inf"):
+            found.append((float(match.group(2)), int(match.group(1)), path))
+    return min(found) if found else None
+
+
+class ResumeBest(keras.callbacks.Callback):
+    """After a resume, gives back the best epoch so far to ``ModelCheckpoint`` and ``EarlyStopping``.
+
+    ``BackupAndRestore`` restores the weights, the optimizer and the epoch, but the
+    other callbacks start afresh: the checkpoint would call the first resumed
+    epoch "best" whatever its loss, and early stopping would end with the best
+    weights of the resumed part only. This reads the best checkpoint file of the
+    interrupted session (its name holds its epoch and validation loss) and hands
+    both callbacks its loss, epoch and weights. Added by `preset` when a backup exists.
+    """
+
+    def __init__(self, folder, checkpoint=None, early_stopping=None):
+        super().__init__()
+        self.folder = Path(folder)
+        self.checkpoint = checkpoint
+        self.early_stopping = early_stopping
+        self.resumed_from = None
+
+    def on_train_begin(self, logs=None):
+        best = best_checkpoint(self.folder)
+        if best is None:
+            return
+        loss, epoch, path = best
+        self.resumed_from = (epoch, loss)
+        if self.checkpoint is not None:
+            self.checkpoint.best = loss
+        stopper = self.early_stopping
+        if stopper is not None:
+            stopper.best = loss
+            stopper.best_epoch = epoch - 1  # file names count epochs from 1
+            if stopper.restore_best_weights:
+                stopper.best_weights = keras.saving.load_model(path, compile=False).get_weights()
+        self._set_wait = stopper is not None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if getattr(self, "_set_wait", False):
+            # Epochs since the best one, as if the run had never stopped.
+            self.early_stopping.wait = max(0, epoch - 1 - self.early_stopping.best_epoch)
+            self._set_wait = False
 
 
 class EpochTime(keras.callbacks.Callback):

@@ -363,6 +363,29 @@ def _evaluation_data(data_dir: Path, model):
     return images, labels
 
 
+def _flagged_inputs(model, images) -> dict:
+    """How many of the evaluated images are not plausibly chest X-rays, and why (`input_check`)."""
+    from keras_pneumonia.input_check import check_input
+
+    reasons: dict[str, int] = {}
+    flagged = 0
+    for image in images:
+        found = check_input(image, limits=getattr(model, "input_check", None))
+        flagged += bool(found)
+        for reason in found:
+            kind = reason.split(" (")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+    return {"n": len(images), "flagged": flagged, "reasons": reasons}
+
+
+def _flagged_line(flagged: dict) -> str:
+    if not flagged["flagged"]:
+        return f"\nInput check: none of the {flagged['n']} images flagged as implausible chest X-rays."
+    kinds = ", ".join(f"{k}: {v}" for k, v in sorted(flagged["reasons"].items()))
+    n, count = flagged["n"], flagged["flagged"]
+    return f"\nInput check: WARNING {count} of {n} images are not plausible chest X-rays ({kinds})."
+
+
 def _calibration_summary(model, data, args) -> dict:
     from keras_pneumonia import plots
     from keras_pneumonia.calibration import compare
@@ -433,11 +456,14 @@ def _cmd_evaluate(args) -> int:
     images, labels = _evaluation_data(args.data_dir, model)
     report = evaluate(model, (images, labels), threshold=args.threshold)
     calibration = _calibration_summary(model, (images, labels), args) if args.calibration else None
+    flagged = _flagged_inputs(model, images)
     if not args.robustness:
         if args.json:
-            print(json.dumps({**report.to_dict(), **({"calibration": calibration} if calibration else {})}, indent=2))
+            extra = {"calibration": calibration} if calibration else {}
+            print(json.dumps({**report.to_dict(), "input_check": flagged, **extra}, indent=2))
         else:
             print(report.to_markdown())
+            print(_flagged_line(flagged))
             if calibration:
                 print(_calibration_markdown(calibration))
         return 0
@@ -457,9 +483,11 @@ def _cmd_evaluate(args) -> int:
         plots.plot_robustness(robustness, args.report_dir / "robustness.png", title=f"{model.name} on {args.data_dir}")
     if args.json:
         extra = {"calibration": calibration} if calibration else {}
-        print(json.dumps({"report": report.to_dict(), "robustness": robustness.to_dict(), **extra}, indent=2))
+        body = {"report": report.to_dict(), "robustness": robustness.to_dict(), "input_check": flagged, **extra}
+        print(json.dumps(body, indent=2))
     else:
         print(report.to_markdown())
+        print(_flagged_line(flagged))
         if calibration:
             print(_calibration_markdown(calibration))
         print()
@@ -530,6 +558,8 @@ def _result_line(r: dict) -> str:
     line = f"{r['path']}: {r['decision']}  P(pneumonia)={r['probability']:.3f}  threshold={r['threshold']:.3f}"
     if "gradcam" in r:
         line += f"  -> {r['gradcam']}"
+    if r.get("warning"):
+        line += f"  WARNING: not a plausible chest X-ray: {r['warning']}"
     return line
 
 
@@ -725,6 +755,30 @@ def _quiet_tensorflow(verbose: bool) -> None:
             os.close(saved)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or ``kill``), handled like Ctrl-C: the run stops cleanly and can resume."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _handle_sigterm():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit code."""
     parser = build_parser()
@@ -737,17 +791,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "presets":  # the only command that needs no Keras
         _quiet_tensorflow(args.verbose)
     _configure_logging(args.verbose)
+    previous = _handle_sigterm()
     try:
         return COMMANDS[args.command](args)
+    except _Terminated:
+        print("keras-pneumonia: terminated (SIGTERM); the same command resumes a training run", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("keras-pneumonia: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, RuntimeError, FileNotFoundError, FileExistsError, PermissionError) as error:
+    except (CLIError, ValueError, RuntimeError, OSError) as error:
+        # OSError: a missing, read-only or not-a-folder output, a full disk (with its path).
         if args.verbose:
             logger.exception("failed")
         message = str(error).strip() or type(error).__name__
+        if isinstance(error, OSError) and error.strerror:  # raised by the OS, not by us
+            where = f": {error.filename}" if error.filename else ""
+            message = f"{error.strerror}{where}"
+            if isinstance(error, FileExistsError):
+                message += " (a file stands where a folder is needed)"
         print(f"keras-pneumonia {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        _restore_sigterm(previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,7 +38,7 @@ class BadImageError(ValueError):
         lines = "\n".join(f"  {path}: {why}" for path, why in self.problems)
         super().__init__(
             f"{len(self.problems)} image file(s) could not be read:\n{lines}\n"
-            "Fix or remove them, or pass on_bad_file='skip' to leave them out with a warning."
+            "Fix or remove them (from Python, on_bad_file='skip' leaves them out with a warning)."
         )
 
 
@@ -125,11 +125,12 @@ def _is_visible_dir(path: Path) -> bool:
 
 
 def _list_class_dir(class_dir: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in class_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    files = [p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+    skipped = sorted(p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        logger.warning("%s: skipping %d file(s) that are not images by suffix: %s", class_dir, len(skipped), shown)
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def has_class_dirs(folder: Path, class_names: Sequence[str] = CLASS_NAMES) -> bool:
@@ -181,6 +182,14 @@ class FileEntry:
 
 
 def _entries(folder: Path, root: Path, class_names: Sequence[str]) -> list[FileEntry]:
+    others = sorted(p.name for p in folder.iterdir() if _is_visible_dir(p) and p.name not in class_names)
+    if others and any((folder / name).is_dir() for name in class_names):
+        logger.warning(
+            "%s: ignoring folder(s) %s, which are not among the classes %s (pass class_names= to use them)",
+            folder,
+            ", ".join(others),
+            ", ".join(class_names),
+        )
     entries = []
     for label, name in enumerate(class_names):
         for file in _list_class_dir(folder / name):

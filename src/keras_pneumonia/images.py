@@ -19,7 +19,8 @@ import numpy as np
 from keras_pneumonia.config import CHOICES
 from keras_pneumonia.dicom import is_dicom, read_dicom
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
+#: Suffixes read as images, everything Pillow decodes that X-rays come in, and DICOM.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom")
 RESIZE_MODES = CHOICES["resize"]
 COLOR_MODES = ("grayscale", "rgb")
 
@@ -39,16 +40,63 @@ def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
-def to_8bit(image):
-    """Converts 16/32-bit integer and float images to 8-bit, scaling the full range."""
+def png_significant_bits(path: str | Path) -> int | None:
+    """The significant bits of a PNG's (first) sample, from its ``sBIT`` chunk; ``None`` without one.
+
+    Written by hand because Pillow keeps ``sBIT`` when it writes a PNG but does not
+    report it when it reads one: the chunks before the image data are walked.
+    """
+    import struct
+
+    with open(path, "rb") as file:
+        if file.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None
+        while True:
+            head = file.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"sBIT":
+                data = file.read(length)
+                return data[0] if data else None
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            file.seek(length + 4, 1)  # the chunk's data and CRC
+
+
+def to_8bit(image, significant_bits: int | None = None):
+    """Converts 16/32-bit integer and float images to 8-bit by their real range.
+
+    - Integer images (16-bit PNG, 32-bit TIFF) are scaled by their bit depth:
+      ``significant_bits`` when known (a PNG's ``sBIT`` chunk, DICOM's *Bits
+      Stored*), else the smallest of 8, 10, 12, 14 and 16 bits that holds the
+      brightest pixel. X-rays are often exported as 16-bit files holding 10- or
+      12-bit data: dividing those by 65535 would leave a nearly black image. (A
+      12-bit image whose brightest pixel is below 1024 and that has no ``sBIT``
+      chunk is read as 10-bit, so brighter.) Values outside 0-65535 are refused.
+    - Float images (float TIFF) must hold values in 0-1 (scaled by 255) or in
+      0-255 (kept); any other range is refused rather than guessed.
+
+    Raises:
+        ValueError: Pixel values outside the ranges above.
+    """
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(array, mode="L")
-    return image
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if image.mode == "F":
+        if low < 0 or high > 255:
+            raise ValueError(f"float pixel values from {low:g} to {high:g}; expected 0-1 or 0-255")
+        top = 1.0 if high <= 1.0 else 255.0
+    else:
+        if low < 0 or high > 65535:
+            raise ValueError(f"integer pixel values from {low:g} to {high:g}; expected 0-65535")
+        bits = significant_bits or next(b for b in (8, 10, 12, 14, 16) if high < 2**b)
+        top = float(2**bits - 1)
+    array = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(array, mode="L")
 
 
 def convert(image, size, color_mode: str, resize: str) -> np.ndarray:
@@ -81,8 +129,9 @@ def load_image(
 ) -> np.ndarray:
     """Reads one X-ray into a ``uint8`` array ready for `~keras_pneumonia.PneumoniaCNN`.
 
-    Handles JPEG and PNG in grayscale, RGB, RGBA, palette and 16-bit, applies
-    the EXIF orientation, and resizes. DICOM files (``.dcm``, or the ``DICM``
+    Handles JPEG and PNG in grayscale, RGB, RGBA, palette and 16-bit (scaled by
+    its real bit depth, see `~keras_pneumonia.images.to_8bit`), float TIFF in 0-1 or 0-255, applies the
+    EXIF orientation, and resizes. DICOM files (``.dcm``, or the ``DICM``
     marker) are read with pydicom when the ``[dicom]`` extra is installed, with
     their modality and VOI LUTs applied (see `keras_pneumonia.dicom`).
 
@@ -127,11 +176,19 @@ def load_image(
                     image.draft(mode, (side, side))
                 image.load()
                 ImageOps.exif_transpose(image, in_place=True)
-                array = convert(to_8bit(image), size, color_mode, resize)
+                bits = png_significant_bits(path) if image.format == "PNG" else None
+                array = convert(to_8bit(image, bits), size, color_mode, resize)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{path}: not an image Pillow can read (JPEG, PNG or DICOM expected)") from None
+        raise ValueError(
+            f"{path}: not an image Pillow can read (JPEG, PNG, TIFF, BMP, WebP, GIF or DICOM expected)"
+        ) from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"{path}: too many pixels to decode safely ({error}); if you trust the file, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS before reading it"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         reason = str(error)
         if reason.startswith(str(path)):

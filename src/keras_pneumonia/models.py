@@ -10,6 +10,7 @@ import numpy as np
 
 from keras_pneumonia.config import DEFAULT_IMAGE_SIZE
 from keras_pneumonia.images import RESIZE_MODES, InputConfig, as_size
+from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 
@@ -81,6 +82,9 @@ class PneumoniaCNN(keras.Model):
         resize: How images are brought to ``image_size`` (``"squash"``,
             ``"crop"`` or ``"pad"``, see `~keras_pneumonia.load_image`); saved with
             the model, so every reader resizes the way it was trained.
+        input_check: Limits of the sanity check that flags inputs which are not
+            plausibly chest X-rays (`keras_pneumonia.input_check`); saved with the
+            model. ``None`` takes `keras_pneumonia.input_check.LIMITS`.
         backbone_weights: ``"imagenet"`` (downloaded by ``keras.applications``
             into ``$KERAS_HOME/models``, or found there), a path to a weights
             file of the backbone without its top, or ``None`` (random).
@@ -116,6 +120,7 @@ class PneumoniaCNN(keras.Model):
         backbone: str | None = None,
         backbone_weights: str | Path | None = "imagenet",
         resize: str = "squash",
+        input_check: dict | None = None,
         **kwargs,
     ):
         from keras_pneumonia import backbones
@@ -219,6 +224,7 @@ class PneumoniaCNN(keras.Model):
         self._temperature = float(temperature)
         self.backbone = backbone
         self.resize = resize
+        self.input_check = {**LIMITS, **(input_check or {})}
         self._feature_layers = feature_layers
 
     def get_config(self):
@@ -247,6 +253,7 @@ class PneumoniaCNN(keras.Model):
             # The weights travel in the file: rebuilding never downloads ImageNet weights.
             "backbone_weights": None,
             "resize": self.resize,
+            "input_check": dict(self.input_check),
         }
         # [position, name] pairs: the position finds the layer again, because layers that
         # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.

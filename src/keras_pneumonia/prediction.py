@@ -8,7 +8,7 @@ Used by ``keras-pneumonia predict``; usable from Python:
 >>> paths = find_images(["tests/data/chest_xray/test"])
 >>> results = list(predict_files(model, paths, batch_size=4))
 >>> len(results), sorted(results[0])
-(8, ['decision', 'error', 'model', 'path', 'probability', 'threshold', 'version'])
+(8, ['decision', 'error', 'model', 'path', 'probability', 'threshold', 'version', 'warning'])
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 #: Columns of a results file, in order.
-FIELDS = ("path", "probability", "decision", "threshold", "model", "version", "error")
+FIELDS = ("path", "probability", "decision", "threshold", "model", "version", "warning", "error")
 OUTPUT_FORMATS = (".csv", ".jsonl")
 
 
@@ -79,7 +79,9 @@ def predict_files(
 
     Files are decoded by a pool of threads (Pillow releases the GIL), one batch
     ahead of the model. A file that cannot be read yields a result with
-    ``error`` set and no probability; the others go on.
+    ``error`` set and no probability; the others go on. An image that is not
+    plausibly a chest X-ray (blank, noise, tiny, inverted...) is still
+    classified, with the reasons in ``warning`` (`keras_pneumonia.input_check`).
 
     Args:
         model: A `~keras_pneumonia.PneumoniaCNN` (or any model with ``input_shape`` and a last
@@ -90,11 +92,12 @@ def predict_files(
         workers: Decoding threads (default: the number of CPUs, at most 8).
 
     Yields:
-        ``{"path", "probability", "decision", "threshold", "model", "version", "error"}``.
+        ``{"path", "probability", "decision", "threshold", "model", "version", "warning", "error"}``.
     """
     from keras_pneumonia._version import __version__
     from keras_pneumonia.evaluation import decide
     from keras_pneumonia.images import input_config_of
+    from keras_pneumonia.input_check import check_input, original_size
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
@@ -104,12 +107,14 @@ def predict_files(
     spec = input_config_of(model)
     (height, width), channels = spec.image_size, spec.channels
     base = {"threshold": threshold, "model": model.name, "version": __version__}
+    limits = getattr(model, "input_check", None)
 
     def decode(path: Path):
         try:
-            return spec.load(path), None
+            image = spec.load(path)
         except ValueError as error:
             return None, str(error).removeprefix(f"{path}: ")
+        return image, "; ".join(check_input(image, original_size(path), limits)) or None
 
     def decode_batch(batch):
         return list(pool.map(decode, batch))
@@ -138,9 +143,24 @@ def predict_files(
                 if j in probabilities:
                     p = float(probabilities[j])
                     decision = class_names[int(decide([p], threshold)[0])]
-                    yield {"path": str(path), "probability": p, "decision": decision, **base, "error": None}
+                    warning = decoded[j][1]
+                    yield {
+                        "path": str(path),
+                        "probability": p,
+                        "decision": decision,
+                        **base,
+                        "warning": warning,
+                        "error": None,
+                    }
                 else:
-                    yield {"path": str(path), "probability": None, "decision": None, **base, "error": decoded[j][1]}
+                    yield {
+                        "path": str(path),
+                        "probability": None,
+                        "decision": None,
+                        **base,
+                        "warning": None,
+                        "error": decoded[j][1],
+                    }
 
 
 class ResultsFile:
@@ -162,6 +182,8 @@ class ResultsFile:
                 f"{self.path}: results are written as .csv or .jsonl, not {self.path.suffix or 'no suffix'}"
             )
         self.done: set[str] = set()
+        if self.path.exists() and not self.path.is_file():
+            raise ValueError(f"{self.path}: not a regular file (a folder or a device); choose a file name")
         if self.path.exists():
             self._drop_partial_last_line()
             self.done = {row["path"] for row in self.read(self.path)}
@@ -169,7 +191,11 @@ class ResultsFile:
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close()/__exit__)
         if self.format == ".csv":
-            self._writer = csv.DictWriter(self._file, fieldnames=FIELDS)
+            fields = FIELDS
+            if not new:  # resuming: keep the file's columns (0.2.0 files have no "warning")
+                with open(self.path, newline="", encoding="utf-8") as existing:
+                    fields = tuple(next(csv.reader(existing), FIELDS))
+            self._writer = csv.DictWriter(self._file, fieldnames=fields, extrasaction="ignore")
             if new:
                 self._writer.writeheader()
                 self._file.flush()

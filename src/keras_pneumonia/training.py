@@ -36,6 +36,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _epochs_in(history_csv: Path) -> int:
+    """The number of epochs recorded in a ``CSVLogger`` file (0 when there is none)."""
+    if not history_csv.exists():
+        return 0
+    with open(history_csv) as file:
+        return max(0, sum(1 for line in file if line.strip()) - 1)
+
+
 def clone_without_optimizer(model):
     """A copy of ``model`` with the same weights and no optimizer state (a smaller file)."""
     clone = type(model).from_config(model.get_config())
@@ -131,7 +139,7 @@ def train(
 
     from keras_pneumonia import callbacks as callback_presets
     from keras_pneumonia import plots
-    from keras_pneumonia._io import atomic_save_model, atomic_write_text
+    from keras_pneumonia._io import atomic_save_model, atomic_write_text, exclusive_lock
     from keras_pneumonia.augmentation import Augmentation
     from keras_pneumonia.data import load_chest_xray
     from keras_pneumonia.evaluation import EvaluationReport, choose_threshold, predict_proba
@@ -146,118 +154,123 @@ def train(
         raise FileExistsError(
             f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
         )
-    output.mkdir(parents=True, exist_ok=True)
-    if overwrite and not (output / "backup").exists():
-        (output / "history.csv").unlink(missing_ok=True)
-    started = time.time()
+    # One run per folder: a second one exits at once, naming the holder's PID.
+    with exclusive_lock(output):
+        if overwrite and not (output / "backup").exists():
+            # A fresh start over a finished run: its history and checkpoints go.
+            (output / "history.csv").unlink(missing_ok=True)
+            for old in (output / "checkpoints").glob("*.keras"):
+                old.unlink()
+        started = time.time()
 
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        import tensorflow as tf
+        keras.utils.set_random_seed(seed)
+        if deterministic:
+            import tensorflow as tf
 
-        tf.config.experimental.enable_op_determinism()
+            tf.config.experimental.enable_op_determinism()
 
-    model_kwargs = dict(model_kwargs or {})
-    # The model first: a size or an architecture it cannot take fails here, not after
-    # minutes of decoding, and the data is read the way the model says (its input config).
-    model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
-    data = load_chest_xray(
-        data_dir,
-        **model.input_config.dataset_kwargs(),
-        class_names=model.class_names,
-        batch_size=batch_size,
-        validation_split=validation_split,
-        seed=seed if split_seed is None else split_seed,
-        kaggle_val=kaggle_val,
-    )
-    data.save_manifest(output / "split.json")
-    logger.info("Split: %s", data.counts)
+        model_kwargs = dict(model_kwargs or {})
+        # The model first: a size or an architecture it cannot take fails here, not after
+        # minutes of decoding, and the data is read the way the model says (its input config).
+        model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
+        data = load_chest_xray(
+            data_dir,
+            **model.input_config.dataset_kwargs(),
+            class_names=model.class_names,
+            batch_size=batch_size,
+            validation_split=validation_split,
+            seed=seed if split_seed is None else split_seed,
+            kaggle_val=kaggle_val,
+        )
+        data.save_manifest(output / "split.json")
+        logger.info("Split: %s", data.counts)
 
-    monitor = None
-    if monitor_dir is not None:
-        from keras_pneumonia.data import load_image_folder
+        monitor = None
+        if monitor_dir is not None:
+            from keras_pneumonia.data import load_image_folder
 
-        monitor = load_image_folder(monitor_dir, **model.input_config.dataset_kwargs(), class_names=model.class_names)[
-            :2
-        ]
+            reading = model.input_config.dataset_kwargs()
+            monitor = load_image_folder(monitor_dir, **reading, class_names=model.class_names)[:2]
 
-    lr = learning_rate
-    if schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * int(data.train.cardinality()))
-        callbacks = "fixed"
-    optimizer_kwargs = {"learning_rate": lr, "use_ema": ema}
-    if weight_decay > 0:
-        optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
-    else:
-        optimizer = keras.optimizers.Adam(**optimizer_kwargs)
-    model.compile(optimizer=optimizer)
-    callback_list = callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard)
-    if monitor is not None:
-        callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
-    train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
-    history = model.fit(
-        train_data,
-        validation_data=data.val,
-        epochs=epochs,
-        shuffle=False,  # data.train already reshuffles every epoch
-        class_weight=data.class_weight if class_weight else None,
-        callbacks=callback_list,
-        verbose=verbose,
-    )
-
-    # The threshold is chosen on validation data only, then stored in the model.
-    y_val, p_val = predict_proba(model, data.val)
-    chosen = choose_threshold(model, data.val, apply=threshold == "youden")
-    if threshold == "youden":
-        threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
-    else:
-        model.threshold = float(threshold)
-        threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {chosen:.4f})"
-    reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
-    predictions = {"val": (y_val, p_val)}
-    if data.test is not None:
-        predictions["test"] = predict_proba(model, data.test)
-        reports["test"] = EvaluationReport.from_predictions(*predictions["test"], model.threshold, data.class_names)
-    if monitor is not None:
-        predictions["monitor"] = predict_proba(model, monitor)
-        reports["monitor"] = EvaluationReport.from_predictions(
-            *predictions["monitor"], model.threshold, data.class_names
+        lr = learning_rate
+        if schedule == "cosine":
+            steps = epochs * int(data.train.cardinality())
+            lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+            callbacks = "fixed"
+        optimizer_kwargs = {"learning_rate": lr, "use_ema": ema}
+        if weight_decay > 0:
+            optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
+        else:
+            optimizer = keras.optimizers.Adam(**optimizer_kwargs)
+        model.compile(optimizer=optimizer)
+        callback_list = callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard)
+        if monitor is not None:
+            callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
+        train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
+        history = model.fit(
+            train_data,
+            validation_data=data.val,
+            epochs=epochs,
+            shuffle=False,  # data.train already reshuffles every epoch
+            class_weight=data.class_weight if class_weight else None,
+            callbacks=callback_list,
+            verbose=verbose,
         )
 
-    atomic_save_model(clone_without_optimizer(model), output / "model.keras")
-    if (output / "history.csv").exists():
-        plots.plot_history(output / "history.csv", output / "history.png")
-    for split, (y, p) in predictions.items():
-        plots.plot_roc(y, p, output / f"roc_{split}.png", threshold=model.threshold)
-        plots.plot_confusion_matrix(
-            reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png"
-        )
+        # The threshold is chosen on validation data only, then stored in the model.
+        y_val, p_val = predict_proba(model, data.val)
+        chosen = choose_threshold(model, data.val, apply=threshold == "youden")
+        if threshold == "youden":
+            threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
+        else:
+            model.threshold = float(threshold)
+            threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {chosen:.4f})"
+        reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
+        predictions = {"val": (y_val, p_val)}
+        if data.test is not None:
+            predictions["test"] = predict_proba(model, data.test)
+            reports["test"] = EvaluationReport.from_predictions(*predictions["test"], model.threshold, data.class_names)
+        if monitor is not None:
+            predictions["monitor"] = predict_proba(model, monitor)
+            reports["monitor"] = EvaluationReport.from_predictions(
+                *predictions["monitor"], model.threshold, data.class_names
+            )
 
-    report = {
-        "threshold": model.threshold,
-        "threshold_rule": threshold_rule,
-        "epochs_run": len(history.history.get("loss", [])),
-        "counts": data.counts,
-        **{split: r.to_dict() for split, r in reports.items()},
-    }
-    atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
-    run = {
-        "command": shlex.join(command) if command else None,
-        "arguments": {
-            "data_dir": str(data_dir),
-            **config.to_dict(),
-            "monitor_dir": None if monitor_dir is None else str(monitor_dir),
-            "model_kwargs": model_kwargs,
-            "deterministic": deterministic,
-        },
-        "versions": package_versions(),
-        "platform": platform.platform(),
-        "argv": sys.argv,
-        "wall_time_s": round(time.time() - started, 1),
-        "model_params": model.count_params(),
-    }
-    atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
-    return report
+        atomic_save_model(clone_without_optimizer(model), output / "model.keras")
+        if (output / "history.csv").exists():
+            plots.plot_history(output / "history.csv", output / "history.png")
+        for split, (y, p) in predictions.items():
+            plots.plot_roc(y, p, output / f"roc_{split}.png", threshold=model.threshold)
+            plots.plot_confusion_matrix(
+                reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png"
+            )
+
+        report = {
+            "threshold": model.threshold,
+            "threshold_rule": threshold_rule,
+            # Every epoch of the run, those before an interruption too (history.csv appends).
+            "epochs_run": _epochs_in(output / "history.csv") or len(history.history.get("loss", [])),
+            "counts": data.counts,
+            **{split: r.to_dict() for split, r in reports.items()},
+        }
+        atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
+        run = {
+            "command": shlex.join(command) if command else None,
+            "arguments": {
+                "data_dir": str(data_dir),
+                **config.to_dict(),
+                "monitor_dir": None if monitor_dir is None else str(monitor_dir),
+                "model_kwargs": model_kwargs,
+                "deterministic": deterministic,
+            },
+            "versions": package_versions(),
+            "platform": platform.platform(),
+            "argv": sys.argv,
+            "wall_time_s": round(time.time() - started, 1),
+            "model_params": model.count_params(),
+        }
+        atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
+        return report
 
 
 #: The fine-tuning recipes of `fine_tune`, kept as data. ``"two_stage"``: the head
