@@ -380,9 +380,7 @@ def versions() -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="a reduced run (its time: README, 'More sessions')"
-    )
+    parser.add_argument("--quick", action="store_true", help="a reduced run (its time: README, 'More sessions')")
     parser.add_argument("--json", type=Path, help="write all figures to this JSON file")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder (train/ is used)")
     parser.add_argument("--image-size", type=int, default=160)
