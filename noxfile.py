@@ -1,5 +1,5 @@
 """Developer sessions: ``nox -s tests extras`` (the README's test command), ``matrix``, ``lint``,
-``build``, ``docs``, ``bench`` and ``train_release``.
+``build``, ``docs``, ``faults``, ``bench`` and ``train_release``.
 
 ``nox -l`` lists them. Sessions other than ``tests`` are slower and documented in the README.
 """
@@ -120,6 +120,13 @@ def build(session: nox.Session) -> None:
     session.run(cli, "--version", external=True)
     # The default weights evaluate a labelled folder with no network.
     session.run(cli, "evaluate", "tests/data/chest_xray", "--json", env=offline_env, external=True)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The fault-injection suite: the real CLI through hostile inputs and faults, as a table."""
+    session.install("-e", ".")
+    session.run("python", "tests/faults.py", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 @nox.session

@@ -178,7 +178,7 @@ def test_url_download_is_cached(served, tmp_path):
 def test_corrupt_local_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"PK\x03\x04 broken zip")
-    with pytest.raises(weights.WeightsError, match="bad.keras is not a loadable"):
+    with pytest.raises(weights.WeightsError, match="bad.keras is not a .keras file: a .keras file is a zip archive"):
         load_model(bad)
 
 

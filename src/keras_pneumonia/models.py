@@ -562,6 +562,10 @@ def load_model(
     from keras_pneumonia.weights import WeightsError, get_file
 
     path = get_file(name, cache_dir=cache_dir, force_download=force_download, offline=offline)
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise WeightsError(f"{path} is not a .keras file: a .keras file is a zip archive, and this one is not.")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as error:

@@ -1,0 +1,356 @@
+"""The fault-injection suite: drives the real command line through hostile inputs and faults.
+
+    python tests/faults.py [--markdown table.md]        (or: nox -s faults)
+
+Each case builds its inputs from real X-rays (the committed test images), runs
+``keras-pneumonia`` in a fresh process, and checks the exit code and a piece of the
+output. It prints a table (case, expected, observed) and exits 1 if any case differs.
+The cases are those of the reliability issue (16-bit data, blank/noise/tiny/inverted
+images, interrupted and concurrent runs, full disks, unwritable outputs, silent
+skips, misleading weight errors) and a few more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+XRAY = DATA / "fullres" / "IM-0314-0001.jpeg"  # a NORMAL X-ray
+CLI = [sys.executable, "-m", "keras_pneumonia"]
+ENV = {**os.environ, "KERAS_PNEUMONIA_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def run(args, timeout=300):
+    done = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def xray() -> np.ndarray:
+    return np.asarray(Image.open(XRAY).convert("L"))
+
+
+def png16(path: Path, bits: int) -> Path:
+    Image.fromarray(np.round(xray() / 255 * (2**bits - 1)).astype(np.uint16)).save(path)
+    return path
+
+
+def traceback_free(output: str) -> bool:
+    return "Traceback (most recent call last)" not in output
+
+
+def observed(code: int, output: str, expect_text: str, work: Path) -> str:
+    """The exit code and the output line that shows the outcome (the one holding the expected text)."""
+    lines = [line.replace(str(work) + "/", "") for line in output.strip().splitlines()]
+    line = next((line for line in lines if expect_text in line), lines[-1] if lines else "")
+    return f"exit {code}: {line[-120:]}"
+
+
+def cases(work: Path):
+    """(name, expected, check) with check() -> (passed, observed)."""
+
+    def predict_case(name, build, expect_code, expect_text, expected):
+        def check():
+            path = build(work / name.replace(" ", "_"))
+            code, out = run(["predict", path])
+            ok = code == expect_code and expect_text in out and traceback_free(out)
+            return ok, observed(code, out, expect_text, work)
+
+        return name, expected, check
+
+    def save(array, suffix=".png", **kwargs):
+        def build(stem):
+            path = stem.with_suffix(suffix)
+            Image.fromarray(array, **kwargs).save(path)
+            return path
+
+        return build
+
+    rng = np.random.default_rng(0)
+    yield predict_case("blank image", save(np.zeros((400, 400), np.uint8)), 0, "WARNING", "answer + warning")
+    yield predict_case(
+        "uniform noise", save(rng.integers(0, 256, (400, 400)).astype(np.uint8)), 0, "noise-like", "answer + warning"
+    )
+    yield predict_case("1x1 image", save(np.full((1, 1), 90, np.uint8)), 0, "tiny image", "answer + warning")
+    yield predict_case("inverted X-ray", save(255 - xray()), 0, "inverted polarity", "answer + warning")
+    yield predict_case(
+        "overexposed X-ray",
+        save(np.clip(xray().astype(int) + 150, 0, 255).astype(np.uint8)),
+        0,
+        "exposure out of range",
+        "answer + warning",
+    )
+    yield predict_case(
+        "12-bit data in a 16-bit PNG",
+        lambda stem: png16(stem.with_suffix(".png"), 12),
+        0,
+        "NORMAL",
+        "NORMAL, as the 8-bit file",
+    )
+    yield predict_case(
+        "10-bit data in a 16-bit PNG",
+        lambda stem: png16(stem.with_suffix(".png"), 10),
+        0,
+        "NORMAL",
+        "NORMAL, as the 8-bit file",
+    )
+    yield predict_case(
+        "float TIFF in 0-1",
+        save((xray() / 255).astype(np.float32), ".tif", mode="F"),
+        0,
+        "NORMAL",
+        "NORMAL, as the 8-bit file",
+    )
+    yield predict_case(
+        "float TIFF out of range",
+        save((xray() * 40.0 - 9.0).astype(np.float32), ".tif", mode="F"),
+        1,
+        "float pixel values",
+        "clear error, exit 1",
+    )
+    yield predict_case("BMP, WebP, GIF X-rays", lambda stem: _formats(stem), 0, "x.webp: NORMAL", "all read")
+
+    def empty(stem):
+        path = stem.with_suffix(".png")
+        path.write_bytes(b"")
+        return path
+
+    def truncated(stem):
+        path = stem.with_suffix(".jpeg")
+        path.write_bytes(XRAY.read_bytes()[:3000])
+        return path
+
+    def text(stem):
+        path = stem.with_suffix(".png")
+        path.write_text("this is not an image")
+        return path
+
+    def huge(stem):
+        # 13,500 x 13,500 = 182 megapixels, over Pillow's decompression-bomb limit; zeros
+        # compress to a small file, and Pillow refuses it from the header alone.
+        path = stem.with_suffix(".png")
+        Image.new("L", (13_500, 13_500)).save(path)
+        return path
+
+    yield predict_case("empty file", empty, 1, "empty file", "clear error, exit 1")
+    yield predict_case("truncated JPEG", truncated, 1, "ERROR", "clear error, exit 1")
+    yield predict_case("text file named .png", text, 1, "not an image", "clear error, exit 1")
+    yield predict_case("182-megapixel image", huge, 1, "too many pixels", "clear error, exit 1")
+
+    def simple(name, args, expect_code, expect_text, expected, setup=None):
+        def check():
+            if setup:
+                setup()
+            code, out = run(args)
+            ok = code == expect_code and expect_text in out and traceback_free(out)
+            return ok, observed(code, out, expect_text, work)
+
+        return name, expected, check
+
+    (work / "afile").write_text("x")
+    (work / "device.csv").symlink_to("/dev/null")
+    yield simple("missing input file", ["predict", work / "nothere.png"], 2, "nothere.png", "clear error")
+    yield simple(
+        "output under a file",
+        ["predict", XRAY, "--output", work / "afile" / "r.csv"],
+        2,
+        "a file stands where a folder is needed",
+        "clear error",
+    )
+    yield simple(
+        "device as results file",
+        ["predict", XRAY, "--output", work / "device.csv"],
+        2,
+        "not a regular file",
+        "clear error",
+    )
+    yield simple(
+        "demo into a file's folder", ["demo", "--output", work / "afile" / "demo"], 2, "Not a directory", "clear error"
+    )
+    (work / "bad.keras").write_text("not a zip")
+    yield simple(
+        "weights: not a .keras file",
+        ["demo", "--weights", work / "bad.keras"],
+        2,
+        "is not a .keras file",
+        "clear error",
+    )
+    yield simple(
+        "weights: missing path", ["demo", "--weights", work / "none.keras"], 2, "No weights file", "clear error"
+    )
+    yield simple(
+        "weights: kaggle:// handle", ["demo", "--weights", "kaggle://x/y"], 2, "Unsupported handle", "clear error"
+    )
+    yield simple(
+        "weights: URL while offline",
+        ["demo", "--weights", "https://example.org/m.keras"],
+        2,
+        "Offline mode",
+        "clear error, no network wait",
+    )
+
+    def covid_folder():
+        folder = work / "covid"
+        for name in ("NORMAL", "PNEUMONIA", "COVID"):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            Image.open(XRAY).convert("L").resize((300, 250)).save(folder / name / "x.png")
+        return folder
+
+    yield simple(
+        "extra class folder COVID/",
+        ["evaluate", work / "covid"],
+        0,
+        "ignoring folder(s) COVID",
+        "named in a warning",
+        setup=covid_folder,
+    )
+
+    def same_stems():
+        for sub in ("a", "b"):
+            (work / "stems" / sub).mkdir(parents=True, exist_ok=True)
+            Image.open(XRAY).convert("L").resize((300, 250)).save(work / "stems" / sub / "x.png")
+
+    def gradcam_check():
+        same_stems()
+        code, out = run(["predict", work / "stems", "--gradcam", work / "cams"])
+        n = len(list((work / "cams").glob("*.png")))
+        return code == 0 and n == 2 and traceback_free(out), f"exit {code}, {n} overlays for 2 inputs"
+
+    yield "Grad-CAM of two files named alike", "2 overlays", gradcam_check
+    yield "a second training into a folder in use", "exit 2 naming the PID", lambda: _concurrent(work)
+    yield (
+        "SIGTERM during training, then resume",
+        "exit 143, resumed, every epoch counted",
+        lambda: _interrupt(work, signal.SIGTERM),
+    )
+    yield "kill -9 during training, then resume", "resumed, best epoch kept", lambda: _interrupt(work, signal.SIGKILL)
+    if (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(_mkdir(work / "full"))], capture_output=True
+        ).returncode
+        == 0
+    ):
+        yield "full disk (a filled 64 KB tmpfs)", "clear error", lambda: _full_disk(work / "full")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _formats(stem: Path) -> Path:
+    folder = _mkdir(stem)
+    image = Image.open(XRAY).convert("L").resize((300, 250))
+    for suffix in (".bmp", ".webp", ".gif"):
+        image.save(folder / f"x{suffix}")
+    return folder
+
+
+def _full_disk(mount: Path):
+    try:
+        try:
+            with open(mount / "filler", "wb") as file:
+                while True:
+                    file.write(b"\0" * 4096)
+                    file.flush()
+        except OSError:
+            pass
+        code, out = run(["predict", XRAY, "--output", mount / "results.csv"])
+        ok = code == 2 and "No space left on device" in out and traceback_free(out)
+        return ok, f"exit {code}: {out.strip().splitlines()[-1][-110:]}"
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def _train_args(output: Path, epochs: int):
+    return ["train", DATA / "chest_xray", "--output", output, "--epochs", str(epochs), "--validation-split", "0.25"]
+
+
+def _history_rows(output: Path) -> int:
+    history = output / "history.csv"
+    return max(0, len(history.read_text().splitlines()) - 1) if history.exists() else 0
+
+
+def _start(output: Path, epochs: int):
+    return subprocess.Popen(
+        [*CLI, *map(str, _train_args(output, epochs))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+    )
+
+
+def _concurrent(work: Path):
+    output = work / "run_busy"
+    first = _start(output, 2)
+    start = time.time()
+    while not ((output / ".lock").exists() and (output / ".lock").read_text().strip() == str(first.pid)):
+        if first.poll() is not None or time.time() - start > 240:
+            return False, "the first run never took the lock"
+        time.sleep(0.05)
+    code, out = run(_train_args(output, 2))
+    first_code = first.wait()
+    ok = code == 2 and f"PID {first.pid}" in out and first_code == 0 and _history_rows(output) == 2
+    return ok, f"exit {code}: {out.strip().splitlines()[-1][-90:]}; first run exit {first_code}"
+
+
+def _interrupt(work: Path, sig):
+    import csv
+    import json
+
+    output = work / f"run_{sig.name}"
+    process = _start(output, 6)
+    start = time.time()
+    while _history_rows(output) < 2:
+        if process.poll() is not None or time.time() - start > 240:
+            return False, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    process.send_signal(sig)
+    code = process.wait()
+    before = _history_rows(output)
+    resumed, out = run(_train_args(output, 6), timeout=600)
+    if resumed != 0:
+        return False, f"resume exit {resumed}: {out.strip().splitlines()[-1][-90:]}"
+    report = json.loads((output / "report.json").read_text())
+    with open(output / "history.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    epochs_ok = report["epochs_run"] == len(rows) > before and [int(r["epoch"]) for r in rows] == list(range(len(rows)))
+    expected_code = 143 if sig == signal.SIGTERM else -signal.SIGKILL
+    ok = code == expected_code and epochs_ok
+    return ok, f"exit {code}; resumed after {before} epochs, report counts {report['epochs_run']} of {len(rows)}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, expected, check in cases(Path(tmp)):
+            started = time.time()
+            try:
+                ok, observed = check()
+            except Exception as error:  # a case that crashes is a failed case, reported as such
+                ok, observed = False, f"{type(error).__name__}: {error}"
+            rows.append((name, expected, observed, ok))
+            print(f"{'ok  ' if ok else 'FAIL'} {name} ({time.time() - started:.0f} s): {observed}", flush=True)
+    table = ["| case | expected | observed | |", "| --- | --- | --- | --- |"]
+    table += [f"| {n} | {e} | {o.replace('|', '/')} | {'ok' if ok else '**FAIL**'} |" for n, e, o, ok in rows]
+    print("\n".join(table))
+    if args.markdown:
+        args.markdown.write_text("\n".join(table) + "\n")
+    failed = [n for n, _, _, ok in rows if not ok]
+    print(f"\n{len(rows) - len(failed)} of {len(rows)} cases as expected" + (f"; failed: {failed}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
