@@ -276,3 +276,18 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
     assert "pneumonia_cnn_v2 (default)" in out and "1,198,034 parameters" in out and "used for choices" in out
     assert main(["presets", "--json"]) == 0
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == sorted(presets)
+
+
+def test_a_damaged_shipped_copy_is_named_not_hidden_behind_the_download_error(tmp_path, monkeypatch, http_server):
+    from keras_pneumonia.weights import WeightsError
+
+    damaged = tmp_path / "shipped" / presets.PRESETS["pneumonia_cnn_v2"]["file_name"]
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"PK\x03\x04 truncated by a broken install")
+    monkeypatch.setattr(weights, "bundled_path", lambda name: damaged)
+    monkeypatch.setitem(presets.PRESETS, "pneumonia_cnn_v2", {**presets.PRESETS["pneumonia_cnn_v2"]})
+    presets.PRESETS["pneumonia_cnn_v2"]["url"] = http_server.url("/missing.keras")  # the server answers 404
+    with pytest.raises(WeightsError, match=r"shipped in the package, .* does not match its sha256 .*reinstall"):
+        weights.get_file("pneumonia_cnn_v2", cache_dir=tmp_path / "cache")
+    with pytest.raises(WeightsError, match=r"does not match its sha256.*Offline mode"):
+        weights.get_file("pneumonia_cnn_v2", cache_dir=tmp_path / "cache", offline=True)

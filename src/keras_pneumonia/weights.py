@@ -218,13 +218,28 @@ def get_file(
         shipped = bundled_path(text)
         if shipped is not None and _verified(shipped, sha256):
             return shipped
+    # A copy that should have shipped with the package but fails its hash means a damaged
+    # install: say so, rather than report only the download that follows.
+    damaged = (
+        ""
+        if force_download or bundled_path(text) is None
+        else (
+            f"The copy shipped in the package, {bundled_path(text)}, does not match its sha256 (a damaged "
+            "install: reinstall keras-pneumonia). "
+        )
+    )
     if offline:
         raise WeightsError(
-            f"Offline mode: preset {text!r} needs {file_name} (sha256 {sha256}). Download it from "
+            f"{damaged}Offline mode: preset {text!r} needs {file_name} (sha256 {sha256}). Download it from "
             f"{preset['url']} and place it at {cache / file_name}, or in a folder named by "
             "KERAS_PNEUMONIA_READONLY_CACHE."
         )
-    return download(preset["url"], cache / file_name, sha256)
+    try:
+        return download(preset["url"], cache / file_name, sha256)
+    except WeightsError as error:
+        if damaged:
+            raise WeightsError(f"{damaged}{error}") from None
+        raise
 
 
 def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | None = None) -> list[Path]:
