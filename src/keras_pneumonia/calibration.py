@@ -87,7 +87,7 @@ def predict_logits(model, data) -> tuple[np.ndarray, np.ndarray]:
     kernel, bias = (keras.ops.convert_to_numpy(w).astype(np.float64) for w in head.weights[:2])
 
     def logits_of(x):
-        return np.asarray(features_model.predict_on_batch(x), np.float64) @ kernel + bias
+        return np.asarray(features_model.predict_on_batch(np.asarray(x)), np.float64) @ kernel + bias
 
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data

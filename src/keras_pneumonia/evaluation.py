@@ -295,7 +295,8 @@ def predict_proba(model, data) -> tuple[np.ndarray, np.ndarray]:
     for x, y in data:
         if not labels:
             check_batch(model, x)
-        probabilities.append(np.asarray(model.predict_on_batch(x))[:, -1])
+        # NumPy, not the tf.data tensor: every Keras backend takes it (JAX cannot take a TF tensor).
+        probabilities.append(np.asarray(model.predict_on_batch(np.asarray(x)))[:, -1])
         labels.append(np.asarray(y).reshape(-1))
     if not labels:
         return np.zeros(0, int), np.zeros(0)
