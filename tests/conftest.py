@@ -47,6 +47,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if mode == "stall":  # half the file, then nothing for 30 s
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            threading.Event().wait(30)
+            return
         if mode == "slow":
             for i in range(0, len(body), 4096):
                 self.wfile.write(body[i : i + 4096])

@@ -87,6 +87,18 @@ def test_truncated_transfer_leaves_nothing(served, tmp_path):
     assert _cache_entries(cache) == []
 
 
+def test_a_stalled_download_gives_up_after_the_timeout(served, tmp_path, monkeypatch):
+    import time
+
+    served.modes["/tiny.keras"] = "stall"  # half the file, then silence for 30 s
+    monkeypatch.setenv("KERAS_PNEUMONIA_DOWNLOAD_TIMEOUT", "1")
+    cache = tmp_path / "cache"
+    started = time.time()
+    with pytest.raises(weights.WeightsError, match="Could not download.*timed out"):
+        weights.get_file("tiny_test", cache_dir=cache)
+    assert time.time() - started < 15 and _cache_entries(cache) == []
+
+
 def test_server_error(served, tmp_path):
     served.modes["/tiny.keras"] = "error"
     with pytest.raises(weights.WeightsError, match="500"):

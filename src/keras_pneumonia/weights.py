@@ -34,6 +34,8 @@ from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
 logger = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "on"}
+#: Seconds a download may go without receiving data before it is abandoned.
+DOWNLOAD_TIMEOUT = 60.0
 
 
 SUPPORTED_HANDLES = (
@@ -99,7 +101,7 @@ def bundled_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def download(url: str, destination: str | Path, sha256: str | None = None) -> Path:
+def download(url: str, destination: str | Path, sha256: str | None = None, timeout: float | None = None) -> Path:
     """Downloads ``url`` to ``destination``, verified and atomically.
 
     Args:
@@ -107,12 +109,18 @@ def download(url: str, destination: str | Path, sha256: str | None = None) -> Pa
         destination: Final path of the file.
         sha256: Expected hex sha256; on mismatch nothing is kept and
             `WeightsError` is raised.
+        timeout: Seconds without data before the download is abandoned
+            (default `DOWNLOAD_TIMEOUT`, or ``$KERAS_PNEUMONIA_DOWNLOAD_TIMEOUT``).
 
     Returns:
         ``destination``.
     """
+    import socket
+
     import keras
 
+    if timeout is None:
+        timeout = float(os.environ.get("KERAS_PNEUMONIA_DOWNLOAD_TIMEOUT", DOWNLOAD_TIMEOUT))
     destination = Path(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -124,12 +132,18 @@ def download(url: str, destination: str | Path, sha256: str | None = None) -> Pa
             "KERAS_PNEUMONIA_READONLY_CACHE."
         ) from None
     try:
+        # keras.utils.get_file sets no timeout: a stalled server would hang the download
+        # for ever. The socket default applies to the connection it opens.
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout)
         try:
             fetched = Path(
                 keras.utils.get_file(fname=destination.name, origin=url, cache_dir=str(staging), cache_subdir=".")
             )
         except Exception as error:  # get_file raises bare Exception subclasses for HTTP/URL errors.
             raise WeightsError(f"Could not download {url}: {error}") from None
+        finally:
+            socket.setdefaulttimeout(previous)
         if sha256 is not None:
             actual = sha256sum(fetched)
             if actual != sha256:
