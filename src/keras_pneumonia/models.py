@@ -564,7 +564,7 @@ def load_model(
     path = get_file(name, cache_dir=cache_dir, force_download=force_download, offline=offline)
     import zipfile
 
-    if not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+    if Path(path).suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would say "File not found"
         raise WeightsError(f"{path} is not a .keras file: a .keras file is a zip archive, and this one is not.")
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
