@@ -13,6 +13,7 @@ skips, misleading weight errors) and a few more.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -234,14 +235,8 @@ def cases(work: Path):
         lambda: _interrupt(work, signal.SIGTERM),
     )
     yield "kill -9 during training, then resume", "resumed, best epoch kept", lambda: _interrupt(work, signal.SIGKILL)
-    if (
-        os.geteuid() == 0
-        and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(_mkdir(work / "full"))], capture_output=True
-        ).returncode
-        == 0
-    ):
-        yield "full disk (a filled 64 KB tmpfs)", "clear error", lambda: _full_disk(work / "full")
+    if os.geteuid() == 0:  # mounting a tmpfs needs root (CAP_SYS_ADMIN)
+        yield "full disk (a filled 64 KB tmpfs)", "clear error", lambda: _full_disk(work / "full", work)
 
 
 def _mkdir(path: Path) -> Path:
@@ -257,20 +252,33 @@ def _formats(stem: Path) -> Path:
     return folder
 
 
-def _full_disk(mount: Path):
+@contextlib.contextmanager
+def full_disk(mount: Path):
+    """A real full file system at ``mount``: a 64 KB tmpfs filled to the last byte; ``None`` if it cannot mount."""
+    mount.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        yield None
+        return
     try:
         try:
             with open(mount / "filler", "wb") as file:
                 while True:
                     file.write(b"\0" * 4096)
                     file.flush()
-        except OSError:
+        except OSError:  # ENOSPC: full
             pass
-        code, out = run(["predict", XRAY, "--output", mount / "results.csv"])
-        ok = code == 2 and "No space left on device" in out and traceback_free(out)
-        return ok, f"exit {code}: {out.strip().splitlines()[-1][-110:]}"
+        yield mount
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def _full_disk(mount: Path, work: Path):
+    with full_disk(mount) as full:
+        if full is None:
+            return False, "could not mount a tmpfs"
+        code, out = run(["predict", XRAY, "--output", full / "results.csv"])
+        ok = code == 2 and "No space left on device" in out and traceback_free(out)
+        return ok, observed(code, out, "No space left on device", work)
 
 
 def _train_args(output: Path, epochs: int):

@@ -162,7 +162,7 @@ def _moved_threshold(threshold: float, ratio: float) -> float:
     return float(np.clip(1.0 / (1.0 + np.exp(-margin * ratio)), 1e-6, 1 - 1e-6))
 
 
-def calibrate(model, data, *, apply: bool = True) -> CalibrationResult:
+def calibrate(model, data=None, *, scores=None, apply: bool = True) -> CalibrationResult:
     """Fits the temperature of a two-class model on ``data`` (its validation split) and applies it.
 
     Args:
@@ -170,6 +170,8 @@ def calibrate(model, data, *, apply: bool = True) -> CalibrationResult:
             so calibrating twice fits the same ``T``.
         data: Labelled validation data: a ``tf.data.Dataset`` of ``(images,
             labels)`` or an ``(images, labels)`` tuple. Never the test set.
+        scores: ``(labels, logits)`` already computed on it by `predict_logits`,
+            instead of ``data``: the model is not run again.
         apply: Set ``model.temperature`` (and move ``model.threshold`` to the
             same decision boundary). ``False`` only measures.
 
@@ -180,7 +182,7 @@ def calibrate(model, data, *, apply: bool = True) -> CalibrationResult:
 
     if len(model.class_names) != 2:
         raise ValueError("calibrate() keeps the decision boundary of two-class models only.")
-    labels, logits = predict_logits(model, data)
+    labels, logits = predict_logits(model, data) if scores is None else scores
     previous = float(model.temperature)
     raw = logits * previous  # the logits at T = 1
     temperature = fit_temperature(raw, labels)

@@ -410,7 +410,7 @@ def _calibration_markdown(calibration: dict) -> str:
 def _cmd_calibrate(args) -> int:
     from keras_pneumonia import plots
     from keras_pneumonia._io import atomic_write_text
-    from keras_pneumonia.calibration import calibrate, compare
+    from keras_pneumonia.calibration import calibrate, predict_logits, probabilities
     from keras_pneumonia.data import load_chest_xray
     from keras_pneumonia.models import load_model
 
@@ -425,9 +425,8 @@ def _cmd_calibrate(args) -> int:
         validation_split=args.validation_split,
         seed=args.seed,
     )
-    labels, before, _ = compare(model, data.val)
-    result = calibrate(model, data.val)
-    _, after, _ = compare(model, data.val)
+    labels, logits = predict_logits(model, data.val)  # the one pass over the validation split
+    result = calibrate(model, scores=(labels, logits))
     print(
         f"temperature {result.previous_temperature:.3f} -> {result.temperature:.3f} on {result.n} validation images\n"
         f"  NLL {result.nll_before:.4f} -> {result.nll_after:.4f}\n"
@@ -437,7 +436,11 @@ def _cmd_calibrate(args) -> int:
     if args.report_dir is not None:
         args.report_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.report_dir / "calibration.json", json.dumps(result.to_dict(), indent=2) + "\n")
-        curves = {"before": next(iter(before.values())), "after": list(after.values())[-1]}
+        raw = logits * result.previous_temperature
+        curves = {
+            "before": probabilities(logits)[:, -1],
+            "after": probabilities(raw, result.temperature)[:, -1],
+        }
         plots.plot_reliability(labels, curves, args.report_dir / "reliability.png", title="validation split")
         print(f"Report written to {args.report_dir}")
     if args.output is not None:
@@ -743,16 +746,17 @@ def _quiet_tensorflow(verbose: bool) -> None:
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
+        failed = True
         try:
             import keras  # noqa: F401  (imports the backend)
-        except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
-            raise
+
+            failed = False
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if failed:  # show what the backend said about why it could not load
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode(errors="replace"))
 
 
 class _Terminated(KeyboardInterrupt):

@@ -111,12 +111,14 @@ def decide(probabilities, threshold: float) -> np.ndarray:
     return np.where(p_last >= threshold, last, 0).astype(int)
 
 
-def choose_threshold(model, data, *, one_standard_error: bool = True, apply: bool = True) -> float:
+def choose_threshold(model, data=None, *, scores=None, one_standard_error: bool = True, apply: bool = True) -> float:
     """Chooses a model's threshold on validation data (never the test set), by `youden_threshold`.
 
     Args:
         model: A `~keras_pneumonia.PneumoniaCNN` (or a model with a settable ``threshold``).
         data: Labelled validation data: a dataset of ``(images, labels)`` or an ``(x, y)`` tuple.
+        scores: ``(labels, probabilities)`` already predicted on the validation data
+            (`predict_proba`), instead of ``data``: the model is not run again.
         one_standard_error: Keep the threshold closest to 0.5 among those within one
             standard error of the best Youden's J (see `youden_threshold`).
         apply: Set ``model.threshold`` to it.
@@ -124,7 +126,8 @@ def choose_threshold(model, data, *, one_standard_error: bool = True, apply: boo
     Returns:
         The chosen threshold.
     """
-    threshold = youden_threshold(*predict_proba(model, data), one_standard_error=one_standard_error)
+    labels, probabilities = predict_proba(model, data) if scores is None else scores
+    threshold = youden_threshold(labels, probabilities, one_standard_error=one_standard_error)
     if apply:
         model.threshold = threshold
     return threshold

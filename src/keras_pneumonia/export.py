@@ -220,10 +220,11 @@ def export_model(
 
     from keras_pneumonia.images import input_config_of
 
-    if any_size and input_config_of(model).resize != "squash":
+    spec = input_config_of(model)
+    if any_size and spec.resize != "squash":
         raise ValueError(
             f"any_size reproduces the 'squash' resize only; this model was trained with "
-            f"resize={input_config_of(model).resize!r}. Export it without any_size and resize as load_image does."
+            f"resize={spec.resize!r}. Export it without any_size and resize as load_image does."
         )
     x = sample_batch(model)
     expected = np.asarray(model.predict(x, verbose=0))  # also builds a loaded model's graph
@@ -254,14 +255,13 @@ def export_model(
                 "shape": [None, None, None, None] if any_size else [None, height, width, channels],
                 "dtype": "float32",
                 "pixels": "raw 0-255 (the graph normalises them)",
-                "color_mode": input_config_of(model).color_mode,
+                "color_mode": spec.color_mode,
                 "resize": (
                     f"inside the graph: any size, 1 or 3 channels, one size per batch; converted to "
                     f"{'grayscale' if channels == 1 else 'rgb'} and squashed to ({height}, {width}) with "
                     "Pillow's bilinear resample (keras_pneumonia.layers.SquashResize)"
                     if any_size
-                    else f"{input_config_of(model).resize} to ({height}, {width}), Pillow bilinear "
-                    "(keras_pneumonia.load_image)"
+                    else f"{spec.resize} to ({height}, {width}), Pillow bilinear (keras_pneumonia.load_image)"
                 ),
                 "model_input_size": [height, width],
             },

@@ -234,8 +234,8 @@ def gradcam(
 
 def _original_size(image) -> tuple[int, int]:
     if isinstance(image, str | Path):
-        from PIL import Image, ImageOps
+        from keras_pneumonia.images import load_image, original_size
 
-        with Image.open(image) as pil:
-            return ImageOps.exif_transpose(pil).size[::-1]
+        # From the header; an unreadable file gets load_image's error naming it.
+        return original_size(image) or tuple(load_image(image).shape[:2])
     return tuple(np.asarray(image).shape[:2])

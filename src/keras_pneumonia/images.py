@@ -199,6 +199,23 @@ def load_image(
     return array
 
 
+def original_size(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file as `load_image` orients it, from its header; ``None`` if unreadable.
+
+    No pixels are decoded: the size and the EXIF orientation (a quarter turn swaps
+    height and width) come from the file's header.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return (width, height) if turned else (height, width)
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """An image array (``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or RGBA) as RGB ``uint8``."""
     image = np.asarray(image)

@@ -102,14 +102,3 @@ def check_input(
     if stats["polarity"] < limits["min_polarity"]:
         reasons.append(f"inverted polarity? (centre darker than the lung fields, {stats['polarity']:.2f})")
     return reasons
-
-
-def original_size(path) -> tuple[int, int] | None:
-    """``(height, width)`` of an image file from its header (no decoding), or ``None``."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.size[::-1]
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None

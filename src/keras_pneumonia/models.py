@@ -141,9 +141,8 @@ class PneumoniaCNN(keras.Model):
             threshold,
             float(temperature),
             backbone,
+            resize,
         )
-        if resize not in RESIZE_MODES:
-            raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
 
         # === Layers ===
         if normalization == "per_image":
@@ -286,10 +285,7 @@ class PneumoniaCNN(keras.Model):
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        value = float(value)
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"`threshold` must be strictly between 0 and 1; received {value!r}.")
-        self._threshold = value
+        self._threshold = _checked_threshold(value)
 
     def decide(self, probabilities) -> np.ndarray:
         """Class indices for probabilities by this model's threshold (`keras_pneumonia.evaluation.decide`).
@@ -317,9 +313,7 @@ class PneumoniaCNN(keras.Model):
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        value = float(value)
-        if not (value > 0.0 and value < float("inf")):
-            raise ValueError(f"`temperature` must be a positive number; received {value!r}.")
+        value = _checked_temperature(value)
         head = self.get_layer("predictions")
         for weight in head.weights:
             weight.assign(weight * (self._temperature / value))
@@ -507,8 +501,12 @@ def _validate(
     threshold,
     temperature,
     backbone,
+    resize,
 ):
     from keras_pneumonia.backbones import BACKBONES
+
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
 
     if backbone is not None and backbone not in BACKBONES:
         raise ValueError(f"`backbone` must be None or one of {tuple(BACKBONES)}; received {backbone!r}.")
@@ -537,10 +535,22 @@ def _validate(
         raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}; received {normalization!r}.")
     if len(class_names) < 2 or len(set(class_names)) != len(class_names):
         raise ValueError(f"`class_names` must hold at least two distinct names; received {class_names!r}.")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"`threshold` must be strictly between 0 and 1; received {threshold!r}.")
-    if not (temperature > 0.0 and temperature < float("inf")):
-        raise ValueError(f"`temperature` must be a positive number; received {temperature!r}.")
+    _checked_threshold(threshold)
+    _checked_temperature(temperature)
+
+
+def _checked_threshold(value) -> float:
+    value = float(value)
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"`threshold` must be strictly between 0 and 1; received {value!r}.")
+    return value
+
+
+def _checked_temperature(value) -> float:
+    value = float(value)
+    if not (value > 0.0 and value < float("inf")):
+        raise ValueError(f"`temperature` must be a positive number; received {value!r}.")
+    return value
 
 
 def load_model(

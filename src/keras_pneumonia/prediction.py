@@ -96,8 +96,8 @@ def predict_files(
     """
     from keras_pneumonia._version import __version__
     from keras_pneumonia.evaluation import decide
-    from keras_pneumonia.images import input_config_of
-    from keras_pneumonia.input_check import check_input, original_size
+    from keras_pneumonia.images import input_config_of, original_size
+    from keras_pneumonia.input_check import check_input
 
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")

@@ -219,7 +219,7 @@ def train(
 
         # The threshold is chosen on validation data only, then stored in the model.
         y_val, p_val = predict_proba(model, data.val)
-        chosen = choose_threshold(model, data.val, apply=threshold == "youden")
+        chosen = choose_threshold(model, scores=(y_val, p_val), apply=threshold == "youden")
         if threshold == "youden":
             threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
         else:
@@ -343,6 +343,18 @@ def fine_tune(
     run_dir = Path(run_dir)
     weights = data.class_weight if class_weight else None
 
+    def stage(learning_rate, epochs, callbacks, folder) -> dict[str, list[float]]:
+        """Compiles with Adam at ``learning_rate`` and fits, checkpointing into ``run_dir/folder``."""
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        return model.fit(
+            data.train,
+            validation_data=data.val,
+            epochs=epochs,
+            class_weight=weights,
+            callbacks=callback_presets.preset(callbacks, run_dir=run_dir / folder),
+            verbose=verbose,
+        ).history
+
     head_file = run_dir / "head" / "model.keras"
     head_history: dict[str, list[float]] = {}
     if head_file.exists():
@@ -350,34 +362,18 @@ def fine_tune(
         model.set_weights(keras.saving.load_model(head_file, compile=False).get_weights())
     else:
         model.freeze_backbone()
-        model.compile(optimizer=keras.optimizers.Adam(settings["head_learning_rate"]))
-        head_history = model.fit(
-            data.train,
-            validation_data=data.val,
-            epochs=settings["head_epochs"],
-            class_weight=weights,
-            callbacks=callback_presets.preset("default", run_dir=run_dir / "head"),
-            verbose=verbose,
-        ).history
+        head_history = stage(settings["head_learning_rate"], settings["head_epochs"], "default", "head")
         atomic_save_model(clone_without_optimizer(model), head_file)
 
     model.freeze_backbone()
     model.unfreeze(settings["unfreeze_blocks"])
-    model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]))
-    history = model.fit(
-        data.train,
-        validation_data=data.val,
-        epochs=settings["epochs"],
-        class_weight=weights,
-        callbacks=callback_presets.preset("fine_tune", run_dir=run_dir / "fine_tune"),
-        verbose=verbose,
-    ).history
+    history = stage(settings["learning_rate"], settings["epochs"], "fine_tune", "fine_tune")
 
+    y_val, p_val = predict_proba(model, data.val)
     if threshold == "youden":
-        choose_threshold(model, data.val)
+        choose_threshold(model, scores=(y_val, p_val))
     elif threshold is not None:
         model.threshold = float(threshold)
-    y_val, p_val = predict_proba(model, data.val)
     report = {
         "settings": {"preset": preset, **settings},
         "head_history": {k: [float(v) for v in vs] for k, vs in head_history.items()},
