@@ -76,7 +76,7 @@ BACKBONES: dict[str, dict[str, Any]] = {
 }
 
 
-def build(name: str, x, weights: str | None):
+def build(name: str, x, weights: str | None, dtype: str = "float32"):
     """Builds backbone ``name`` on the float32 RGB tensor ``x`` (raw 0-255) of a functional graph.
 
     Returns:
@@ -91,6 +91,9 @@ def build(name: str, x, weights: str | None):
     spec = BACKBONES[name]
     module = importlib.import_module(f"keras.applications.{spec['module']}")
     x = module.preprocess_input(x)
+    # keras.applications builds its layers with the global dtype policy: set it for the build.
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(dtype)
     try:
         with warnings.catch_warnings():
             # Loading a .weights.h5 file warns once per weightless op container of the
@@ -108,6 +111,8 @@ def build(name: str, x, weights: str | None):
             f"without a network, place {spec['weights_file']} (from {spec['weights_url']}) in "
             "$KERAS_HOME/models (~/.keras/models), or pass its path as `backbone_weights`."
         ) from None
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     names = [layer.name for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
     return backbone.output, names
 

@@ -164,6 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled folder scored after every epoch, for the record only (never chooses epoch or threshold)",
     )
     train.add_argument("--no-class-weight", action="store_true", help="do not balance the classes in the loss")
+    train.add_argument(
+        "--pipeline",
+        choices=CHOICES["pipeline"],
+        default=D.pipeline,
+        help="memory: decode once and keep; stream: decode every epoch, flat memory; auto: stream above 1 GiB of pixels",
+    )
+    train.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="with streaming: keep decoded images after the first epoch ('memory' or a folder)",
+    )
+    train.add_argument(
+        "--distribute",
+        choices=CHOICES["distribute"],
+        default=D.distribute,
+        help="mirrored: all GPUs here; multi-worker: machines in TF_CONFIG; data-parallel: JAX devices (--batch-size is global)",
+    )
+    train.add_argument(
+        "--mixed-precision",
+        choices=CHOICES["mixed_precision"],
+        default=D.mixed_precision,
+        help="16-bit computation with float32 weights and outputs (none)",
+    )
     train.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops (slower)")
     train.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     train.add_argument("--overwrite", action="store_true", help="write over a finished run in --output")
@@ -270,13 +293,15 @@ def _configure_logging(verbose: bool) -> None:
 def _cmd_split(args) -> int:
     from keras_pneumonia.data import load_chest_xray
 
-    # Every file is decoded (at 8 px, which is cheap) so that bad files are reported here.
+    # The streaming pipeline lists and splits without decoding and checks every file's
+    # header (empty, not an image, too many pixels); a file cut short after its header
+    # is found when training decodes it.
     data = load_chest_xray(
         args.data_dir,
         validation_split=args.validation_split,
         seed=args.seed,
         kaggle_val=args.kaggle_val,
-        image_size=8,
+        pipeline="stream",
     )
     data.save_manifest(args.manifest)
     for split, counts in data.counts.items():
@@ -320,6 +345,10 @@ def _cmd_train(args) -> int:
         threshold=args.threshold,
         model_kwargs=model_kwargs,
         class_weight=not args.no_class_weight,
+        pipeline=args.pipeline,
+        cache=args.cache,
+        distribute=args.distribute,
+        mixed_precision=args.mixed_precision,
         deterministic=args.deterministic,
         tensorboard=args.tensorboard,
         overwrite=args.overwrite,

@@ -33,6 +33,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "augmentation": ("strong", "mixed", "light", "none"),
     "schedule": ("plateau", "cosine"),
     "resize": ("squash", "crop", "pad"),
+    "pipeline": ("auto", "memory", "stream"),
+    "distribute": ("none", "mirrored", "multi-worker", "data-parallel"),
+    "mixed_precision": ("none", "bfloat16", "float16"),
 }
 
 
@@ -61,6 +64,11 @@ class TrainConfig:
         ema: Keep an exponential moving average of the weights.
         threshold: ``"youden"`` (chosen on validation) or a number in (0, 1).
         class_weight: Balance the classes in the loss.
+        pipeline: ``"auto"``, ``"memory"`` or ``"stream"`` (see `keras_pneumonia.load_chest_xray`).
+        distribute: ``"none"``, ``"mirrored"``, ``"multi-worker"`` or ``"data-parallel"``
+            (see `keras_pneumonia.distribution`).
+        mixed_precision: ``"none"`` (float32), ``"bfloat16"`` or ``"float16"``: the
+            model's ``dtype`` becomes ``"mixed_bfloat16"`` or ``"mixed_float16"``.
     """
 
     epochs: int = 30
@@ -79,6 +87,9 @@ class TrainConfig:
     ema: bool = False
     threshold: float | str = "youden"
     class_weight: bool = True
+    pipeline: str = "auto"
+    distribute: str = "none"
+    mixed_precision: str = "none"
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():

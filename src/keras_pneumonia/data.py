@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_pneumonia.config import DEFAULT_IMAGE_SIZE, DEFAULT_SEED
+from keras_pneumonia.config import CHOICES, DEFAULT_IMAGE_SIZE, DEFAULT_SEED
 from keras_pneumonia.images import COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
 
 logger = logging.getLogger(__name__)
@@ -300,12 +300,195 @@ class ChestXrayData:
 
 
 def _dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+    """The in-memory pipeline: the decoded images as one tensor, shuffled by index.
+
+    Shuffling indices, not images, keeps one copy of the pixels: a shuffle buffer
+    of images would hold a second one.
+    """
     import tensorflow as tf
 
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+    pixels = tf.constant(images)
+    targets = tf.constant(labels.astype(np.int32))
+    dataset = tf.data.Dataset.range(len(labels))
     if shuffle:
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    dataset = dataset.map(lambda i: (tf.gather(pixels, i), tf.gather(targets, i)), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------------------
+# The streaming pipeline
+# ---------------------------------------------------------------------------
+
+#: ``pipeline="auto"`` streams a data set whose decoded pixels (all splits) would take
+#: more than this many bytes, and keeps smaller ones in memory: 1 GiB is about 40,000
+#: grayscale images at 160 px. The in-memory pipeline decodes once and reports every bad
+#: file before training; streaming costs the decoding again every epoch (measured in
+#: ``docs/benchmarks.md``) but its memory does not grow with the number of images.
+AUTO_STREAM_BYTES = 1 << 30
+PIPELINES = CHOICES["pipeline"]
+#: Images decoded per Python call of the streaming pipeline's decoder.
+_CHUNK = 32
+_BAD_FILE_MARKER = "keras_pneumonia.BadImageError"
+
+
+def check_headers(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
+    """``(path, problem)`` for each file whose header cannot be read; nothing is decoded.
+
+    Pillow's ``Image.open`` reads the header only (format, size, mode): empty
+    files, files that are not images, and images with more pixels than Pillow
+    decodes safely are found here, in about 0.1 ms a file. A file cut short after
+    its header is found only when it is decoded. DICOM files are checked for
+    their ``DICM`` marker only.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from keras_pneumonia.dicom import is_dicom
+
+    problems = []
+    for path in paths:
+        try:
+            if Path(path).stat().st_size == 0:
+                problems.append((str(path), "empty file (0 bytes)"))
+                continue
+            if is_dicom(path):
+                continue
+            with Image.open(path) as image:
+                width, height = image.size
+            if width < 1 or height < 1:
+                problems.append((str(path), f"image of size {width}x{height}"))
+        except FileNotFoundError:
+            problems.append((str(path), "no such file"))
+        except UnidentifiedImageError:
+            problems.append((str(path), "not an image Pillow can read"))
+        except Image.DecompressionBombError as error:
+            problems.append((str(path), f"too many pixels to decode safely ({error})"))
+        except (OSError, SyntaxError, ValueError) as error:
+            problems.append((str(path), str(error) or type(error).__name__))
+    return problems
+
+
+def bad_image_error_from(error: BaseException) -> BadImageError | None:
+    """The `BadImageError` a streaming decoder raised, from the TensorFlow error carrying it.
+
+    A file that fails to decode in the middle of an epoch stops ``fit`` with a
+    ``tf.errors.OpError`` whose message holds the file name; this gives it back as
+    the one-line-per-file `BadImageError` of the in-memory pipeline.
+    """
+    message = str(error)
+    if _BAD_FILE_MARKER not in message:
+        return None
+    problems = []
+    for line in message.split(_BAD_FILE_MARKER)[1].splitlines()[1:]:
+        if not line.startswith("  ") or ": " not in line:
+            break
+        path, why = line.strip().split(": ", 1)
+        problems.append((path, why))
+    return BadImageError(problems or [("(unknown file)", message.splitlines()[0])])
+
+
+def _stream_dataset(
+    paths: Sequence[str],
+    labels: np.ndarray,
+    *,
+    image_size: tuple[int, int],
+    color_mode: str,
+    resize: str,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    on_bad_file: str,
+    cache: str | Path | None,
+    cache_key: str,
+    shuffle_buffer: int,
+):
+    """Paths -> (shuffled) -> decoded in a parallel map -> (cached) -> batched -> prefetched.
+
+    The decoder is `~keras_pneumonia.images.load_image` (Pillow) in a
+    ``tf.numpy_function``, one call per chunk of paths: TensorFlow's
+    ``decode_jpeg(dct_method="INTEGER_ACCURATE")`` gives the same pixels as Pillow
+    (measured on the training set) but TensorFlow's resize does not (one grey level
+    off in about 7% of pixels), and the formats `load_image` reads (16-bit PNG by
+    their bit depth, EXIF orientation, DICOM) have no TensorFlow decoder; Pillow
+    releases the GIL while it decodes and resizes, so the map runs in parallel.
+    """
+    import tensorflow as tf
+
+    height, width = image_size
+    channels = 1 if color_mode == "grayscale" else 3
+
+    def decode(batch):
+        images = np.zeros((len(batch), height, width, channels), np.uint8)
+        keep = np.ones(len(batch), bool)
+        problems = []
+        for i, path in enumerate(batch):
+            path = path.decode()
+            try:
+                images[i] = load_image(path, (height, width), color_mode, resize)
+            except ValueError as error:
+                keep[i] = False
+                problems.append((path, str(error).removeprefix(f"{path}: ")))
+        if problems and on_bad_file == "raise":
+            lines = "\n".join(f"  {path}: {why}" for path, why in problems)
+            raise ValueError(f"{_BAD_FILE_MARKER}\n{lines}\n")
+        if problems:
+            logger.warning(
+                "Skipping %d unreadable image(s): %s", len(problems), "; ".join(f"{p} ({w})" for p, w in problems)
+            )
+        return images, keep
+
+    def tf_decode(batch_paths, batch_labels):
+        images, keep = tf.numpy_function(decode, [batch_paths], [tf.uint8, tf.bool], stateful=False)
+        images.set_shape((None, height, width, channels))
+        keep.set_shape((None,))
+        return tf.boolean_mask(images, keep), tf.boolean_mask(batch_labels, keep)
+
+    dataset = tf.data.Dataset.from_tensor_slices((list(paths), labels.astype(np.int32)))
+    if shuffle and cache is None:
+        # Every epoch a new order of the paths (a few bytes each), decoded as they come.
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    elif shuffle:
+        # The first epoch decodes in one random order and fills the cache; later epochs
+        # read the cache in that order, reshuffled within `shuffle_buffer` images.
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
+    dataset = dataset.batch(_CHUNK).map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.unbatch()
+    if on_bad_file == "raise":
+        # Nothing is left out (a bad file stops the epoch), so the length is known:
+        # progress bars and schedules can count steps.
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(len(paths)))
+    if cache is not None:
+        dataset = dataset.cache(_cache_file(cache, cache_key))
+        if shuffle:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _cache_file(cache: str | Path, key: str) -> str:
+    """``""`` (memory) or a file in the cache folder named by what it holds.
+
+    The name hashes the file list, labels and reading settings, so a cache written
+    at another size, colour mode or split is never read back by mistake. A lock
+    file left by a process that died while writing is removed (TensorFlow writes
+    the cache's index last, so such a cache was never complete).
+    """
+    if str(cache) == "memory":
+        return ""
+    folder = Path(cache)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = folder / key
+    for lock in folder.glob(f"{key}*.lockfile"):
+        if not Path(f"{prefix}.index").exists():
+            lock.unlink(missing_ok=True)
+    return str(prefix)
+
+
+def _cache_key(split: str, entries: Sequence[FileEntry], options: dict[str, Any]) -> str:
+    import hashlib
+
+    payload = json.dumps([split, [(e.path, e.label) for e in entries], options], sort_keys=True)
+    return f"{split}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
 def load_image_folder(
@@ -330,6 +513,18 @@ def load_image_folder(
         )
     entries = _entries(directory, directory, class_names)
     return _decode_entries(entries, directory, image_size, color_mode, resize, on_bad_file)
+
+
+def _without_bad_headers(entries: list[FileEntry], root: Path, on_bad_file: str) -> list[FileEntry]:
+    """The streaming pipeline's up-front check: headers only, bad files handled as ``on_bad_file`` says."""
+    problems = check_headers([root / e.path for e in entries])
+    if not problems:
+        return entries
+    if on_bad_file == "raise":
+        raise BadImageError(problems)
+    logger.warning("Skipping %d unreadable image(s): %s", len(problems), "; ".join(f"{p} ({w})" for p, w in problems))
+    bad = {p for p, _ in problems}
+    return [e for e in entries if str(root / e.path) not in bad]
 
 
 def _decode_entries(entries, root, image_size, color_mode, resize, on_bad_file):
@@ -363,6 +558,9 @@ def load_chest_xray(
     resize: str = "squash",
     on_bad_file: str = "raise",
     class_names: Sequence[str] = CLASS_NAMES,
+    pipeline: str = "auto",
+    cache: str | Path | None = None,
+    shuffle_buffer: int = 1024,
 ) -> ChestXrayData:
     """Builds train / validation / test datasets from the Kaggle chest X-ray layout.
 
@@ -373,9 +571,21 @@ def load_chest_xray(
     accuracy by 6 points), so by default it is pooled into the training data
     before splitting.
 
-    Every image is decoded once, in parallel with ``tf.data``, and kept in
-    memory (about 25 MB per 1,000 grayscale images at 160 px); unreadable files
-    are reported all together before any training starts.
+    Two pipelines give the same pixels (`~keras_pneumonia.load_image`'s) in the
+    same order:
+
+    - ``"memory"`` decodes every image once, in parallel with ``tf.data``, and
+      keeps them in memory (25 MB per 1,000 grayscale images at 160 px);
+      unreadable files are reported all together before any training starts.
+    - ``"stream"`` lists and splits the files without decoding them, checks their
+      headers (`check_headers`), and decodes each batch as training asks for it,
+      in a parallel ``tf.data`` map: memory stays flat however many images there
+      are. ``cache="memory"`` or ``cache="some/folder"`` keeps the decoded images
+      after the first epoch (in memory, or in a file named by the split and the
+      settings); later epochs then shuffle within ``shuffle_buffer`` images.
+
+    ``"auto"`` (the default) keeps data sets up to `AUTO_STREAM_BYTES` of pixels
+    in memory and streams larger ones.
 
     Args:
         data_dir: The Kaggle root (``train/``, optional ``val/`` and ``test/``,
@@ -392,13 +602,20 @@ def load_chest_xray(
         on_bad_file: ``"raise"`` (one error listing every bad file) or ``"skip"``
             (leave them out, with a warning naming them).
         class_names: The class folders, in label order.
+        pipeline: ``"auto"``, ``"memory"`` or ``"stream"`` (see above).
+        cache: With the streaming pipeline: ``None`` (decode every epoch),
+            ``"memory"``, or a folder for cache files.
+        shuffle_buffer: With a cache: images shuffled together in the epochs read
+            from it.
 
     Returns:
         A `ChestXrayData`.
 
     Raises:
         LayoutError: The folder layout is not usable.
-        BadImageError: Some files could not be decoded (with ``on_bad_file="raise"``).
+        BadImageError: Some files could not be decoded (with ``on_bad_file="raise"``);
+            when streaming, raised by `bad_image_error_from` for files that pass
+            the header check but fail to decode (``train`` does this).
 
     Example:
 
@@ -418,6 +635,12 @@ def load_chest_xray(
         raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"`pipeline` must be one of {PIPELINES}; received {pipeline!r}.")
+    if on_bad_file not in ("raise", "skip"):
+        raise ValueError(f"`on_bad_file` must be 'raise' or 'skip'; received {on_bad_file!r}.")
+    if cache is not None and pipeline == "memory":
+        raise ValueError("`cache` applies to the streaming pipeline; the in-memory one holds every image already.")
     size = as_size(image_size)
     root = find_kaggle_root(data_dir, class_names)
     class_names = list(class_names)
@@ -443,15 +666,11 @@ def load_chest_xray(
         train_entries, val_entries = split_by_patient(pool + given_val, validation_split, seed)
     test_entries = _entries(root / "test", root, class_names) if has_class_dirs(root / "test", class_names) else None
 
-    files: dict[str, list[FileEntry]] = {}
-    datasets: dict[str, Any] = {}
-    for split, entries in (("train", train_entries), ("val", val_entries), ("test", test_entries)):
-        if entries is None:
-            datasets[split] = None
-            continue
-        images, labels, entries = _decode_entries(entries, root, size, color_mode, resize, on_bad_file)
-        files[split] = entries
-        datasets[split] = _dataset(images, labels, batch_size, shuffle=split == "train", seed=seed)
+    splits = {"train": train_entries, "val": val_entries, "test": test_entries}
+    splits = {split: entries for split, entries in splits.items() if entries is not None}
+    channels = 1 if color_mode == "grayscale" else 3
+    pixels = sum(len(entries) for entries in splits.values()) * size[0] * size[1] * channels
+    streaming = pipeline == "stream" or (pipeline == "auto" and (pixels > AUTO_STREAM_BYTES or cache is not None))
     options = {
         "image_size": list(size),
         "color_mode": color_mode,
@@ -461,7 +680,41 @@ def load_chest_xray(
         "kaggle_val": kaggle_val,
         "resize": resize,
         "on_bad_file": on_bad_file,
+        "pipeline": "stream" if streaming else "memory",
+        "cache": None if cache is None else str(cache),
     }
+    logger.info(
+        "%s pipeline: %d images, %.2f GB of pixels",
+        options["pipeline"],
+        pixels // (size[0] * size[1] * channels),
+        pixels / 1e9,
+    )
+
+    files: dict[str, list[FileEntry]] = {}
+    datasets: dict[str, Any] = {"test": None}
+    for split, entries in splits.items():
+        if streaming:
+            entries = _without_bad_headers(entries, root, on_bad_file)
+            reading = {key: options[key] for key in ("image_size", "color_mode", "resize")}
+            datasets[split] = _stream_dataset(
+                [str(root / e.path) for e in entries],
+                np.array([e.label for e in entries], dtype=np.int32),
+                image_size=size,
+                color_mode=color_mode,
+                resize=resize,
+                batch_size=batch_size,
+                shuffle=split == "train",
+                seed=seed,
+                on_bad_file=on_bad_file,
+                cache=cache,
+                cache_key=_cache_key(split, entries, {**reading, "seed": seed}),
+                shuffle_buffer=shuffle_buffer,
+            )
+        else:
+            images, labels, entries = _decode_entries(entries, root, size, color_mode, resize, on_bad_file)
+            datasets[split] = _dataset(images, labels, batch_size, shuffle=split == "train", seed=seed)
+            del images
+        files[split] = entries
     return ChestXrayData(
         train=datasets["train"],
         val=datasets["val"],

@@ -14,6 +14,10 @@ from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 
+#: The layers' dtype policies a `PneumoniaCNN` takes (``dtype=``): float32, or mixed
+#: precision with 16-bit computation and float32 weights.
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
 HEADS = ("flatten", "avg", "max")
 NORMALIZATIONS = ("per_image", "rescale")
 DEFAULT_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
@@ -88,7 +92,14 @@ class PneumoniaCNN(keras.Model):
         backbone_weights: ``"imagenet"`` (downloaded by ``keras.applications``
             into ``$KERAS_HOME/models``, or found there), a path to a weights
             file of the backbone without its top, or ``None`` (random).
-        **kwargs: Passed to `keras.Model` (``name``, ``dtype``...).
+        dtype: The layers' dtype policy: ``None`` (Keras' global one, float32
+            unless changed), ``"float32"``, ``"mixed_bfloat16"`` or
+            ``"mixed_float16"`` (mixed precision: float32 weights, 16-bit
+            computation). The per-image standardization and the softmax stay
+            float32, so the output is float32 in every case. Saved with the
+            model; ``compile`` wraps the optimizer in Keras' loss scaling for
+            ``"mixed_float16"``.
+        **kwargs: Passed to `keras.Model` (``name``...).
 
     Examples:
 
@@ -121,6 +132,7 @@ class PneumoniaCNN(keras.Model):
         backbone_weights: str | Path | None = "imagenet",
         resize: str = "squash",
         input_check: dict | None = None,
+        dtype: str | None = None,
         **kwargs,
     ):
         from keras_pneumonia import backbones
@@ -144,11 +156,15 @@ class PneumoniaCNN(keras.Model):
             resize,
         )
 
+        policy = _dtype_policy(dtype)
+
         # === Layers ===
+        # The input statistics and the softmax in float32 whatever the policy: a per-image
+        # mean over 25,600 pixels in bfloat16 (8-bit mantissa) would be visibly off.
         if normalization == "per_image":
-            norm_layer = PerImageStandardization(name="standardize")
+            norm_layer = PerImageStandardization(name="standardize", dtype="float32")
         else:
-            norm_layer = keras.layers.Rescaling(1.0 / 255.0, name="rescale")
+            norm_layer = keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype="float32")
         aug_layers = []
         if augmentation:
             aug_layers = [
@@ -161,25 +177,25 @@ class PneumoniaCNN(keras.Model):
             block = []
             for c in range(1, convs_per_block + 1):
                 block += [
-                    keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_conv{c}"),
-                    keras.layers.BatchNormalization(name=f"block{b}_bn{c}"),
-                    keras.layers.ReLU(name=f"block{b}_relu{c}"),
+                    keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_conv{c}", dtype=policy),
+                    keras.layers.BatchNormalization(name=f"block{b}_bn{c}", dtype=policy),
+                    keras.layers.ReLU(name=f"block{b}_relu{c}", dtype=policy),
                 ]
-            block.append(keras.layers.MaxPooling2D(2, name=f"block{b}_pool"))
+            block.append(keras.layers.MaxPooling2D(2, name=f"block{b}_pool", dtype=policy))
             conv_layers.append(block)
         if head == "flatten":
-            head_layer = keras.layers.Flatten(name="flatten")
+            head_layer = keras.layers.Flatten(name="flatten", dtype=policy)
         elif head == "avg":
-            head_layer = keras.layers.GlobalAveragePooling2D(name="avg_pool")
+            head_layer = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=policy)
         else:
-            head_layer = keras.layers.GlobalMaxPooling2D(name="max_pool")
+            head_layer = keras.layers.GlobalMaxPooling2D(name="max_pool", dtype=policy)
         dense_layers = []
         for i, units in enumerate(dense_units, start=1):
             dense_layers += [
-                keras.layers.Dropout(dropout, name=f"dropout{i}"),
-                keras.layers.Dense(units, activation="relu", name=f"dense{i}"),
+                keras.layers.Dropout(dropout, name=f"dropout{i}", dtype=policy),
+                keras.layers.Dense(units, activation="relu", name=f"dense{i}", dtype=policy),
             ]
-        output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
+        output_dropout = keras.layers.Dropout(dropout, name="output_dropout", dtype=policy)
         output_layer = keras.layers.Dense(len(class_names), activation="softmax", dtype="float32", name="predictions")
 
         # === Functional Model ===
@@ -199,12 +215,18 @@ class PneumoniaCNN(keras.Model):
             if channels == 1:
                 x = keras.ops.repeat(x, 3, axis=-1)  # the backbone was trained on RGB
             weights = None if backbone_weights is None else str(backbone_weights)
-            x, feature_layers = backbones.build(backbone, x, weights)
+            x, feature_layers = backbones.build(backbone, x, weights, dtype=policy)
         x = head_layer(x)
         for layer in dense_layers:
             x = layer(x)
         outputs = output_layer(output_dropout(x))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        # Functional drops a `dtype` argument; the policy is what `compile` reads to add
+        # loss scaling for mixed_float16, and what `get_config` saves.
+        try:
+            self.dtype_policy = policy
+        except AttributeError:  # Keras < 3.2 has no setter
+            self._dtype_policy = keras.mixed_precision.DTypePolicy(policy)
 
         # === Config ===
         self.image_size = image_size
@@ -253,6 +275,7 @@ class PneumoniaCNN(keras.Model):
             "backbone_weights": None,
             "resize": self.resize,
             "input_check": dict(self.input_check),
+            "dtype": self.dtype_policy.name,
         }
         # [position, name] pairs: the position finds the layer again, because layers that
         # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.
@@ -487,6 +510,16 @@ class PneumoniaCNN(keras.Model):
         0.5
         """
         return cls.from_preset(name, **kwargs)
+
+
+def _dtype_policy(dtype: str | None) -> str:
+    """The policy name for ``dtype``; ``None`` is Keras' global policy. Unknown names fail here."""
+    import keras
+
+    name = keras.mixed_precision.global_policy().name if dtype is None else getattr(dtype, "name", dtype)
+    if name not in DTYPE_POLICIES:
+        raise ValueError(f"`dtype` must be one of {DTYPE_POLICIES} (or None); received {dtype!r}.")
+    return name
 
 
 def _validate(

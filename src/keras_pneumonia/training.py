@@ -7,6 +7,7 @@ import json
 import logging
 import platform
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -73,6 +74,10 @@ def train(
     threshold: float | str = DEFAULTS.threshold,
     model_kwargs: Mapping[str, Any] | None = None,
     class_weight: bool = DEFAULTS.class_weight,
+    pipeline: str = DEFAULTS.pipeline,
+    cache: str | Path | None = None,
+    distribute: str = DEFAULTS.distribute,
+    mixed_precision: str = DEFAULTS.mixed_precision,
     deterministic: bool = False,
     tensorboard: bool = False,
     overwrite: bool = False,
@@ -126,6 +131,17 @@ def train(
             (the release recipe of v2 uses 0.5, see the model card for why).
         model_kwargs: More `~keras_pneumonia.PneumoniaCNN` arguments (filters, head, dropout...).
         class_weight: Weight the loss by balanced class weights of the train part.
+        pipeline: ``"auto"``, ``"memory"`` or ``"stream"``: how images reach the
+            model (see `~keras_pneumonia.load_chest_xray`); ``"auto"`` streams
+            data sets too large to hold in memory.
+        cache: With streaming: ``None``, ``"memory"`` or a folder for a cache of
+            the decoded images (see `~keras_pneumonia.load_chest_xray`).
+        distribute: ``"none"``, ``"mirrored"`` (all GPUs of this machine),
+            ``"multi-worker"`` (several machines, ``TF_CONFIG``) or
+            ``"data-parallel"`` (JAX): see `keras_pneumonia.distribution`.
+            ``batch_size`` is the global batch.
+        mixed_precision: ``"none"``, ``"bfloat16"`` or ``"float16"``: the
+            model's ``dtype`` policy (``"mixed_bfloat16"``...), saved with it.
         deterministic: Ask TensorFlow for deterministic ops (slower; see the docs).
         tensorboard: Also log to ``output/tensorboard``.
         overwrite: Allow writing over a finished run in ``output``.
@@ -141,7 +157,8 @@ def train(
     from keras_pneumonia import plots
     from keras_pneumonia._io import atomic_save_model, atomic_write_text, exclusive_lock
     from keras_pneumonia.augmentation import Augmentation
-    from keras_pneumonia.data import load_chest_xray
+    from keras_pneumonia.data import bad_image_error_from, load_chest_xray
+    from keras_pneumonia.distribution import Distribution
     from keras_pneumonia.evaluation import EvaluationReport, choose_threshold, predict_proba
     from keras_pneumonia.models import PneumoniaCNN
 
@@ -150,16 +167,20 @@ def train(
     config = TrainConfig(**{field.name: settings[field.name] for field in dataclasses.fields(TrainConfig)})
     augment = None if augmentation == "none" else Augmentation.preset(augmentation)
     output = Path(output)
-    if (output / "model.keras").exists() and not (output / "backup").exists() and not overwrite:
+    # Before anything else touches TensorFlow: a multi-worker strategy must come first.
+    distribution = Distribution.create(distribute)
+    distribution.check_batch_size(batch_size)
+    run_dir = distribution.run_dir(output)  # the chief's is `output`; other workers keep their own checkpoints
+    if (run_dir / "model.keras").exists() and not (run_dir / "backup").exists() and not overwrite:
         raise FileExistsError(
             f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
         )
     # One run per folder: a second one exits at once, naming the holder's PID.
-    with exclusive_lock(output):
-        if overwrite and not (output / "backup").exists():
+    with exclusive_lock(run_dir):
+        if overwrite and not (run_dir / "backup").exists():
             # A fresh start over a finished run: its history and checkpoints go.
-            (output / "history.csv").unlink(missing_ok=True)
-            for old in (output / "checkpoints").glob("*.keras"):
+            (run_dir / "history.csv").unlink(missing_ok=True)
+            for old in (run_dir / "checkpoints").glob("*.keras"):
                 old.unlink()
         started = time.time()
 
@@ -170,9 +191,12 @@ def train(
             tf.config.experimental.enable_op_determinism()
 
         model_kwargs = dict(model_kwargs or {})
+        if mixed_precision != "none":
+            model_kwargs["dtype"] = f"mixed_{mixed_precision}"
         # The model first: a size or an architecture it cannot take fails here, not after
         # minutes of decoding, and the data is read the way the model says (its input config).
-        model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
+        with distribution.scope():
+            model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
         data = load_chest_xray(
             data_dir,
             **model.input_config.dataset_kwargs(),
@@ -181,8 +205,11 @@ def train(
             validation_split=validation_split,
             seed=seed if split_seed is None else split_seed,
             kaggle_val=kaggle_val,
+            pipeline=pipeline,
+            cache=cache,
         )
-        data.save_manifest(output / "split.json")
+        if distribution.is_chief:
+            data.save_manifest(output / "split.json")
         logger.info("Split: %s", data.counts)
 
         monitor = None
@@ -194,28 +221,48 @@ def train(
 
         lr = learning_rate
         if schedule == "cosine":
-            steps = epochs * int(data.train.cardinality())
+            steps = epochs * -(-len(data.files["train"]) // batch_size)
             lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
             callbacks = "fixed"
         optimizer_kwargs = {"learning_rate": lr, "use_ema": ema}
-        if weight_decay > 0:
-            optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
-        else:
-            optimizer = keras.optimizers.Adam(**optimizer_kwargs)
-        model.compile(optimizer=optimizer)
-        callback_list = callback_presets.preset(callbacks, run_dir=output, tensorboard=tensorboard)
+        with distribution.scope():
+            if weight_decay > 0:
+                optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
+            else:
+                optimizer = keras.optimizers.Adam(**optimizer_kwargs)
+            model.compile(optimizer=optimizer)
+        callback_list = callback_presets.preset(callbacks, run_dir=run_dir, tensorboard=tensorboard)
         if monitor is not None:
             callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
         train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
-        history = model.fit(
-            train_data,
-            validation_data=data.val,
-            epochs=epochs,
-            shuffle=False,  # data.train already reshuffles every epoch
-            class_weight=data.class_weight if class_weight else None,
-            callbacks=callback_list,
-            verbose=verbose,
-        )
+        try:
+            history = model.fit(
+                train_data,
+                validation_data=data.val,
+                epochs=epochs,
+                shuffle=False,  # data.train already reshuffles every epoch
+                class_weight=data.class_weight if class_weight else None,
+                callbacks=callback_list,
+                verbose=verbose,
+            )
+        except Exception as error:  # a streamed file that fails to decode: name it, not TensorFlow
+            bad_file = bad_image_error_from(error)
+            if bad_file is None:
+                raise
+            raise bad_file from None
+        finally:
+            distribution.close()
+        if distribution.kind != "none":
+            # Evaluate and save a plain copy: a model built in a strategy's scope splits
+            # each batch it predicts over the replicas of *every* worker.
+            model = clone_without_optimizer(model)
+        if not distribution.is_chief:
+            # This worker's share is done and the chief writes the run folder: the
+            # worker's own checkpoints (kept for a resume) go, so the run holds one model.
+            epochs_run = _epochs_in(run_dir / "history.csv")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            logger.info("Worker %d finished; the chief writes %s", distribution.worker, output)
+            return {"worker": distribution.worker, "epochs_run": epochs_run}
 
         # The threshold is chosen on validation data only, then stored in the model.
         y_val, p_val = predict_proba(model, data.val)
@@ -261,8 +308,11 @@ def train(
                 **config.to_dict(),
                 "monitor_dir": None if monitor_dir is None else str(monitor_dir),
                 "model_kwargs": model_kwargs,
+                "cache": None if cache is None else str(cache),
                 "deterministic": deterministic,
             },
+            "distribution": distribution.to_dict(),
+            "pipeline": data.options["pipeline"],
             "versions": package_versions(),
             "platform": platform.platform(),
             "argv": sys.argv,

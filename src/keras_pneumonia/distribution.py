@@ -1,0 +1,147 @@
+"""Training on several devices or machines with Keras' and TensorFlow's own engines.
+
+`Distribution` turns ``train(distribute=...)`` / ``keras-pneumonia train --distribute``
+into the engine that does the work; nothing here reimplements data parallelism.
+
+- ``"none"``: one device (Keras' default placement: the first GPU, else the CPU).
+- ``"mirrored"`` (TensorFlow backend): ``tf.distribute.MirroredStrategy`` over every
+  GPU of this machine (or every logical CPU device when there is no GPU, which is
+  how the tests run it).
+- ``"multi-worker"`` (TensorFlow backend): ``tf.distribute.MultiWorkerMirroredStrategy``,
+  one process per machine, each told the cluster and its own role by the
+  ``TF_CONFIG`` environment variable. Worker 0 (or the ``chief``) writes the run
+  folder; the others keep their checkpoints in ``RUN/workers/<index>`` so that
+  they resume too.
+- ``"data-parallel"`` (JAX backend): ``keras.distribution.DataParallel`` over every
+  JAX device of this process.
+
+In every case ``batch_size`` is the **global** batch: each of ``n`` replicas
+computes ``batch_size / n`` images per step and the gradients are averaged, so one
+epoch does the same work with the same learning rate as on one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from keras_pneumonia.config import CHOICES
+
+DISTRIBUTE_CHOICES = CHOICES["distribute"]
+_BACKENDS = {"mirrored": "tensorflow", "multi-worker": "tensorflow", "data-parallel": "jax"}
+
+
+@dataclasses.dataclass
+class Distribution:
+    """The engine of one run: its scope, its replicas, and whether this process writes the results.
+
+    Create it before anything else touches TensorFlow: ``MultiWorkerMirroredStrategy``
+    must be set up before TensorFlow initialises its runtime.
+
+    Attributes:
+        kind: One of `DISTRIBUTE_CHOICES`.
+        strategy: The ``tf.distribute`` strategy, or ``None``.
+        replicas: Devices a batch is split over (all workers together).
+        worker: This process's index among the workers (0 when alone).
+        is_chief: Whether this process writes the run folder.
+    """
+
+    kind: str
+    strategy: Any = None
+    replicas: int = 1
+    worker: int = 0
+    is_chief: bool = True
+
+    @classmethod
+    def create(cls, kind: str = "none") -> Distribution:
+        """Builds the strategy for ``kind``; errors name what is missing (backend, TF_CONFIG)."""
+        import keras
+
+        if kind not in DISTRIBUTE_CHOICES:
+            raise ValueError(f"`distribute` must be one of {DISTRIBUTE_CHOICES}; received {kind!r}.")
+        if kind == "none":
+            return cls(kind)
+        backend = keras.backend.backend()
+        if _BACKENDS[kind] != backend:
+            raise ValueError(
+                f"distribute={kind!r} runs on the {_BACKENDS[kind]} backend; this Keras runs on {backend!r} "
+                f"(set KERAS_BACKEND={_BACKENDS[kind]}, or choose "
+                f"{'mirrored' if backend == 'tensorflow' else 'data-parallel' if backend == 'jax' else 'none'})."
+            )
+        if kind == "data-parallel":
+            import jax
+
+            devices = jax.devices()
+            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            return cls(kind, replicas=len(devices))
+
+        import tensorflow as tf
+
+        if kind == "mirrored":
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+            strategy = tf.distribute.MirroredStrategy(devices=devices)
+            return cls(kind, strategy, replicas=strategy.num_replicas_in_sync)
+
+        cluster = _tf_config()
+        task = cluster["task"]
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        has_chief = "chief" in cluster["cluster"]
+        index = int(task.get("index", 0))
+        is_chief = task["type"] == "chief" or (task["type"] == "worker" and index == 0 and not has_chief)
+        worker = index + (1 if has_chief and task["type"] == "worker" else 0)
+        return cls(kind, strategy, replicas=strategy.num_replicas_in_sync, worker=worker, is_chief=is_chief)
+
+    def scope(self):
+        """The context to build and compile the model in (a no-op for one device and for JAX)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def run_dir(self, output: str | Path) -> Path:
+        """Where this process keeps its checkpoints: ``output`` for the chief, else ``output/workers/<i>``."""
+        output = Path(output)
+        return output if self.is_chief else output / "workers" / str(self.worker)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """The global batch must split evenly over the replicas."""
+        if batch_size % self.replicas:
+            raise ValueError(
+                f"batch_size {batch_size} does not split evenly over {self.replicas} replicas "
+                f"({self.kind}); choose a multiple of {self.replicas}."
+            )
+
+    def close(self) -> None:
+        """Undoes a global setting (JAX's distribution) so that later models in this process are plain."""
+        if self.kind == "data-parallel":
+            import keras
+
+            keras.distribution.set_distribution(None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``run.json`` records."""
+        return {"kind": self.kind, "replicas": self.replicas, "worker": self.worker, "is_chief": self.is_chief}
+
+
+def _tf_config() -> dict[str, Any]:
+    """The parsed ``TF_CONFIG``, checked enough to give a clear error instead of a hang."""
+    text = os.environ.get("TF_CONFIG")
+    example = (
+        'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+    )
+    if not text:
+        raise ValueError(
+            f"distribute='multi-worker' needs the TF_CONFIG environment variable on every worker, e.g. {example}"
+        )
+    try:
+        config = json.loads(text)
+        workers = config["cluster"]
+        task = config["task"]
+        task["type"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"TF_CONFIG is not valid ({error!r}); expected e.g. {example}") from None
+    if task["type"] not in workers:
+        raise ValueError(f"TF_CONFIG's task type {task['type']!r} is not in its cluster {sorted(workers)}.")
+    return config
