@@ -82,7 +82,7 @@ def test_headers_are_checked_without_decoding(kaggle_dir):
     folder = kaggle_dir / "train" / "NORMAL"
     _break(folder)
     problems = dict(check_headers(sorted(folder.iterdir())))
-    assert set(map(lambda p: Path(p).name, problems)) == {"empty.jpeg", "notes.png"}
+    assert {Path(p).name for p in problems} == {"empty.jpeg", "notes.png"}
     # The same two are refused up front by the streaming pipeline, with the in-memory pipeline's error.
     with pytest.raises(kp.BadImageError) as info:
         kp.load_chest_xray(kaggle_dir, pipeline="stream", **KW)

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline",
         choices=CHOICES["pipeline"],
         default=D.pipeline,
-        help="memory: decode once and keep; stream: decode every epoch, flat memory; auto: stream above 1 GiB of pixels",
+        help="memory: decode once, keep; stream: decode every epoch, flat memory; auto: stream above 1 GiB of pixels",
     )
     train.add_argument(
         "--cache",
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--distribute",
         choices=CHOICES["distribute"],
         default=D.distribute,
-        help="mirrored: all GPUs here; multi-worker: machines in TF_CONFIG; data-parallel: JAX devices (--batch-size is global)",
+        help="mirrored: GPUs here; multi-worker: hosts in TF_CONFIG; data-parallel: JAX devices (global --batch-size)",
     )
     train.add_argument(
         "--mixed-precision",
