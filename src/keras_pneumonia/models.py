@@ -172,13 +172,17 @@ class PneumoniaCNN(keras.Model):
                 keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", name="random_translation"),
                 keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", name="random_zoom"),
             ]
+        # Under a tf.distribute strategy, batch statistics over the global batch (as on one
+        # device), not over each replica's slice; without a strategy this changes nothing.
+        # JAX's DataParallel computes them over the global batch by itself.
+        sync_bn = keras.backend.backend() == "tensorflow"
         conv_layers = []
         for b, f in enumerate(filters, start=1):
             block = []
             for c in range(1, convs_per_block + 1):
                 block += [
                     keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_conv{c}", dtype=policy),
-                    keras.layers.BatchNormalization(name=f"block{b}_bn{c}", dtype=policy),
+                    keras.layers.BatchNormalization(name=f"block{b}_bn{c}", dtype=policy, synchronized=sync_bn),
                     keras.layers.ReLU(name=f"block{b}_relu{c}", dtype=policy),
                 ]
             block.append(keras.layers.MaxPooling2D(2, name=f"block{b}_pool", dtype=policy))
@@ -418,6 +422,45 @@ class PneumoniaCNN(keras.Model):
             in_top = self._block_index(name) >= total - n_blocks
             is_bn = isinstance(layer, keras.layers.BatchNormalization)
             layer.trainable = in_top and (batch_norm or not is_bn)
+
+    # --- Keras 3 with tf.distribute.MultiWorkerMirroredStrategy -------------------------
+    # Keras 3's `fit` fails under MultiWorkerMirroredStrategy in two places
+    # (keras-team/keras#20585, open as of Keras 3.15): it averages the batch it peeks to
+    # build the model with `strategy.reduce`, which that strategy cannot do for a batch
+    # of images, and it averages the scalar logs of each step over `axis=0`, which a
+    # scalar lacks. Written by hand because no released Keras fixes it: only the peeked
+    # batch's shapes matter (one replica's part will do), and logs of shape (1,) average
+    # to the same scalar. Nothing changes without that strategy.
+
+    def _is_multi_worker(self) -> bool:
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None:
+            return False
+        import tensorflow as tf
+
+        return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not (self._is_multi_worker() and iterator is not None):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        strategy = self._distribute_strategy
+        for _, _, batches in iterator:
+            batch = next(batches)
+            break
+        local = keras.tree.map_structure(lambda value: strategy.experimental_local_results(value)[0], batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+
+    def _logs_for_all_workers(self, logs):
+        if not self._is_multi_worker():
+            return logs
+        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def train_step(self, *args, **kwargs):
+        return self._logs_for_all_workers(super().train_step(*args, **kwargs))
+
+    def test_step(self, *args, **kwargs):
+        return self._logs_for_all_workers(super().test_step(*args, **kwargs))
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Configures the model for training, with the original script's defaults.
