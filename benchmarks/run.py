@@ -36,7 +36,29 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chest_xray_224"
+DEVELOPERS_DATA = ROOT.parent / "shared" / "data" / "chest_xray_224"
+
+
+def find_data(given: Path | None) -> Path:
+    """The Kaggle-layout folder: ``--data``, else ``$KERAS_PNEUMONIA_DATA``, else the developers' copy.
+
+    Exits with a message saying what is needed when none of them holds ``train/NORMAL``
+    and ``train/PNEUMONIA``.
+    """
+    if given:
+        candidates = [given]
+    elif os.environ.get("KERAS_PNEUMONIA_DATA"):
+        candidates = [Path(os.environ["KERAS_PNEUMONIA_DATA"])]
+    else:
+        candidates = [DEVELOPERS_DATA]
+    for candidate in candidates:
+        if all((candidate / "train" / c).is_dir() for c in ("NORMAL", "PNEUMONIA")):
+            return candidate
+    raise SystemExit(
+        "These benchmarks need chest X-rays in the Kaggle layout (train/NORMAL, train/PNEUMONIA), e.g. the "
+        "'Chest X-Ray Images (Pneumonia)' download: pass --data DIR or set KERAS_PNEUMONIA_DATA=DIR. "
+        f"Tried: {', '.join(str(c) for c in candidates)}. (--only peak, inference, resize or import need no data.)"
+    )
 
 
 def median_of(fn, repeats):
@@ -107,75 +129,63 @@ def peak_matmul_flops(repeats: int) -> float:
 # --------------------------------------------------------------------------- pipeline
 
 
+def spread(values) -> dict:
+    """Median, min and max of repeated measurements (and how many)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
 def bench_pipeline(data: Path, size: int, repeats: int) -> dict:
+    """Images/s through each pipeline, like for like, the variants interleaved in every repeat.
+
+    - ``ours_memory``: `load_chest_xray(pipeline="memory")`: ``first_pass`` decodes every
+      image (train and validation) into memory; ``epoch`` reads the training split from it.
+    - ``ours_stream``: `load_chest_xray(pipeline="stream")`: every epoch decodes again.
+    - ``keras``: `keras.utils.image_dataset_from_directory`, which decodes every epoch.
+    - ``keras_cache``: the same with ``.cache()``: ``first_pass`` decodes and fills the
+      cache, ``epoch`` reads it.
+    """
     import keras
 
     import keras_pneumonia as kp
 
-    def ours():
-        start = time.perf_counter()
-        loaded = kp.load_chest_xray(data, image_size=size, validation_split=0.1, seed=0)
-        built = time.perf_counter() - start
-        n = sum(sum(c.values()) for c in loaded.counts.values())
-        start = time.perf_counter()
-        for _ in loaded.train:
-            pass
-        for _ in loaded.val:
-            pass
-        return n / built, n / (time.perf_counter() - start)
-
-    def theirs():
-        dataset = keras.utils.image_dataset_from_directory(
-            data / "train", image_size=(size, size), color_mode="grayscale", batch_size=32, seed=0, verbose=False
-        )
-        rates = []
-        for _ in range(2):
-            start, n = time.perf_counter(), 0
-            for images, _ in dataset:
-                n += int(images.shape[0])
-            rates.append(n / (time.perf_counter() - start))
-        return tuple(rates)
-
-    def per_image_first_pass():
-        """The first implementation, kept here as the "before": one tf.numpy_function
-        call per image (tf.data's per-element overhead and the GIL dominate)."""
-        import tensorflow as tf
-
-        from keras_pneumonia.images import load_image
-
-        paths = sorted(str(p) for p in (data / "train").glob("*/*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-
-        def decode(path):
-            return load_image(path.decode(), (size, size), "grayscale")
-
-        def tf_decode(path):
-            image = tf.numpy_function(decode, [path], tf.uint8)
-            image.set_shape((size, size, 1))
-            return image
-
-        dataset = tf.data.Dataset.from_tensor_slices(paths).map(tf_decode, num_parallel_calls=tf.data.AUTOTUNE)
-        start = time.perf_counter()
-        n = sum(int(batch.shape[0]) for batch in dataset.batch(256).prefetch(tf.data.AUTOTUNE))
+    def timed(dataset) -> float:
+        start, n = time.perf_counter(), 0
+        for _, labels in dataset:
+            n += int(labels.shape[0])
         return n / (time.perf_counter() - start)
 
-    before = median_of(per_image_first_pass, repeats)[0]
-    ours_runs = [ours() for _ in range(repeats)]
-    theirs_runs = [theirs() for _ in range(repeats)]
-    result = {
-        "ours_first_pass_per_image_calls_images_per_s": before,
-        "ours_first_pass_images_per_s": statistics.median(r[0] for r in ours_runs),
-        "ours_epoch_images_per_s": statistics.median(r[1] for r in ours_runs),
-        "keras_first_pass_images_per_s": statistics.median(r[0] for r in theirs_runs),
-        "keras_epoch_images_per_s": statistics.median(r[1] for r in theirs_runs),
+    rates: dict[str, list[float]] = {}
+
+    def add(name, value):
+        rates.setdefault(name, []).append(value)
+
+    for _ in range(repeats):
+        start = time.perf_counter()
+        memory = kp.load_chest_xray(data, image_size=size, validation_split=0.1, seed=0, pipeline="memory")
+        add("ours_memory_first_pass", sum(len(f) for f in memory.files.values()) / (time.perf_counter() - start))
+        add("ours_memory_epoch", timed(memory.train))
+        del memory
+        stream = kp.load_chest_xray(data, image_size=size, validation_split=0.1, seed=0, pipeline="stream")
+        add("ours_stream_epoch", timed(stream.train))
+        theirs = keras.utils.image_dataset_from_directory(
+            data / "train", image_size=(size, size), color_mode="grayscale", batch_size=32, seed=0, verbose=False
+        )
+        add("keras_epoch", timed(theirs))
+        cached = theirs.cache()
+        add("keras_cache_first_pass", timed(cached))
+        add("keras_cache_epoch", timed(cached))
+        del cached
+    figures = {name: spread(values) for name, values in rates.items()}
+    med = {name: f["median"] for name, f in figures.items()}
+    figures["ratios"] = {
+        # Both decode every epoch.
+        "ours_stream_over_keras_epoch": med["ours_stream_epoch"] / med["keras_epoch"],
+        # Both read images decoded before.
+        "ours_memory_over_keras_cache_epoch": med["ours_memory_epoch"] / med["keras_cache_epoch"],
+        # Both decode everything once (ours: train and validation, Pillow's exact resize).
+        "ours_memory_over_keras_cache_first_pass": med["ours_memory_first_pass"] / med["keras_cache_first_pass"],
     }
-    result["pipeline_speedup"] = result["ours_epoch_images_per_s"] / result["keras_epoch_images_per_s"]
-    result["pipeline_first_pass_speedup"] = (
-        result["ours_first_pass_images_per_s"] / result["keras_first_pass_images_per_s"]
-    )
-    return result
-
-
-# --------------------------------------------------------------------------- training
+    return figures
 
 
 def bench_training(data: Path, size: int, repeats: int) -> dict:
@@ -382,49 +392,59 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (its time: README, 'More sessions')")
     parser.add_argument("--json", type=Path, help="write all figures to this JSON file")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Kaggle-layout folder (train/ is used)")
+    parser.add_argument(
+        "--data", type=Path, help="Kaggle-layout folder (train/ is used); default $KERAS_PNEUMONIA_DATA"
+    )
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--only",
-        choices=("peak", "pipeline", "training", "inference", "resize", "import", "memory"),
+        choices=("pipeline", "training", "inference", "resize", "import", "memory"),
         help="run one step (no summary), e.g. --only inference to time the released model",
     )
     args = parser.parse_args(argv)
 
     import tensorflow as tf
 
-    data = subset_dir(args.data, 160 if args.quick else None)
+    needs_data = args.only in (None, "pipeline", "training", "memory")
+    data = subset_dir(find_data(args.data), 160 if args.quick else None) if needs_data else None
     size, repeats = args.image_size, args.repeats
     results = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
         "versions": versions(),
-        "settings": {"quick": args.quick, "image_size": size, "repeats": repeats, "data": str(args.data)},
+        "settings": {"quick": args.quick, "image_size": size, "repeats": repeats, "data": str(data)},
     }
+
+    if args.quick:
+        results["settings"]["note"] = "--quick: a subset of the data; not comparable with the full run's figures"
+    # The matmul peak is sampled before every step, so it sees the machine as each step did.
+    peak_samples: list[float] = []
 
     def step(name, fn):
         if args.only and name != args.only:
             return
+        peak_samples.append(peak_matmul_flops(3))
         start = time.perf_counter()
         results[name] = fn()
         print(f"[{name}] {time.perf_counter() - start:.0f} s: {json.dumps(results[name], default=float)}", flush=True)
 
-    step("peak", lambda: {"matmul_flops_per_s": peak_matmul_flops(repeats)})
     step("pipeline", lambda: bench_pipeline(data, size, repeats))
     step("training", lambda: bench_training(data, size, repeats))
     step("inference", lambda: bench_inference(repeats))
     step("resize", lambda: bench_resize(repeats))
     step("import", lambda: bench_import(repeats))
     step("memory", lambda: bench_memory(data, size))
+    peak_samples.append(peak_matmul_flops(3))
+    results["peak"] = {"matmul_flops_per_s": spread(peak_samples)}
     if args.only:
         if args.json:
             args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
         return results
 
-    peak = results["peak"]["matmul_flops_per_s"]
+    peak = results["peak"]["matmul_flops_per_s"]["median"]
     training, inference = results["training"], results["inference"]
     results["summary"] = {
-        "pipeline_speedup": results["pipeline"]["pipeline_speedup"],
+        "pipeline_ratios": results["pipeline"]["ratios"],
         "train_speedup_vs_seed": training["train_speedup_vs_seed"],
         "inference_images_per_s": inference["inference_images_per_s"],
         "flops_utilization": {

@@ -1,0 +1,109 @@
+"""Peak memory and speed of the streaming pipeline as the data set grows: 5k, 50k, 200k images.
+
+    python benchmarks/streaming.py [--data DIR] [--sizes 5000,50000,200000] [--json benchmarks/streaming.json]
+
+Builds Kaggle-layout folders of N images from hard links to the training images
+(no copies; file names get a suffix so patients stay distinct), then, in a fresh
+process for each N (so peak RSS is that run's alone):
+
+- ``pipeline_images_per_s``: one full pass over the training split through
+  `load_chest_xray(pipeline="stream")` (list, split, header check, decode, batch);
+- ``train_images_per_s``: ``fit`` of the default `PneumoniaCNN` for a fixed number of
+  steps on that stream (the model, not N, sets this figure);
+- ``peak_rss_mb``: the process's peak resident memory after both (``ru_maxrss``);
+- ``setup_s``: listing, patient split and header check of every file.
+
+The data is found with ``--data``, else ``$KERAS_PNEUMONIA_DATA``, else
+``../shared/data/chest_xray_224`` beside the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import find_data  # noqa: E402
+
+CHILD = r"""
+import json, resource, sys, time
+import keras, keras_pneumonia as kp
+folder, steps = sys.argv[1], int(sys.argv[2])
+start = time.perf_counter()
+data = kp.load_chest_xray(folder, pipeline="stream", validation_split=0.1, seed=0)
+setup = time.perf_counter() - start
+n = len(data.files["train"])
+start = time.perf_counter()
+seen = sum(int(y.shape[0]) for _, y in data.train)
+pipeline = seen / (time.perf_counter() - start)
+keras.utils.set_random_seed(0)
+model = kp.PneumoniaCNN()
+model.compile()
+model.fit(data.train.take(3), epochs=1, verbose=0)  # tracing and warm-up
+start = time.perf_counter()
+model.fit(data.train.take(steps), epochs=1, verbose=0)
+train = steps * 32 / (time.perf_counter() - start)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"images": n + len(data.files["val"]), "train_split": n, "setup_s": setup,
+                  "pipeline_images_per_s": pipeline, "train_images_per_s": train, "peak_rss_mb": rss}))
+"""
+
+
+def build_folder(source: Path, target: Path, n: int) -> Path:
+    """``target`` with ``n`` images: hard links to ``source/train``'s, cycled, renamed per copy."""
+    files = {c: sorted((source / "train" / c).iterdir()) for c in ("NORMAL", "PNEUMONIA")}
+    total = sum(len(v) for v in files.values())
+    for name, paths in files.items():
+        folder = target / "train" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted = round(n * len(paths) / total)
+        for i in range(wanted):
+            path = paths[i % len(paths)]
+            copy = i // len(paths)
+            # person12_bacteria_3.jpeg -> person12c4_bacteria_3.jpeg: copy 4 is another patient.
+            stem, _, rest = path.name.partition("_") if name == "PNEUMONIA" else path.name.partition("-0")
+            new = f"{stem}c{copy}_{rest}" if name == "PNEUMONIA" else f"{stem}{copy:02d}-0{rest}"
+            os.link(path, folder / new)
+    return target
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--sizes", default="5000,50000,200000")
+    parser.add_argument("--steps", type=int, default=20, help="training steps timed per size (20)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    data = find_data(args.data)
+    results = {"data": str(data), "steps": args.steps, "runs": []}
+    with tempfile.TemporaryDirectory(dir=ROOT.parent) as tmp:  # same file system: hard links
+        for n in (int(s) for s in args.sizes.split(",")):
+            folder = build_folder(data, Path(tmp) / f"n{n}", n)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(folder), str(args.steps)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )
+            if out.returncode:
+                raise SystemExit(out.stderr[-3000:])
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            results["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
+    first, last = results["runs"][0], results["runs"][-1]
+    results["rss_ratio_largest_to_smallest"] = last["peak_rss_mb"] / first["peak_rss_mb"]
+    print(f"peak RSS {last['images']} vs {first['images']} images: x{results['rss_ratio_largest_to_smallest']:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
