@@ -1,5 +1,6 @@
 """Developer sessions: ``nox -s tests extras`` (the README's test command), ``matrix``, ``lint``,
-``build``, ``docs``, ``faults``, ``bench`` and ``train_release``.
+``build``, ``docs``, ``faults``, ``bench``, ``bench_streaming``, ``bench_mixed_precision`` and
+``train_release``.
 
 ``nox -l`` lists them. Sessions other than ``tests`` are slower and documented in the README.
 """
@@ -44,9 +45,15 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def extras(session: nox.Session) -> None:
-    """The tests of the optional extras, installed: DICOM input ([dicom]) and ONNX export ([export])."""
-    session.install("-e", ".[test,dicom,export]")
-    _pytest(session, "-q", "tests/test_dicom.py", "tests/test_export.py")
+    """The tests that need more installed: DICOM input ([dicom]), ONNX export ([export]), JAX's data parallelism."""
+    session.install("-e", ".[test,dicom,export]", JAX)
+    _pytest(
+        session,
+        "-q",
+        "tests/test_dicom.py",
+        "tests/test_export.py",
+        "tests/test_distribution.py::test_data_parallel_on_two_jax_devices_matches_one",
+    )
 
 
 MATRIX = [
@@ -144,6 +151,22 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     args = session.posargs or ["--json", "benchmarks/results.json"]
     session.run("python", "benchmarks/run.py", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@nox.session(name="bench_streaming")
+def bench_streaming(session: nox.Session) -> None:
+    """Peak memory and speed of the streaming pipeline at 5k, 50k and 200k images (time: README)."""
+    session.install("-e", ".")
+    args = session.posargs or ["--json", "benchmarks/streaming.json"]
+    session.run("python", "benchmarks/streaming.py", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@nox.session(name="bench_mixed_precision")
+def bench_mixed_precision(session: nox.Session) -> None:
+    """float32 against mixed_bfloat16 / mixed_float16: speed, and the released weights' metrics."""
+    session.install("-e", ".")
+    args = session.posargs or ["--json", "benchmarks/mixed_precision.json"]
+    session.run("python", "benchmarks/mixed_precision.py", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 @nox.session(name="train_release")

@@ -2,21 +2,29 @@
 
     python benchmarks/run.py [--quick] [--json out.json] [--data DIR] [--only STEP]
 
-Every figure is the median of ``--repeats`` runs (5 by default) taken in this one
-process, so ours and the alternative see the same machine state. Keys:
+Every figure is the median, min and max of ``--repeats`` runs (5 by default) taken in
+this one process, the things compared interleaved within each repeat so they see the
+same machine state. Each ratio changes one thing. Keys:
 
-- ``pipeline_speedup``: images/s of one epoch through `load_chest_xray`'s datasets
-  (decoded once, kept in memory) over `keras.utils.image_dataset_from_directory` (which
-  decodes every epoch), same size and color mode; the first pass is reported too, and
-  the first implementation's first pass (one Python call per image) as the "before".
-- ``train_speedup_vs_seed``: training images/s of the default `PneumoniaCNN` through our
-  pipeline over the seed (three conv+max-pool blocks, flatten, dense 128, softmax, fed by
-  `image_dataset_from_directory` without cache or prefetch), same image size.
-- ``inference_images_per_s``: the released model on this CPU at batch 32 (batch 1 too).
-- ``flops_utilization``: the model's FLOPs per image (counted from its layers) times the
-  measured images/s, over the peak of a large float32 matrix multiply in this process.
-- ``import_s``, ``peak_rss_mb``: import time against ``import keras``; peak memory of a
+- ``pipeline``: images/s of one pass over the training split through our pipelines
+  (in memory: first pass and epoch; streaming: epoch) and through
+  `keras.utils.image_dataset_from_directory` without and with ``.cache()`` (first pass
+  and cached epoch); ``ratios`` sets streaming against Keras without a cache (both
+  decode every epoch) and in-memory against Keras with ``.cache()`` (both read decoded
+  images; both decode once).
+- ``training``: training images/s of our default `PneumoniaCNN` and of the seed's CNN,
+  each through our pipeline and through Keras' loader (as the seed used it):
+  ``pipeline_effect`` is one model through both pipelines, ``model_effect`` both
+  models through one pipeline.
+- ``inference``: the released model on this CPU at batch 32 (batch 1 too).
+- ``peak``: a 2048x2048 float32 matmul's FLOP/s, sampled before every step and after
+  the last (median, min, max): ``flops_utilization`` divides by its median.
+- ``import``, ``memory``: import time against ``import keras``; peak memory of a
   training epoch, each in a fresh subprocess.
+
+``--quick`` runs on 160 images a class; its figures are labelled as not comparable
+with the full run's. The data is found with ``--data``, else ``$KERAS_PNEUMONIA_DATA``,
+else ``../shared/data/chest_xray_224``; without any, the steps that need it say so.
 """
 
 from __future__ import annotations
@@ -130,8 +138,15 @@ def peak_matmul_flops(repeats: int) -> float:
 
 
 def spread(values) -> dict:
-    """Median, min and max of repeated measurements (and how many)."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+    """Median, min and max of repeated measurements, how many, and each one (to see the machine's modes)."""
+    values = list(values)
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "runs": values,
+    }
 
 
 def bench_pipeline(data: Path, size: int, repeats: int) -> dict:
@@ -189,22 +204,21 @@ def bench_pipeline(data: Path, size: int, repeats: int) -> dict:
 
 
 def bench_training(data: Path, size: int, repeats: int) -> dict:
+    """Training images/s of two models through two pipelines, one epoch each, all four interleaved.
+
+    The models: our default `PneumoniaCNN` and the seed's CNN (``benchmarks/seed_recipe.py``).
+    The pipelines: ours (`load_chest_xray`, in memory) and Keras'
+    `image_dataset_from_directory` as the seed used it (decoding every epoch, no cache).
+    So ``pipeline_effect`` compares one model through both pipelines, and ``model_effect``
+    both models through one pipeline: each ratio changes one thing.
+    """
     import keras
+    from seed_recipe import seed_model  # benchmarks/ is on sys.path when this script runs
 
     import keras_pneumonia as kp
 
-    loaded = kp.load_chest_xray(data, image_size=size, validation_split=0.1, seed=0)
-    n_ours = sum(loaded.counts["train"].values())
-    ours = kp.PneumoniaCNN(image_size=size)
-    ours.compile()
-    ours.fit(loaded.train.take(3), epochs=1, verbose=0)  # warm-up: tracing
-
-    def ours_epoch():
-        start = time.perf_counter()
-        ours.fit(loaded.train, epochs=1, verbose=0, class_weight=loaded.class_weight)
-        return n_ours / (time.perf_counter() - start)
-
-    seed_data = keras.utils.image_dataset_from_directory(
+    loaded = kp.load_chest_xray(data, image_size=size, validation_split=0.1, seed=0, pipeline="memory")
+    theirs = keras.utils.image_dataset_from_directory(
         data / "train",
         image_size=(size, size),
         color_mode="grayscale",
@@ -214,33 +228,45 @@ def bench_training(data: Path, size: int, repeats: int) -> dict:
         subset="training",
         verbose=False,
     )
-    n_seed = sum(int(x.shape[0]) for x, _ in seed_data)
-    from seed_recipe import seed_model  # benchmarks/ is on sys.path when this script runs
-
-    seed = seed_model(size, channels=1)
-    seed.fit(seed_data.take(3), epochs=1, verbose=0)
-
-    def seed_epoch():
-        start = time.perf_counter()
-        seed.fit(seed_data, epochs=1, verbose=0)
-        return n_seed / (time.perf_counter() - start)
+    pipelines = {"ours": loaded.train, "keras": theirs}
+    counts = {"ours": len(loaded.files["train"]), "keras": sum(int(y.shape[0]) for _, y in theirs)}
+    models = {}
+    for model_name in ("ours", "seed"):
+        for pipeline_name, dataset in pipelines.items():
+            keras.utils.set_random_seed(0)
+            model = kp.PneumoniaCNN(image_size=size) if model_name == "ours" else seed_model(size, channels=1)
+            if model_name == "ours":
+                model.compile()
+            model.fit(dataset.take(3), epochs=1, verbose=0)  # warm-up: tracing
+            models[(model_name, pipeline_name)] = model
 
     # Epoch times on a small VM are bimodal (some epochs stall for seconds at their
-    # start, whatever the model): interleave ours and the seed, and keep every run.
-    ours_all, seed_all = [], []
+    # start, whatever the model): the four are interleaved, and every run is kept.
+    runs: dict[str, list[float]] = {f"{m}_model_{p}_pipeline": [] for m, p in models}
     for _ in range(repeats):
-        ours_all.append(ours_epoch())
-        seed_all.append(seed_epoch())
-    ours_rate, seed_rate = statistics.median(ours_all), statistics.median(seed_all)
+        for (model_name, pipeline_name), model in models.items():
+            start = time.perf_counter()
+            model.fit(pipelines[pipeline_name], epochs=1, verbose=0)
+            runs[f"{model_name}_model_{pipeline_name}_pipeline"].append(
+                counts[pipeline_name] / (time.perf_counter() - start)
+            )
+    figures = {name: spread(values) for name, values in runs.items()}
+    med = {name: f["median"] for name, f in figures.items()}
+    ours, seed = models[("ours", "ours")], models[("seed", "ours")]
     return {
-        "ours_train_images_per_s": ours_rate,
-        "seed_train_images_per_s": seed_rate,
-        "train_speedup_vs_seed": ours_rate / seed_rate,
+        "images_per_s": figures,
+        "pipeline_effect": {
+            "ours_model": med["ours_model_ours_pipeline"] / med["ours_model_keras_pipeline"],
+            "seed_model": med["seed_model_ours_pipeline"] / med["seed_model_keras_pipeline"],
+        },
+        "model_effect": {
+            "ours_pipeline": med["ours_model_ours_pipeline"] / med["seed_model_ours_pipeline"],
+            "keras_pipeline": med["ours_model_keras_pipeline"] / med["seed_model_keras_pipeline"],
+        },
         "ours_params": ours.count_params(),
         "seed_params": seed.count_params(),
         "ours_forward_flops_per_image": count_flops(ours),
         "seed_forward_flops_per_image": count_flops(seed),
-        "runs": {"ours": ours_all, "seed": seed_all},
     }
 
 
@@ -445,12 +471,19 @@ def main(argv=None) -> dict:
     training, inference = results["training"], results["inference"]
     results["summary"] = {
         "pipeline_ratios": results["pipeline"]["ratios"],
-        "train_speedup_vs_seed": training["train_speedup_vs_seed"],
+        "training_pipeline_effect": training["pipeline_effect"],
+        "training_model_effect": training["model_effect"],
         "inference_images_per_s": inference["inference_images_per_s"],
         "flops_utilization": {
             # A training step costs about 3 forward passes (forward + two for the backward).
-            "training": 3 * training["ours_forward_flops_per_image"] * training["ours_train_images_per_s"] / peak,
-            "training_seed": 3 * training["seed_forward_flops_per_image"] * training["seed_train_images_per_s"] / peak,
+            "training": 3
+            * training["ours_forward_flops_per_image"]
+            * training["images_per_s"]["ours_model_ours_pipeline"]["median"]
+            / peak,
+            "training_seed": 3
+            * training["seed_forward_flops_per_image"]
+            * training["images_per_s"]["seed_model_ours_pipeline"]["median"]
+            / peak,
             "inference": inference["forward_flops_per_image"] * inference["inference_images_per_s"] / peak,
         },
         "import_s": results["import"]["import_s"],

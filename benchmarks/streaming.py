@@ -4,14 +4,19 @@
 
 Builds Kaggle-layout folders of N images from hard links to the training images
 (no copies; file names get a suffix so patients stay distinct), then, in a fresh
-process for each N (so peak RSS is that run's alone):
+process for each N (so peak RSS is that run's alone), with ``--pipeline stream`` (the
+default; ``memory`` runs the in-memory pipeline the same way, for comparison):
 
 - ``pipeline_images_per_s``: one full pass over the training split through
   `load_chest_xray(pipeline="stream")` (list, split, header check, decode, batch);
-- ``train_images_per_s``: ``fit`` of the default `PneumoniaCNN` for a fixed number of
-  steps on that stream (the model, not N, sets this figure);
-- ``peak_rss_mb``: the process's peak resident memory after both (``ru_maxrss``);
-- ``setup_s``: listing, patient split and header check of every file.
+- ``epoch_images_per_s``: one full training epoch (``fit``) on that stream of a small
+  `PneumoniaCNN` (two blocks of 8 and 16 filters, 0.01 GFLOP an image), so that the
+  pipeline, not the convolutions, sets the pace;
+- ``train_images_per_s``: ``fit`` of the default `PneumoniaCNN` (0.83 GFLOP an image) for
+  ``--steps`` steps on that stream: the model, not N, sets this figure;
+- ``peak_rss_mb``: the process's peak resident memory after all three (``ru_maxrss``);
+- ``setup_s``: listing, patient split and header check of every file (in memory:
+  and decoding every image).
 
 The data is found with ``--data``, else ``$KERAS_PNEUMONIA_DATA``, else
 ``../shared/data/chest_xray_224`` beside the repository.
@@ -34,15 +39,21 @@ from run import find_data  # noqa: E402
 CHILD = r"""
 import json, resource, sys, time
 import keras, keras_pneumonia as kp
-folder, steps = sys.argv[1], int(sys.argv[2])
+folder, steps, pipeline = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 start = time.perf_counter()
-data = kp.load_chest_xray(folder, pipeline="stream", validation_split=0.1, seed=0)
+data = kp.load_chest_xray(folder, pipeline=pipeline, validation_split=0.1, seed=0)
 setup = time.perf_counter() - start
 n = len(data.files["train"])
 start = time.perf_counter()
 seen = sum(int(y.shape[0]) for _, y in data.train)
-pipeline = seen / (time.perf_counter() - start)
+pass_rate = seen / (time.perf_counter() - start)
 keras.utils.set_random_seed(0)
+small = kp.PneumoniaCNN(filters=(8, 16), convs_per_block=1, dense_units=())
+small.compile()
+small.fit(data.train.take(3), epochs=1, verbose=0)  # tracing
+start = time.perf_counter()
+small.fit(data.train, epochs=1, verbose=0)
+epoch = n / (time.perf_counter() - start)
 model = kp.PneumoniaCNN()
 model.compile()
 model.fit(data.train.take(3), epochs=1, verbose=0)  # tracing and warm-up
@@ -51,7 +62,8 @@ model.fit(data.train.take(steps), epochs=1, verbose=0)
 train = steps * 32 / (time.perf_counter() - start)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"images": n + len(data.files["val"]), "train_split": n, "setup_s": setup,
-                  "pipeline_images_per_s": pipeline, "train_images_per_s": train, "peak_rss_mb": rss}))
+                  "pipeline_images_per_s": pass_rate, "epoch_images_per_s": epoch, "train_images_per_s": train,
+                  "peak_rss_mb": rss}))
 """
 
 
@@ -77,16 +89,19 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path)
     parser.add_argument("--sizes", default="5000,50000,200000")
-    parser.add_argument("--steps", type=int, default=20, help="training steps timed per size (20)")
+    parser.add_argument("--steps", type=int, default=40, help="steps of the default model timed per size (40)")
+    parser.add_argument(
+        "--pipeline", choices=("stream", "memory"), default="stream", help="memory: the in-memory one, to compare"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     data = find_data(args.data)
-    results = {"data": str(data), "steps": args.steps, "runs": []}
+    results = {"data": str(data), "pipeline": args.pipeline, "steps": args.steps, "runs": []}
     with tempfile.TemporaryDirectory(dir=ROOT.parent) as tmp:  # same file system: hard links
         for n in (int(s) for s in args.sizes.split(",")):
             folder = build_folder(data, Path(tmp) / f"n{n}", n)
             out = subprocess.run(
-                [sys.executable, "-c", CHILD, str(folder), str(args.steps)],
+                [sys.executable, "-c", CHILD, str(folder), str(args.steps), args.pipeline],
                 capture_output=True,
                 text=True,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

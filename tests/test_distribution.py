@@ -149,3 +149,40 @@ def test_distribution_errors_name_what_is_missing(monkeypatch):
         Distribution.create("horovod")
     with pytest.raises(ValueError, match="multiple of 3"):
         Distribution("mirrored", replicas=3).check_batch_size(32)
+
+
+def _data_parallel_run(data, out, devices: int) -> dict:
+    """``train(distribute="data-parallel")`` on JAX in a fresh process with ``devices`` CPU devices."""
+    code = f"""
+        from keras_pneumonia.training import train
+        train({str(data)!r}, {str(out)!r}, epochs=1, distribute="data-parallel", image_size={TINY["image_size"]},
+              batch_size=8, validation_split=0.25, augmentation="none",
+              model_kwargs={{**{MODEL!r}, "dropout": 0.0}}, verbose=0)
+    """
+    env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    _python(code, env=env)
+    return json.loads((out / "run.json").read_text())["distribution"]
+
+
+def test_data_parallel_on_two_jax_devices_matches_one(kaggle_dir, tmp_path):
+    pytest.importorskip("jax")  # installed by `nox -s extras` and the matrix's jax session
+    one = _data_parallel_run(kaggle_dir, tmp_path / "one", devices=1)
+    two = _data_parallel_run(kaggle_dir, tmp_path / "two", devices=2)
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    # JAX computes on the global batch split over two devices (batch statistics too):
+    # the same sums in another order, so float32 rounding only, as for "mirrored".
+    losses = [_losses(tmp_path / name / "history.csv") for name in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert (tmp_path / "two" / "model.keras").exists()
+
+
+def test_data_parallel_batches_split_evenly_over_the_devices():
+    import tensorflow as tf
+
+    from keras_pneumonia.distribution import Distribution
+
+    dataset = tf.data.Dataset.range(11).batch(4)  # batches of 4, 4, 3
+    sizes = [int(b.shape[0]) for b in Distribution("data-parallel", replicas=2).even_batches(dataset, 11, 4)]
+    assert sizes == [4, 4, 2]  # one image left out, every batch even
+    assert Distribution("mirrored", replicas=2).even_batches(dataset, 11, 4) is dataset  # TF splits uneven ones
+    assert Distribution("data-parallel", replicas=2).even_batches(dataset.take(2), 8, 4).cardinality() == 2

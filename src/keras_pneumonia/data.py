@@ -327,6 +327,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: b
 #: file before training; streaming costs the decoding again every epoch (measured in
 #: ``docs/benchmarks.md``) but its memory does not grow with the number of images.
 AUTO_STREAM_BYTES = 1 << 30
+#: The `load_chest_xray` pipelines: ``"auto"``, ``"memory"``, ``"stream"``.
 PIPELINES = CHOICES["pipeline"]
 #: Images decoded per Python call of the streaming pipeline's decoder.
 _CHUNK = 32
@@ -515,16 +516,18 @@ def load_image_folder(
     return _decode_entries(entries, directory, image_size, color_mode, resize, on_bad_file)
 
 
-def _without_bad_headers(entries: list[FileEntry], root: Path, on_bad_file: str) -> list[FileEntry]:
+def _without_bad_headers(
+    splits: dict[str, list[FileEntry]], root: Path, on_bad_file: str
+) -> dict[str, list[FileEntry]]:
     """The streaming pipeline's up-front check: headers only, bad files handled as ``on_bad_file`` says."""
-    problems = check_headers([root / e.path for e in entries])
+    problems = check_headers([root / e.path for entries in splits.values() for e in entries])
     if not problems:
-        return entries
+        return splits
     if on_bad_file == "raise":
         raise BadImageError(problems)
     logger.warning("Skipping %d unreadable image(s): %s", len(problems), "; ".join(f"{p} ({w})" for p, w in problems))
     bad = {p for p, _ in problems}
-    return [e for e in entries if str(root / e.path) not in bad]
+    return {split: [e for e in entries if str(root / e.path) not in bad] for split, entries in splits.items()}
 
 
 def _decode_entries(entries, root, image_size, color_mode, resize, on_bad_file):
@@ -585,7 +588,7 @@ def load_chest_xray(
       settings); later epochs then shuffle within ``shuffle_buffer`` images.
 
     ``"auto"`` (the default) keeps data sets up to `AUTO_STREAM_BYTES` of pixels
-    in memory and streams larger ones.
+    in memory and streams larger ones (and any with a ``cache``).
 
     Args:
         data_dir: The Kaggle root (``train/``, optional ``val/`` and ``test/``,
@@ -690,11 +693,13 @@ def load_chest_xray(
         pixels / 1e9,
     )
 
+    if streaming:
+        # Every split's headers first, so that one error lists every bad file.
+        splits = _without_bad_headers(splits, root, on_bad_file)
     files: dict[str, list[FileEntry]] = {}
     datasets: dict[str, Any] = {"test": None}
     for split, entries in splits.items():
         if streaming:
-            entries = _without_bad_headers(entries, root, on_bad_file)
             reading = {key: options[key] for key in ("image_size", "color_mode", "resize")}
             datasets[split] = _stream_dataset(
                 [str(root / e.path) for e in entries],

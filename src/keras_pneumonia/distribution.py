@@ -31,6 +31,7 @@ from typing import Any
 
 from keras_pneumonia.config import CHOICES
 
+#: What `Distribution.create` (and ``train(distribute=...)``) takes.
 DISTRIBUTE_CHOICES = CHOICES["distribute"]
 _BACKENDS = {"mirrored": "tensorflow", "multi-worker": "tensorflow", "data-parallel": "jax"}
 
@@ -112,6 +113,22 @@ class Distribution:
                 f"batch_size {batch_size} does not split evenly over {self.replicas} replicas "
                 f"({self.kind}); choose a multiple of {self.replicas}."
             )
+
+    def even_batches(self, dataset, n: int, batch_size: int):
+        """``dataset`` (``n`` images in batches) with every batch splitting evenly over the devices.
+
+        JAX lays each batch out over the devices, so with ``"data-parallel"`` a last
+        batch that does not split evenly (523 images, 2 devices) would fail: it loses
+        up to ``replicas - 1`` images (for a shuffled training split, other ones every
+        epoch). TensorFlow's strategies split uneven batches themselves; for them, and
+        on one device, the dataset is returned unchanged.
+        """
+        keep = n - n % self.replicas
+        if self.kind != "data-parallel" or keep == n:
+            return dataset
+        import tensorflow as tf
+
+        return dataset.unbatch().take(keep).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     def close(self) -> None:
         """Undoes a global setting (JAX's distribution) so that later models in this process are plain."""

@@ -235,10 +235,11 @@ def train(
         if monitor is not None:
             callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
         train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
+        train_data = distribution.even_batches(train_data, len(data.files["train"]), batch_size)
         try:
             history = model.fit(
                 train_data,
-                validation_data=data.val,
+                validation_data=distribution.even_batches(data.val, len(data.files["val"]), batch_size),
                 epochs=epochs,
                 shuffle=False,  # data.train already reshuffles every epoch
                 class_weight=data.class_weight if class_weight else None,
