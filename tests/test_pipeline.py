@@ -135,3 +135,38 @@ def _losses(history_csv):
 
     with open(history_csv, newline="") as file:
         return [float(row["loss"]) for row in csv.DictReader(file)]
+
+
+def test_a_cache_left_half_written_by_a_killed_process_is_rebuilt(tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import KAGGLE
+
+    data = tmp_path / "data"
+    shutil.copytree(KAGGLE, data)
+    # 2,400 more images (hard links), enough that the first epoch is still being cached
+    # when the process is killed after its second batch.
+    sources = sorted((data / "train" / "PNEUMONIA").iterdir())
+    for i in range(2400):
+        os.link(sources[i % len(sources)], data / "train" / "PNEUMONIA" / f"person{900 + i}_bacteria_{i}.jpeg")
+    cache = tmp_path / "cache"
+    code = f"""
+import os, keras_pneumonia as kp
+data = kp.load_chest_xray({str(data)!r}, pipeline="stream", cache={str(cache)!r}, image_size=160)
+for step, _ in enumerate(data.train):
+    if step == 2:
+        os.kill(os.getpid(), {int(signal.SIGKILL)})
+"""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env)
+    assert killed.returncode == -signal.SIGKILL
+    assert list(cache.glob("train-*.lockfile")) and not list(cache.glob("train-*.index"))  # half-written
+    again = kp.load_chest_xray(data, pipeline="stream", cache=cache, image_size=160)
+    n = len(again.files["train"])
+    for _ in range(2):  # fills the cache, then reads it: every image, each once
+        assert sum(int(y.shape[0]) for _, y in again.train) == n
+    assert list(cache.glob("train-*.index")) and not list(cache.glob("train-*.lockfile"))
