@@ -581,13 +581,13 @@ def load_chest_xray(
       keeps them in memory (25 MB per 1,000 grayscale images at 160 px);
       unreadable files are reported all together before any training starts.
     - ``"stream"`` lists and splits the files without decoding them, checks their
-      headers (`check_headers`), and decodes each batch as training asks for it,
+      headers (`~keras_pneumonia.data.check_headers`), and decodes each batch as training asks for it,
       in a parallel ``tf.data`` map: memory stays flat however many images there
       are. ``cache="memory"`` or ``cache="some/folder"`` keeps the decoded images
       after the first epoch (in memory, or in a file named by the split and the
       settings); later epochs then shuffle within ``shuffle_buffer`` images.
 
-    ``"auto"`` (the default) keeps data sets up to `AUTO_STREAM_BYTES` of pixels
+    ``"auto"`` (the default) keeps data sets up to `~keras_pneumonia.data.AUTO_STREAM_BYTES` of pixels
     in memory and streams larger ones (and any with a ``cache``).
 
     Args:
@@ -617,7 +617,7 @@ def load_chest_xray(
     Raises:
         LayoutError: The folder layout is not usable.
         BadImageError: Some files could not be decoded (with ``on_bad_file="raise"``);
-            when streaming, raised by `bad_image_error_from` for files that pass
+            when streaming, raised by `~keras_pneumonia.data.bad_image_error_from` for files that pass
             the header check but fail to decode (``train`` does this).
 
     Example:
