@@ -37,35 +37,48 @@ def _losses(history_csv):
         return [float(row["loss"]) for row in csv.DictReader(file)]
 
 
-def _mirrored_run(data, out, devices: int) -> dict:
-    """``train(distribute="mirrored")`` in a fresh process whose CPU is split into ``devices`` logical devices."""
-    code = f"""
-        import json, tensorflow as tf
+def _one_epoch(kind: str, data, out, devices: int) -> dict:
+    """One epoch of ``train(distribute=kind)`` in a fresh process with ``devices`` devices.
+
+    ``"mirrored"``: the CPU split into logical TensorFlow devices; ``"data-parallel"``:
+    JAX with that many host devices.
+    """
+    setup, env = "", None
+    if kind == "mirrored":
+        setup = f"""
+        import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * {devices})"""
+    else:
+        env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    code = f"""{setup}
         from keras_pneumonia.training import train
-        train({str(data)!r}, {str(out)!r}, epochs=1, distribute="mirrored", image_size={TINY["image_size"]},
+        train({str(data)!r}, {str(out)!r}, epochs=1, distribute={kind!r}, image_size={TINY["image_size"]},
               batch_size=8, validation_split=0.25, augmentation="none",
               model_kwargs={{**{MODEL!r}, "dropout": 0.0}}, verbose=0)
     """
-    _python(code)
+    _python(code, env=env)
     return json.loads((out / "run.json").read_text())["distribution"]
+
+
+def _one_and_two_devices_agree(kind, data, tmp_path):
+    one = _one_epoch(kind, data, tmp_path / "one", devices=1)
+    two = _one_epoch(kind, data, tmp_path / "two", devices=2)
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    losses = [_losses(tmp_path / name / "history.csv") for name in ("one", "two")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert (tmp_path / "two" / "model.keras").exists()
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="tf.distribute")
 def test_mirrored_on_two_devices_matches_one_device_with_the_same_global_batch(kaggle_dir, tmp_path):
-    one = _mirrored_run(kaggle_dir, tmp_path / "one", devices=1)
-    two = _mirrored_run(kaggle_dir, tmp_path / "two", devices=2)
-    assert (one["replicas"], two["replicas"]) == (1, 2)
     # Each of the two replicas takes 4 of the 8 images, the gradients are averaged and the
     # batch statistics synchronised: the same arithmetic in another order, so float32
     # rounding only (measured: 1e-7 relative; 1e-4 leaves room). Per-replica batch
     # statistics or another image order would move it by about 1e-2 (measured 1.4e-2).
     # Both runs use the strategy: without one, Keras does not peek a batch before the
     # first epoch, so the first epoch would see the next shuffle of the images.
-    losses = [_losses(tmp_path / name / "history.csv") for name in ("one", "two")]
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
-    assert (tmp_path / "two" / "model.keras").exists()
+    _one_and_two_devices_agree("mirrored", kaggle_dir, tmp_path)
 
 
 def _free_ports(n):
@@ -151,29 +164,11 @@ def test_distribution_errors_name_what_is_missing(monkeypatch):
         Distribution("mirrored", replicas=3).check_batch_size(32)
 
 
-def _data_parallel_run(data, out, devices: int) -> dict:
-    """``train(distribute="data-parallel")`` on JAX in a fresh process with ``devices`` CPU devices."""
-    code = f"""
-        from keras_pneumonia.training import train
-        train({str(data)!r}, {str(out)!r}, epochs=1, distribute="data-parallel", image_size={TINY["image_size"]},
-              batch_size=8, validation_split=0.25, augmentation="none",
-              model_kwargs={{**{MODEL!r}, "dropout": 0.0}}, verbose=0)
-    """
-    env = {"KERAS_BACKEND": "jax", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    _python(code, env=env)
-    return json.loads((out / "run.json").read_text())["distribution"]
-
-
 def test_data_parallel_on_two_jax_devices_matches_one(kaggle_dir, tmp_path):
     pytest.importorskip("jax")  # installed by `nox -s extras` and the matrix's jax session
-    one = _data_parallel_run(kaggle_dir, tmp_path / "one", devices=1)
-    two = _data_parallel_run(kaggle_dir, tmp_path / "two", devices=2)
-    assert (one["replicas"], two["replicas"]) == (1, 2)
     # JAX computes on the global batch split over two devices (batch statistics too):
     # the same sums in another order, so float32 rounding only, as for "mirrored".
-    losses = [_losses(tmp_path / name / "history.csv") for name in ("one", "two")]
-    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
-    assert (tmp_path / "two" / "model.keras").exists()
+    _one_and_two_devices_agree("data-parallel", kaggle_dir, tmp_path)
 
 
 def test_data_parallel_batches_split_evenly_over_the_devices():

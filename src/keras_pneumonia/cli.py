@@ -360,7 +360,10 @@ def _cmd_train(args) -> int:
         if split in report:
             print(f"\n{split} ({report[split]['n']} images), threshold {report['threshold']:.4f}:")
             print(EvaluationReport.from_dict(report[split]).to_markdown())
-    print(f"\nRun written to {args.output}")
+    if "worker" in report:  # a multi-worker run's other workers: worker 0 writes the folder
+        print(f"Worker {report['worker']} finished; worker 0 writes {args.output}")
+    else:
+        print(f"\nRun written to {args.output}")
     return 0
 
 

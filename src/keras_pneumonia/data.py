@@ -472,7 +472,8 @@ def _cache_file(cache: str | Path, key: str) -> str:
     The name hashes the file list, labels and reading settings, so a cache written
     at another size, colour mode or split is never read back by mistake. A lock
     file left by a process that died while writing is removed (TensorFlow writes
-    the cache's index last, so such a cache was never complete).
+    the cache's index last, so such a cache was never complete). One process at a
+    time may fill a given cache; once complete, any number may read it.
     """
     if str(cache) == "memory":
         return ""

@@ -169,159 +169,164 @@ def train(
     output = Path(output)
     # Before anything else touches TensorFlow: a multi-worker strategy must come first.
     distribution = Distribution.create(distribute)
-    distribution.check_batch_size(batch_size)
-    run_dir = distribution.run_dir(output)  # the chief's is `output`; other workers keep their own checkpoints
-    if (run_dir / "model.keras").exists() and not (run_dir / "backup").exists() and not overwrite:
-        raise FileExistsError(
-            f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
-        )
-    # One run per folder: a second one exits at once, naming the holder's PID.
-    with exclusive_lock(run_dir):
-        if overwrite and not (run_dir / "backup").exists():
-            # A fresh start over a finished run: its history and checkpoints go.
-            (run_dir / "history.csv").unlink(missing_ok=True)
-            for old in (run_dir / "checkpoints").glob("*.keras"):
-                old.unlink()
-        started = time.time()
+    try:
+        distribution.check_batch_size(batch_size)
+        run_dir = distribution.run_dir(output)  # the chief's is `output`; other workers keep their own checkpoints
+        if (run_dir / "model.keras").exists() and not (run_dir / "backup").exists() and not overwrite:
+            raise FileExistsError(
+                f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
+            )
+        # One run per folder: a second one exits at once, naming the holder's PID.
+        with exclusive_lock(run_dir):
+            if overwrite and not (run_dir / "backup").exists():
+                # A fresh start over a finished run: its history and checkpoints go.
+                (run_dir / "history.csv").unlink(missing_ok=True)
+                for old in (run_dir / "checkpoints").glob("*.keras"):
+                    old.unlink()
+            started = time.time()
 
-        keras.utils.set_random_seed(seed)
-        if deterministic:
-            import tensorflow as tf
+            keras.utils.set_random_seed(seed)
+            if deterministic:
+                import tensorflow as tf
 
-            tf.config.experimental.enable_op_determinism()
+                tf.config.experimental.enable_op_determinism()
 
-        model_kwargs = dict(model_kwargs or {})
-        if mixed_precision != "none":
-            model_kwargs["dtype"] = f"mixed_{mixed_precision}"
-        # The model first: a size or an architecture it cannot take fails here, not after
-        # minutes of decoding, and the data is read the way the model says (its input config).
-        with distribution.scope():
-            model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
-        data = load_chest_xray(
-            data_dir,
-            **model.input_config.dataset_kwargs(),
-            class_names=model.class_names,
-            batch_size=batch_size,
-            validation_split=validation_split,
-            seed=seed if split_seed is None else split_seed,
-            kaggle_val=kaggle_val,
-            pipeline=pipeline,
-            cache=cache,
-        )
-        if distribution.is_chief:
-            data.save_manifest(output / "split.json")
-        logger.info("Split: %s", data.counts)
+            model_kwargs = dict(model_kwargs or {})
+            if mixed_precision != "none":
+                model_kwargs["dtype"] = f"mixed_{mixed_precision}"
+            # The model first: a size or an architecture it cannot take fails here, not after
+            # minutes of decoding, and the data is read the way the model says (its input config).
+            with distribution.scope():
+                model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
+            data = load_chest_xray(
+                data_dir,
+                **model.input_config.dataset_kwargs(),
+                class_names=model.class_names,
+                batch_size=batch_size,
+                validation_split=validation_split,
+                seed=seed if split_seed is None else split_seed,
+                kaggle_val=kaggle_val,
+                pipeline=pipeline,
+                cache=cache,
+            )
+            if distribution.is_chief:
+                data.save_manifest(output / "split.json")
+            logger.info("Split: %s", data.counts)
 
-        monitor = None
-        if monitor_dir is not None:
-            from keras_pneumonia.data import load_image_folder
+            monitor = None
+            if monitor_dir is not None:
+                from keras_pneumonia.data import load_image_folder
 
-            reading = model.input_config.dataset_kwargs()
-            monitor = load_image_folder(monitor_dir, **reading, class_names=model.class_names)[:2]
+                reading = model.input_config.dataset_kwargs()
+                monitor = load_image_folder(monitor_dir, **reading, class_names=model.class_names)[:2]
 
-        lr = learning_rate
-        if schedule == "cosine":
-            steps = epochs * -(-len(data.files["train"]) // batch_size)
-            lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-            callbacks = "fixed"
-        optimizer_kwargs = {"learning_rate": lr, "use_ema": ema}
-        with distribution.scope():
-            if weight_decay > 0:
-                optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
+            lr = learning_rate
+            if schedule == "cosine":
+                steps = epochs * -(-len(data.files["train"]) // batch_size)
+                lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
+                callbacks = "fixed"
+            optimizer_kwargs = {"learning_rate": lr, "use_ema": ema}
+            with distribution.scope():
+                if weight_decay > 0:
+                    optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
+                else:
+                    optimizer = keras.optimizers.Adam(**optimizer_kwargs)
+                model.compile(optimizer=optimizer)
+            callback_list = callback_presets.preset(callbacks, run_dir=run_dir, tensorboard=tensorboard)
+            if monitor is not None:
+                callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
+            train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
+            train_data = distribution.even_batches(train_data, len(data.files["train"]), batch_size)
+            try:
+                history = model.fit(
+                    train_data,
+                    validation_data=distribution.even_batches(data.val, len(data.files["val"]), batch_size),
+                    epochs=epochs,
+                    shuffle=False,  # data.train already reshuffles every epoch
+                    class_weight=data.class_weight if class_weight else None,
+                    callbacks=callback_list,
+                    verbose=verbose,
+                )
+            except Exception as error:  # a streamed file that fails to decode: name it, not TensorFlow
+                bad_file = bad_image_error_from(error)
+                if bad_file is None:
+                    raise
+                raise bad_file from None
+            finally:
+                distribution.close()
+            if distribution.kind != "none":
+                # Evaluate and save a plain copy: a model built in a strategy's scope splits
+                # each batch it predicts over the replicas of *every* worker.
+                model = clone_without_optimizer(model)
+            if not distribution.is_chief:
+                # This worker's share is done and the chief writes the run folder: the
+                # worker's own checkpoints (kept for a resume) go, so the run holds one model.
+                epochs_run = _epochs_in(run_dir / "history.csv")
+                shutil.rmtree(run_dir, ignore_errors=True)
+                logger.info("Worker %d finished; the chief writes %s", distribution.worker, output)
+                return {"worker": distribution.worker, "epochs_run": epochs_run}
+
+            # The threshold is chosen on validation data only, then stored in the model.
+            y_val, p_val = predict_proba(model, data.val)
+            chosen = choose_threshold(model, scores=(y_val, p_val), apply=threshold == "youden")
+            if threshold == "youden":
+                threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
             else:
-                optimizer = keras.optimizers.Adam(**optimizer_kwargs)
-            model.compile(optimizer=optimizer)
-        callback_list = callback_presets.preset(callbacks, run_dir=run_dir, tensorboard=tensorboard)
-        if monitor is not None:
-            callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
-        train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
-        train_data = distribution.even_batches(train_data, len(data.files["train"]), batch_size)
-        try:
-            history = model.fit(
-                train_data,
-                validation_data=distribution.even_batches(data.val, len(data.files["val"]), batch_size),
-                epochs=epochs,
-                shuffle=False,  # data.train already reshuffles every epoch
-                class_weight=data.class_weight if class_weight else None,
-                callbacks=callback_list,
-                verbose=verbose,
-            )
-        except Exception as error:  # a streamed file that fails to decode: name it, not TensorFlow
-            bad_file = bad_image_error_from(error)
-            if bad_file is None:
-                raise
-            raise bad_file from None
-        finally:
-            distribution.close()
-        if distribution.kind != "none":
-            # Evaluate and save a plain copy: a model built in a strategy's scope splits
-            # each batch it predicts over the replicas of *every* worker.
-            model = clone_without_optimizer(model)
-        if not distribution.is_chief:
-            # This worker's share is done and the chief writes the run folder: the
-            # worker's own checkpoints (kept for a resume) go, so the run holds one model.
-            epochs_run = _epochs_in(run_dir / "history.csv")
-            shutil.rmtree(run_dir, ignore_errors=True)
-            logger.info("Worker %d finished; the chief writes %s", distribution.worker, output)
-            return {"worker": distribution.worker, "epochs_run": epochs_run}
+                model.threshold = float(threshold)
+                threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {chosen:.4f})"
+            reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
+            predictions = {"val": (y_val, p_val)}
+            if data.test is not None:
+                predictions["test"] = predict_proba(model, data.test)
+                reports["test"] = EvaluationReport.from_predictions(
+                    *predictions["test"], model.threshold, data.class_names
+                )
+            if monitor is not None:
+                predictions["monitor"] = predict_proba(model, monitor)
+                reports["monitor"] = EvaluationReport.from_predictions(
+                    *predictions["monitor"], model.threshold, data.class_names
+                )
 
-        # The threshold is chosen on validation data only, then stored in the model.
-        y_val, p_val = predict_proba(model, data.val)
-        chosen = choose_threshold(model, scores=(y_val, p_val), apply=threshold == "youden")
-        if threshold == "youden":
-            threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
-        else:
-            model.threshold = float(threshold)
-            threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {chosen:.4f})"
-        reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
-        predictions = {"val": (y_val, p_val)}
-        if data.test is not None:
-            predictions["test"] = predict_proba(model, data.test)
-            reports["test"] = EvaluationReport.from_predictions(*predictions["test"], model.threshold, data.class_names)
-        if monitor is not None:
-            predictions["monitor"] = predict_proba(model, monitor)
-            reports["monitor"] = EvaluationReport.from_predictions(
-                *predictions["monitor"], model.threshold, data.class_names
-            )
+            atomic_save_model(clone_without_optimizer(model), output / "model.keras")
+            if (output / "history.csv").exists():
+                plots.plot_history(output / "history.csv", output / "history.png")
+            for split, (y, p) in predictions.items():
+                plots.plot_roc(y, p, output / f"roc_{split}.png", threshold=model.threshold)
+                plots.plot_confusion_matrix(
+                    reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png"
+                )
 
-        atomic_save_model(clone_without_optimizer(model), output / "model.keras")
-        if (output / "history.csv").exists():
-            plots.plot_history(output / "history.csv", output / "history.png")
-        for split, (y, p) in predictions.items():
-            plots.plot_roc(y, p, output / f"roc_{split}.png", threshold=model.threshold)
-            plots.plot_confusion_matrix(
-                reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png"
-            )
-
-        report = {
-            "threshold": model.threshold,
-            "threshold_rule": threshold_rule,
-            # Every epoch of the run, those before an interruption too (history.csv appends).
-            "epochs_run": _epochs_in(output / "history.csv") or len(history.history.get("loss", [])),
-            "counts": data.counts,
-            **{split: r.to_dict() for split, r in reports.items()},
-        }
-        atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
-        run = {
-            "command": shlex.join(command) if command else None,
-            "arguments": {
-                "data_dir": str(data_dir),
-                **config.to_dict(),
-                "monitor_dir": None if monitor_dir is None else str(monitor_dir),
-                "model_kwargs": model_kwargs,
-                "cache": None if cache is None else str(cache),
-                "deterministic": deterministic,
-            },
-            "distribution": distribution.to_dict(),
-            "pipeline": data.options["pipeline"],
-            "versions": package_versions(),
-            "platform": platform.platform(),
-            "argv": sys.argv,
-            "wall_time_s": round(time.time() - started, 1),
-            "model_params": model.count_params(),
-        }
-        atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
-        return report
+            report = {
+                "threshold": model.threshold,
+                "threshold_rule": threshold_rule,
+                # Every epoch of the run, those before an interruption too (history.csv appends).
+                "epochs_run": _epochs_in(output / "history.csv") or len(history.history.get("loss", [])),
+                "counts": data.counts,
+                **{split: r.to_dict() for split, r in reports.items()},
+            }
+            atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
+            run = {
+                "command": shlex.join(command) if command else None,
+                "arguments": {
+                    "data_dir": str(data_dir),
+                    **config.to_dict(),
+                    "monitor_dir": None if monitor_dir is None else str(monitor_dir),
+                    "model_kwargs": model_kwargs,
+                    "cache": None if cache is None else str(cache),
+                    "deterministic": deterministic,
+                },
+                "distribution": distribution.to_dict(),
+                "pipeline": data.options["pipeline"],
+                "versions": package_versions(),
+                "platform": platform.platform(),
+                "argv": sys.argv,
+                "wall_time_s": round(time.time() - started, 1),
+                "model_params": model.count_params(),
+            }
+            atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
+            return report
+    finally:
+        distribution.close()  # JAX's distribution is global: later models in this process are plain
 
 
 #: The fine-tuning recipes of `fine_tune`, kept as data. ``"two_stage"``: the head
