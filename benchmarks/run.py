@@ -65,7 +65,7 @@ def find_data(given: Path | None) -> Path:
     raise SystemExit(
         "These benchmarks need chest X-rays in the Kaggle layout (train/NORMAL, train/PNEUMONIA), e.g. the "
         "'Chest X-Ray Images (Pneumonia)' download: pass --data DIR or set KERAS_PNEUMONIA_DATA=DIR. "
-        f"Tried: {', '.join(str(c) for c in candidates)}. (--only peak, inference, resize or import need no data.)"
+        f"Tried: {', '.join(str(c) for c in candidates)}. (run.py --only inference, resize or import needs no data.)"
     )
 
 
