@@ -46,28 +46,42 @@ class LayoutError(ValueError):
     """Raised when a folder does not have the expected chest X-ray layout."""
 
 
-def _decode_many(paths: Sequence[str], image_size, color_mode: str, resize: str, chunk: int = 32):
-    """Decodes many files in parallel with tf.data; returns (images, errors).
+#: Images decoded per Python call (`_decode_chunk`), in both pipelines.
+_CHUNK = 32
 
-    Each tf.data element is a chunk of ``chunk`` paths decoded by one Python call:
-    Pillow releases the GIL while it decodes and resizes, and one call per chunk
-    instead of per image keeps tf.data's per-element overhead out of the way.
+
+def _decode_chunk(batch, height: int, width: int, channels: int, color_mode: str, resize: str):
+    """Decodes a chunk of paths (bytes, as ``tf.numpy_function`` hands them) with `load_image`.
+
+    Returns ``(images, problems)``: ``uint8`` images (zeros where a file failed) and
+    ``(index, path, why)`` for each file that failed. Both pipelines decode through
+    this, one Python call per chunk: Pillow releases the GIL while it decodes and
+    resizes, and one call per chunk instead of per image keeps tf.data's
+    per-element overhead out of the way.
     """
+    images = np.zeros((len(batch), height, width, channels), np.uint8)
+    problems = []
+    for i, path in enumerate(batch):
+        path = path.decode()
+        try:
+            images[i] = load_image(path, (height, width), color_mode, resize)
+        except ValueError as error:
+            problems.append((i, path, str(error).removeprefix(f"{path}: ")))
+    return images, problems
+
+
+def _decode_many(paths: Sequence[str], image_size, color_mode: str, resize: str, chunk: int = _CHUNK):
+    """Decodes many files in parallel with tf.data (`_decode_chunk`); returns (images, errors)."""
     import tensorflow as tf
 
     height, width = as_size(image_size)
     channels = 1 if color_mode == "grayscale" else 3
 
     def decode(batch):
-        images = np.zeros((len(batch), height, width, channels), np.uint8)
-        errors = []
-        for i, path in enumerate(batch):
-            path = path.decode()
-            try:
-                images[i] = load_image(path, (height, width), color_mode, resize)
-                errors.append(b"")
-            except ValueError as error:
-                errors.append(str(error).removeprefix(f"{path}: ").encode())
+        images, problems = _decode_chunk(batch, height, width, channels, color_mode, resize)
+        errors = [b""] * len(batch)
+        for i, _, why in problems:
+            errors[i] = why.encode()
         return images, np.array(errors, dtype=object)
 
     def tf_decode(batch):
@@ -329,8 +343,6 @@ def _dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: b
 AUTO_STREAM_BYTES = 1 << 30
 #: The `load_chest_xray` pipelines: ``"auto"``, ``"memory"``, ``"stream"``.
 PIPELINES = CHOICES["pipeline"]
-#: Images decoded per Python call of the streaming pipeline's decoder.
-_CHUNK = 32
 _BAD_FILE_MARKER = "keras_pneumonia.BadImageError"
 
 
@@ -339,7 +351,8 @@ def check_headers(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
 
     Pillow's ``Image.open`` reads the header only (format, size, mode): empty
     files, files that are not images, and images with more pixels than Pillow
-    decodes safely are found here, in about 0.1 ms a file. A file cut short after
+    decodes safely are found here, in under 0.1 ms a file (``setup_s`` in
+    ``benchmarks/streaming.json``: listing, split and headers). A file cut short after
     its header is found only when it is decoded. DICOM files are checked for
     their ``DICM`` marker only.
     """
@@ -409,8 +422,8 @@ def _stream_dataset(
     The decoder is `~keras_pneumonia.images.load_image` (Pillow) in a
     ``tf.numpy_function``, one call per chunk of paths: TensorFlow's
     ``decode_jpeg(dct_method="INTEGER_ACCURATE")`` gives the same pixels as Pillow
-    (measured on the training set) but TensorFlow's resize does not (one grey level
-    off in about 7% of pixels), and the formats `load_image` reads (16-bit PNG by
+    (measured on the training set) but TensorFlow's resize does not (16% of pixels
+    differ at 160 px; ``benchmarks/decoders.py``), and the formats `load_image` reads (16-bit PNG by
     their bit depth, EXIF orientation, DICOM) have no TensorFlow decoder; Pillow
     releases the GIL while it decodes and resizes, so the map runs in parallel.
     """
@@ -420,22 +433,15 @@ def _stream_dataset(
     channels = 1 if color_mode == "grayscale" else 3
 
     def decode(batch):
-        images = np.zeros((len(batch), height, width, channels), np.uint8)
+        images, problems = _decode_chunk(batch, height, width, channels, color_mode, resize)
         keep = np.ones(len(batch), bool)
-        problems = []
-        for i, path in enumerate(batch):
-            path = path.decode()
-            try:
-                images[i] = load_image(path, (height, width), color_mode, resize)
-            except ValueError as error:
-                keep[i] = False
-                problems.append((path, str(error).removeprefix(f"{path}: ")))
+        keep[[i for i, _, _ in problems]] = False
         if problems and on_bad_file == "raise":
-            lines = "\n".join(f"  {path}: {why}" for path, why in problems)
+            lines = "\n".join(f"  {path}: {why}" for _, path, why in problems)
             raise ValueError(f"{_BAD_FILE_MARKER}\n{lines}\n")
         if problems:
             logger.warning(
-                "Skipping %d unreadable image(s): %s", len(problems), "; ".join(f"{p} ({w})" for p, w in problems)
+                "Skipping %d unreadable image(s): %s", len(problems), "; ".join(f"{p} ({w})" for _, p, w in problems)
             )
         return images, keep
 
