@@ -1,11 +1,13 @@
 """Peak memory and speed of the streaming pipeline as the data set grows: 5k, 50k, 200k images.
 
-    python benchmarks/streaming.py [--data DIR] [--sizes 5000,50000,200000] [--json benchmarks/streaming.json]
+    python benchmarks/streaming.py [--data DIR] [--sizes 5000,50000,200000] [--repeats 5] [--json F]
 
 Builds Kaggle-layout folders of N images from hard links to the training images
 (no copies; file names get a suffix so patients stay distinct), then, in a fresh
 process for each N (so peak RSS is that run's alone), with ``--pipeline stream`` (the
-default; ``memory`` runs the in-memory pipeline the same way, for comparison):
+default; ``memory`` runs the in-memory pipeline the same way, for comparison). The
+sizes are interleaved in each of ``--repeats`` rounds (5), so a slow spell of the
+machine hits every size; each figure is reported as median, min and max:
 
 - ``pipeline_images_per_s``: one full pass over the training split through
   `load_chest_xray(pipeline="stream")` (list, split, header check, decode, batch);
@@ -34,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import find_data  # noqa: E402
+from run import find_data, spread  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -89,6 +91,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path)
     parser.add_argument("--sizes", default="5000,50000,200000")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds over all sizes, interleaved (5)")
     parser.add_argument("--steps", type=int, default=40, help="steps of the default model timed per size (40)")
     parser.add_argument(
         "--pipeline", choices=("stream", "memory"), default="stream", help="memory: the in-memory one, to compare"
@@ -96,25 +99,36 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     data = find_data(args.data)
-    results = {"data": str(data), "pipeline": args.pipeline, "steps": args.steps, "runs": []}
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results = {"data": str(data), "pipeline": args.pipeline, "steps": args.steps, "repeats": args.repeats, "runs": []}
     with tempfile.TemporaryDirectory(dir=ROOT.parent) as tmp:  # same file system: hard links
-        for n in (int(s) for s in args.sizes.split(",")):
-            folder = build_folder(data, Path(tmp) / f"n{n}", n)
-            out = subprocess.run(
-                [sys.executable, "-c", CHILD, str(folder), str(args.steps), args.pipeline],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            )
-            if out.returncode:
-                raise SystemExit(out.stderr[-3000:])
-            run = json.loads(out.stdout.strip().splitlines()[-1])
-            results["runs"].append(run)
-            print(json.dumps(run), flush=True)
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
-    first, last = results["runs"][0], results["runs"][-1]
-    results["rss_ratio_largest_to_smallest"] = last["peak_rss_mb"] / first["peak_rss_mb"]
-    print(f"peak RSS {last['images']} vs {first['images']} images: x{results['rss_ratio_largest_to_smallest']:.2f}")
+        folders = {n: build_folder(data, Path(tmp) / f"n{n}", n) for n in sizes}
+        for repeat in range(args.repeats):
+            for n in sizes:
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD, str(folders[n]), str(args.steps), args.pipeline],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                )
+                if out.returncode:
+                    raise SystemExit(out.stderr[-3000:])
+                run = {"size": n, "repeat": repeat, **json.loads(out.stdout.strip().splitlines()[-1])}
+                results["runs"].append(run)
+                print(json.dumps(run), flush=True)
+                if args.json:  # as it goes: a long run stopped half-way keeps what it measured
+                    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    metrics = [k for k in results["runs"][0] if k not in ("size", "repeat", "images", "train_split")]
+    results["sizes"] = {
+        str(n): {k: spread(r[k] for r in results["runs"] if r["size"] == n) for k in metrics} for n in sizes
+    }
+    first, last = results["sizes"][str(sizes[0])]["peak_rss_mb"], results["sizes"][str(sizes[-1])]["peak_rss_mb"]
+    results["rss_ratio_largest_to_smallest"] = last["median"] / first["median"]
+    results["rss_ratio_worst_case"] = last["max"] / first["min"]
+    print(
+        f"peak RSS {sizes[-1]} vs {sizes[0]} images: x{results['rss_ratio_largest_to_smallest']:.2f} (medians),"
+        f" x{results['rss_ratio_worst_case']:.2f} (largest max / smallest min)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return results
