@@ -44,6 +44,7 @@ def main(argv=None):
         epochs=args.epochs,
         class_weight=data.class_weight,
         callbacks=callbacks.preset("default", run_dir=args.output),
+        shuffle=False,  # data.train reshuffles itself every epoch; Keras warns that it cannot
     )
     choose_threshold(model, data.val)  # Youden's J on the validation split, stored in the model
     model.save(args.output / "model.keras")

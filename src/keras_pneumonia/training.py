@@ -409,6 +409,7 @@ def fine_tune(
             class_weight=weights,
             callbacks=callback_presets.preset(callbacks, run_dir=run_dir / folder),
             verbose=verbose,
+            shuffle=False,  # data.train already reshuffles every epoch
         ).history
 
     head_file = run_dir / "head" / "model.keras"
