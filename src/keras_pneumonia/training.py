@@ -252,8 +252,7 @@ def train(
                 if bad_file is None:
                     raise
                 raise bad_file from None
-            finally:
-                distribution.close()
+            distribution.close()  # from here on plain models (on failure, the outer `finally` closes it)
             if distribution.kind != "none":
                 # Evaluate and save a plain copy: a model built in a strategy's scope splits
                 # each batch it predicts over the replicas of *every* worker.
