@@ -58,3 +58,47 @@ def test_apply_to_dataset_changes_every_epoch_and_keeps_labels():
 def test_unknown_preset():
     with pytest.raises(ValueError, match="Unknown augmentation preset 'heavy'"):
         Augmentation.preset("heavy")
+
+
+def _only(**settings):
+    return Augmentation(**{**PRESETS["none"], **settings})
+
+
+def test_robust_preset_is_seeded_and_keeps_the_other_presets_as_they_were():
+    images = _xrays()
+    robust = Augmentation.preset("robust")
+    first, again = (robust(tf.constant(images), seed=3).numpy() for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    assert first.dtype == np.uint8 and first.shape == images.shape
+    # "strong" draws the same numbers with or without the new steps after it.
+    strong = Augmentation.preset("strong")(tf.constant(images), seed=3).numpy()
+    strong_off = _only(**{k: v for k, v in PRESETS["robust"].items() if k == "geometry_prob"})
+    assert not np.array_equal(strong, strong_off(tf.constant(images), seed=3).numpy())
+    assert PRESETS["strong"] == {} and Augmentation.preset("strong").flip_prob == 0.0
+
+
+def test_flip_mirrors_every_image_when_always_on():
+    images = _xrays()
+    out = _only(flip_prob=1.0)(tf.constant(images), seed=0).numpy()
+    np.testing.assert_array_equal(out, images[:, :, ::-1])
+
+
+def test_borders_are_bars_of_one_colour_on_the_edges():
+    grey = np.full((8, 50, 50, 1), 128, np.uint8)
+    out = _only(border_prob=1.0, border_max=0.3)(tf.constant(grey), seed=1).numpy()
+    changed = out != 128
+    assert changed.any() and set(np.unique(out[changed])) <= {0, 255}
+    assert (out[:, 20:30, 20:30] == 128).all()  # bars of at most 30% never reach the middle
+    for image in out:  # one colour per image
+        assert len(set(np.unique(image[image != 128]))) <= 1
+
+
+def test_text_draws_bright_labels_and_downsampling_blurs():
+    dark = np.full((8, 160, 160, 1), 40, np.uint8)
+    texted = _only(text_prob=1.0)(tf.constant(dark), seed=2).numpy()
+    # Most images carry a label of a few dozen bright pixels (some are shifted partly off the film).
+    assert sum((image >= 70).sum() > 20 for image in texted) >= 6
+    images = _xrays()
+    low = _only(downsample_prob=1.0, downsample_factor=(2.0, 2.0))(tf.constant(images), seed=0).numpy()
+    roughness = lambda a: np.abs(np.diff(a.astype(int), axis=2)).mean()  # noqa: E731
+    assert roughness(low) < 0.9 * roughness(images)

@@ -7,7 +7,10 @@ augmentation here breaks those shortcuts by varying, per image:
 * **framing**: zoom in (a border crop) or out (a black border, as when a film
   is letterboxed), aspect ratio, translation and a small rotation;
 * **exposure**: gamma (the film's tone curve) and contrast;
-* **sharpness and noise**: Gaussian blur and Gaussian noise (detectors, scanners).
+* **sharpness and noise**: Gaussian blur and Gaussian noise (detectors, scanners);
+* **what real films carry** (the ``"robust"`` preset, release v3): uneven black or
+  white collimation borders, burned-in text and side markers, a lower resolution
+  (a downsampled scan) and a horizontal flip.
 
 It runs on batches of ``uint8`` images in ``tf.data`` so that the model itself
 stays deterministic: ``model(x)``, ``model.predict(x)`` and an exported
@@ -27,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -42,6 +46,10 @@ _NONE: dict[str, Any] = {
     "contrast": 0.0,
     "blur_prob": 0.0,
     "noise_std": 0.0,
+    "border_prob": 0.0,
+    "text_prob": 0.0,
+    "downsample_prob": 0.0,
+    "flip_prob": 0.0,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,6 +58,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "strong": {},  # the dataclass defaults: every image reframed
     # As "strong", but half of the images keep their framing (no border, no rotation).
     "mixed": {"geometry_prob": 0.5},
+    # Release v3: "mixed" with rotations up to 10 degrees, plus uneven black or white
+    # borders, burned-in text and markers, downsampled scans and horizontal flips.
+    "robust": {
+        "geometry_prob": 0.5,
+        "rotate_deg": 10.0,
+        "border_prob": 0.35,
+        "text_prob": 0.3,
+        "downsample_prob": 0.2,
+        "flip_prob": 0.5,
+    },
     "none": _NONE,
 }
 
@@ -82,6 +100,18 @@ class Augmentation:
             keep their framing (no border, no rotation). Below 1 the model also
             sees unchanged framings of both classes, so a black border or a
             rotation cannot become a cue of its own.
+        border_prob: Share of images that get collimation borders: each side
+            (independently, with probability 0.6) is covered by a bar of up to
+            ``border_max`` of the image size, all black or all white per image.
+        border_max: Largest bar, as a fraction of the height or width.
+        text_prob: Share of images with burned-in text or a side marker
+            (``L``, ``R``, ``AP``, ``PORTABLE``, dates...), drawn with Pillow's
+            default font at 3-9% of the image height, white or light grey.
+        downsample_prob: Share of images brought down by a factor in
+            ``downsample_factor`` (area average) and back up (bilinear), as a scan
+            at a lower resolution would be.
+        downsample_factor: Range of that factor (one per batch).
+        flip_prob: Share of images mirrored left to right.
     """
 
     zoom: tuple[float, float] = (0.8, 1.35)
@@ -94,10 +124,16 @@ class Augmentation:
     blur_sigma: tuple[float, float] = (0.4, 1.5)
     noise_std: float = 4.0
     geometry_prob: float = 1.0
+    border_prob: float = 0.0
+    border_max: float = 0.15
+    text_prob: float = 0.0
+    downsample_prob: float = 0.0
+    downsample_factor: tuple[float, float] = (1.5, 3.0)
+    flip_prob: float = 0.0
 
     @classmethod
     def preset(cls, name: str) -> Augmentation:
-        """``"strong"`` (the default for training), ``"mixed"``, ``"light"`` (0.1.0's) or ``"none"``."""
+        """``"strong"`` (the default), ``"mixed"``, ``"robust"`` (v3's), ``"light"`` (0.1.0's) or ``"none"``."""
         if name not in PRESETS:
             raise ValueError(f"Unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**PRESETS[name])
@@ -182,7 +218,66 @@ class Augmentation:
         if self.noise_std > 0:
             std = tf.reshape(uniform(0.0, self.noise_std), [-1, 1, 1, 1])
             x = x + tf.random.stateless_normal(tf.shape(x), next(seeds)) * std
+        # What films carry, from seeds of their own so that the other presets stay as they were.
+        more = iter(tf.unstack(tf.random.experimental.stateless_split(next(seeds), 32)))
+        if self.flip_prob > 0:
+            x = tf.where(_per_image(_uniform(more, n) < self.flip_prob), tf.reverse(x, axis=[2]), x)
+        if self.downsample_prob > 0:
+            x = self._downsample(x, more, n)
+        if self.border_prob > 0:
+            x = self._borders(x, more, n)
+        if self.text_prob > 0:
+            x = self._text(x, more, n, images.shape[1], images.shape[2])
         return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+    def _downsample(self, x, seeds, n):
+        """A lower-resolution scan: down by one factor per batch (area), back up (bilinear)."""
+        import tensorflow as tf
+
+        factor = _uniform(seeds, n, *self.downsample_factor, shape=[])
+        size = tf.shape(x)[1:3]
+        small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) / factor), tf.int32), 1)
+        coarse = tf.image.resize(tf.image.resize(x, small, method="area"), size, method="bilinear")
+        return tf.where(_per_image(_uniform(seeds, n) < self.downsample_prob), coarse, x)
+
+    def _borders(self, x, seeds, n):
+        """Collimation borders: a bar on each side with probability 0.6, black or white per image."""
+        import tensorflow as tf
+
+        def bar():
+            on = _uniform(seeds, n) < 0.6
+            return _per_image(tf.where(on, _uniform(seeds, n, 0.0, self.border_max), 0.0))
+
+        rows = tf.reshape(tf.linspace(0.0, 1.0, tf.shape(x)[1]), [1, -1, 1, 1])
+        cols = tf.reshape(tf.linspace(0.0, 1.0, tf.shape(x)[2]), [1, 1, -1, 1])
+        top, bottom, left, right = bar(), bar(), bar(), bar()
+        covered = (rows < top) | (rows > 1.0 - bottom) | (cols < left) | (cols > 1.0 - right)
+        covered &= _per_image(_uniform(seeds, n) < self.border_prob)
+        fill = _per_image(tf.where(_uniform(seeds, n) < 0.5, 255.0, 0.0))
+        return tf.where(covered, fill, x)
+
+    def _text(self, x, seeds, n, height, width):
+        """Burned-in text and side markers: a drawn label, moved per image, in white or light grey."""
+        import tensorflow as tf
+
+        bank = tf.constant(_text_bank(int(height), int(width)))  # (k, h, w, 1) in [0, 1]
+        pick = tf.cast(_uniform(seeds, n, 0.0, float(bank.shape[0]) - 1e-3), tf.int32)
+        labels = tf.gather(bank, pick)
+        dx = _uniform(seeds, n, -0.15, 0.15) * float(width)
+        dy = _uniform(seeds, n, -0.15, 0.15) * float(height)
+        ones, zeros = tf.ones_like(dx), tf.zeros_like(dx)
+        shift = tf.stack([ones, zeros, dx, zeros, ones, dy, zeros, zeros], axis=1)
+        labels = tf.raw_ops.ImageProjectiveTransformV3(
+            images=labels,
+            transforms=shift,
+            output_shape=tf.shape(labels)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="CONSTANT",
+        )
+        shade = _per_image(_uniform(seeds, n, 200.0, 255.0))
+        drawn = _per_image(_uniform(seeds, n) < self.text_prob)
+        return tf.where(drawn, x * (1.0 - labels) + shade * labels, x)
 
     def apply_to_dataset(self, dataset, seed: int = DEFAULT_SEED):
         """Maps a batched ``(images, labels[, weights])`` dataset through the augmentation.
@@ -206,6 +301,47 @@ class Augmentation:
 
         dataset = tf.data.Dataset.zip(dataset, seeds)
         return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _uniform(seeds, n, low=0.0, high=1.0, shape=None):
+    import tensorflow as tf
+
+    return tf.random.stateless_uniform([n] if shape is None else shape, next(seeds), low, high)
+
+
+def _per_image(values):
+    import tensorflow as tf
+
+    return tf.reshape(values, [-1, 1, 1, 1])
+
+
+_TEXTS = ("L", "R", "AP", "PA", "PORTABLE", "SUPINE", "ERECT", "12-03-2019", "RT SIDE", "LAT", "1", "ID 4471")
+
+
+@functools.lru_cache(maxsize=4)
+def _text_bank(height: int, width: int, count: int = 48):
+    """``count`` masks ``(height, width, 1)`` in [0, 1], each with one to three labels drawn by Pillow.
+
+    Drawn once per image size with a fixed seed (the per-image randomness is the
+    shift and the choice of mask); Pillow, because TensorFlow cannot draw text.
+    """
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(0)
+    bank = np.zeros((count, height, width, 1), np.float32)
+    for k in range(count):
+        canvas = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(int(rng.integers(1, 4))):
+            font = ImageFont.load_default(size=max(6, int(height * rng.uniform(0.03, 0.09))))
+            text = _TEXTS[int(rng.integers(len(_TEXTS)))]
+            # Near an edge, where films carry their labels.
+            x = width * (rng.uniform(0.02, 0.2) if rng.random() < 0.5 else rng.uniform(0.55, 0.85))
+            y = height * (rng.uniform(0.02, 0.15) if rng.random() < 0.5 else rng.uniform(0.8, 0.92))
+            draw.text((x, y), text, fill=255, font=font)
+        bank[k, ..., 0] = np.asarray(canvas, np.float32) / 255.0
+    return bank
 
 
 def _as_seed(seed):

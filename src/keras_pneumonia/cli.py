@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--augmentation",
         choices=CHOICES["augmentation"],
         default=D.augmentation,
-        help="augmentation of the training pipeline (strong: framing, exposure, blur, noise)",
+        help="training augmentation (strong: framing, exposure, blur, noise; robust: also borders, text, flips, low res)",
     )
     train.add_argument("--no-augmentation", action="store_true", help="same as --augmentation none")
     train.add_argument(
@@ -164,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="labelled folder scored after every epoch, for the record only (never chooses epoch or threshold)",
     )
     train.add_argument("--no-class-weight", action="store_true", help="do not balance the classes in the loss")
+    train.add_argument(
+        "--ood-flag",
+        action=argparse.BooleanOptionalAction,
+        default=D.ood_flag,
+        help="fit the out-of-distribution flag on the train/validation parts after training (default: on)",
+    )
     train.add_argument(
         "--pipeline",
         choices=CHOICES["pipeline"],
@@ -349,6 +355,7 @@ def _cmd_train(args) -> int:
         cache=args.cache,
         distribute=args.distribute,
         mixed_precision=args.mixed_precision,
+        ood_flag=args.ood_flag,
         deterministic=args.deterministic,
         tensorboard=args.tensorboard,
         overwrite=args.overwrite,
@@ -484,6 +491,7 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from keras_pneumonia import ood
     from keras_pneumonia.evaluation import evaluate
     from keras_pneumonia.models import load_model
 
@@ -492,13 +500,15 @@ def _cmd_evaluate(args) -> int:
     report = evaluate(model, (images, labels), threshold=args.threshold)
     calibration = _calibration_summary(model, (images, labels), args) if args.calibration else None
     flagged = _flagged_inputs(model, images)
+    outside = ood.summary(model, images, labels, threshold=args.threshold)
     if not args.robustness:
         if args.json:
             extra = {"calibration": calibration} if calibration else {}
-            print(json.dumps({**report.to_dict(), "input_check": flagged, **extra}, indent=2))
+            print(json.dumps({**report.to_dict(), "input_check": flagged, "ood": outside, **extra}, indent=2))
         else:
             print(report.to_markdown())
             print(_flagged_line(flagged))
+            print(ood.summary_line(outside))
             if calibration:
                 print(_calibration_markdown(calibration))
         return 0
@@ -518,11 +528,18 @@ def _cmd_evaluate(args) -> int:
         plots.plot_robustness(robustness, args.report_dir / "robustness.png", title=f"{model.name} on {args.data_dir}")
     if args.json:
         extra = {"calibration": calibration} if calibration else {}
-        body = {"report": report.to_dict(), "robustness": robustness.to_dict(), "input_check": flagged, **extra}
+        body = {
+            "report": report.to_dict(),
+            "robustness": robustness.to_dict(),
+            "input_check": flagged,
+            "ood": outside,
+            **extra,
+        }
         print(json.dumps(body, indent=2))
     else:
         print(report.to_markdown())
         print(_flagged_line(flagged))
+        print(ood.summary_line(outside))
         if calibration:
             print(_calibration_markdown(calibration))
         print()
@@ -594,7 +611,7 @@ def _result_line(r: dict) -> str:
     if "gradcam" in r:
         line += f"  -> {r['gradcam']}"
     if r.get("warning"):
-        line += f"  WARNING: not a plausible chest X-ray: {r['warning']}"
+        line += f"  WARNING: {r['warning']}"
     return line
 
 

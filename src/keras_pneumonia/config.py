@@ -30,7 +30,7 @@ DEFAULT_SEED = 1337
 CHOICES: dict[str, tuple[str, ...]] = {
     "kaggle_val": ("pool", "keep"),
     "callbacks": ("default", "fine_tune"),
-    "augmentation": ("strong", "mixed", "light", "none"),
+    "augmentation": ("strong", "mixed", "robust", "light", "none"),
     "schedule": ("plateau", "cosine"),
     "resize": ("squash", "crop", "pad"),
     "pipeline": ("auto", "memory", "stream"),
@@ -69,6 +69,8 @@ class TrainConfig:
             (see `keras_pneumonia.distribution`).
         mixed_precision: ``"none"`` (float32), ``"bfloat16"`` or ``"float16"``: the
             model's ``dtype`` becomes ``"mixed_bfloat16"`` or ``"mixed_float16"``.
+        ood_flag: Fit the out-of-distribution flag (`keras_pneumonia.ood`) on the
+            train and validation parts after training, so the model carries it.
     """
 
     epochs: int = 30
@@ -90,6 +92,7 @@ class TrainConfig:
     pipeline: str = "auto"
     distribute: str = "none"
     mixed_precision: str = "none"
+    ood_flag: bool = True
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():

@@ -89,6 +89,9 @@ class PneumoniaCNN(keras.Model):
         input_check: Limits of the sanity check that flags inputs which are not
             plausibly chest X-rays (`keras_pneumonia.input_check`); saved with the
             model. ``None`` takes `keras_pneumonia.input_check.LIMITS`.
+        ood: The out-of-distribution flag's settings (method, layers, threshold,
+            dimensions), written by `keras_pneumonia.ood.fit`, which also fills the
+            ``ood_detector`` weights. ``None``: no flag (`ood_scores` refuses).
         backbone_weights: ``"imagenet"`` (downloaded by ``keras.applications``
             into ``$KERAS_HOME/models``, or found there), a path to a weights
             file of the backbone without its top, or ``None`` (random).
@@ -132,6 +135,7 @@ class PneumoniaCNN(keras.Model):
         backbone_weights: str | Path | None = "imagenet",
         resize: str = "squash",
         input_check: dict | None = None,
+        ood: dict | None = None,
         dtype: str | None = None,
         **kwargs,
     ):
@@ -201,6 +205,13 @@ class PneumoniaCNN(keras.Model):
             ]
         output_dropout = keras.layers.Dropout(dropout, name="output_dropout", dtype=policy)
         output_layer = keras.layers.Dense(len(class_names), activation="softmax", dtype="float32", name="predictions")
+        # Outside the classification graph: its statistics are weights saved with the
+        # model, read by `ood_scores` (keras_pneumonia.ood). None until `ood.fit`.
+        self.ood_detector = None
+        if ood:
+            from keras_pneumonia.ood import OutOfDistribution
+
+            self.ood_detector = OutOfDistribution(ood["dims"], ood["classes"], name="ood_detector")
 
         # === Functional Model ===
         inputs = keras.Input(shape=(*image_size, channels), name="image")
@@ -250,6 +261,7 @@ class PneumoniaCNN(keras.Model):
         self.backbone = backbone
         self.resize = resize
         self.input_check = {**LIMITS, **(input_check or {})}
+        self.ood = dict(ood) if ood else None
         self._feature_layers = feature_layers
 
     def get_config(self):
@@ -279,6 +291,7 @@ class PneumoniaCNN(keras.Model):
             "backbone_weights": None,
             "resize": self.resize,
             "input_check": dict(self.input_check),
+            "ood": self.ood,
             "dtype": self.dtype_policy.name,
         }
         # [position, name] pairs: the position finds the layer again, because layers that
@@ -324,6 +337,42 @@ class PneumoniaCNN(keras.Model):
         from keras_pneumonia.evaluation import decide
 
         return decide(probabilities, self.threshold)
+
+    def predict_with_ood(self, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """The probabilities and the out-of-distribution scores of ``images``, in one pass.
+
+        Args:
+            images: Model-input images ``(n, h, w, channels)``, raw pixel values.
+            batch_size: Images per call.
+
+        Returns:
+            ``(probabilities (n, classes), scores (n,))``; ``scores`` is ``None``
+            for a model without the flag (``ood`` unset). An image is flagged when
+            its score is above ``ood["threshold"]`` (`ood_flags`).
+        """
+        from keras_pneumonia.ood import joint_model
+
+        if self.ood_detector is None:
+            return np.asarray(self.predict(images, batch_size=batch_size, verbose=0)), None
+        probabilities, features = joint_model(self).predict(images, batch_size=batch_size, verbose=0)
+        return np.asarray(probabilities), np.asarray(self.ood_detector(features))
+
+    def ood_scores(self, images, batch_size: int = 64) -> np.ndarray:
+        """Out-of-distribution scores of model-input ``images`` (higher: less like the training images).
+
+        Raises:
+            ValueError: The model carries no flag (see `keras_pneumonia.ood.fit`).
+        """
+        if self.ood_detector is None:
+            raise ValueError(
+                f"{self.name} carries no out-of-distribution flag; fit one with keras_pneumonia.ood.fit "
+                "or use a preset that has one (pneumonia_cnn_v3)."
+            )
+        return self.predict_with_ood(images, batch_size)[1]
+
+    def ood_flags(self, scores) -> np.ndarray:
+        """``True`` where a score (`ood_scores`) is above the model's out-of-distribution threshold."""
+        return np.asarray(scores) > self.ood["threshold"]
 
     @property
     def temperature(self) -> float:

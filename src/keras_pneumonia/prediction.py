@@ -80,8 +80,10 @@ def predict_files(
     Files are decoded by a pool of threads (Pillow releases the GIL), one batch
     ahead of the model. A file that cannot be read yields a result with
     ``error`` set and no probability; the others go on. An image that is not
-    plausibly a chest X-ray (blank, noise, tiny, inverted...) is still
-    classified, with the reasons in ``warning`` (`keras_pneumonia.input_check`).
+    plausibly a chest X-ray (blank, noise, tiny, inverted...) or that is unlike
+    the training population (an adult film, a figure from a paper...) is still
+    classified, with the reasons in ``warning`` (`keras_pneumonia.input_check`,
+    `keras_pneumonia.ood`).
 
     Args:
         model: A `~keras_pneumonia.PneumoniaCNN` (or any model with ``input_shape`` and a last
@@ -94,6 +96,7 @@ def predict_files(
     Yields:
         ``{"path", "probability", "decision", "threshold", "model", "version", "warning", "error"}``.
     """
+    from keras_pneumonia import ood
     from keras_pneumonia._version import __version__
     from keras_pneumonia.evaluation import decide
     from keras_pneumonia.images import input_config_of, original_size
@@ -114,7 +117,8 @@ def predict_files(
             image = spec.load(path)
         except ValueError as error:
             return None, str(error).removeprefix(f"{path}: ")
-        return image, "; ".join(check_input(image, original_size(path), limits)) or None
+        reasons = "; ".join(check_input(image, original_size(path), limits))
+        return image, f"not a plausible chest X-ray: {reasons}" if reasons else None
 
     def decode_batch(batch):
         return list(pool.map(decode, batch))
@@ -132,18 +136,20 @@ def predict_files(
             decoded = pending.result()
             pending = ahead.submit(decode_batch, batches[i + 1]) if i + 1 < len(batches) else None
             good = [j for j, (image, _) in enumerate(decoded) if image is not None]
-            probabilities = {}
+            probabilities, flags = {}, {}
             if good:
                 # Always one batch shape (zero-padded), so the model is traced once.
                 x = np.zeros((len(batches[0]), height, width, channels), "float32")
                 x[: len(good)] = np.stack([decoded[j][0] for j in good])
-                out = np.asarray(model.predict_on_batch(x))[: len(good), -1]
-                probabilities = dict(zip(good, out.tolist()))
+                out, scores = ood.predict_on_batch(model, x)
+                probabilities = dict(zip(good, out[: len(good), -1].tolist()))
+                if scores is not None:
+                    flags = {j: ood.warning(model, float(score)) for j, score in zip(good, scores[: len(good)])}
             for j, path in enumerate(batch):
                 if j in probabilities:
                     p = float(probabilities[j])
                     decision = class_names[int(decide([p], threshold)[0])]
-                    warning = decoded[j][1]
+                    warning = "; ".join(w for w in (decoded[j][1], flags.get(j)) if w) or None
                     yield {
                         "path": str(path),
                         "probability": p,

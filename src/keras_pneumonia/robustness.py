@@ -7,26 +7,34 @@ resolution** (as the film would have arrived), which is then resized to the
 model's input exactly as clean images are (`keras_pneumonia.load_image`,
 ``squash``).
 
-=================  ==========================================================================
-name               what it models
-=================  ==========================================================================
-``crop_5``         tighter framing: 5% of the width/height cut from each border
-``crop_10``        much tighter framing: 10% cut from each border
-``pad_5``          looser framing: a black border of 5% of the size added on each side
-``pad_10``         a black border of 10% on each side (letterboxed or small film)
-``aspect_+10``     anatomy 10% wider in the same frame (non-square pixels, a different
-                   digitiser; the frame's own aspect ratio is undone by the squash resize)
-``aspect_-10``     anatomy 10% narrower in the same frame (black side borders)
-``gamma_0.7``      a brighter tone curve (``255 * (x / 255) ** 0.7``): another film or LUT
-``gamma_1.4``      a darker tone curve (gamma 1.4)
-``contrast_+30``   30% more contrast about the mean grey level (clipped to 0-255)
-``contrast_-30``   30% less contrast (a flatter, foggier film)
-``blur``           Gaussian blur, sigma 0.6% of the image width (about 1 px at the model's
-                   160 px): a softer detector, motion, or a lower-resolution scan
-``jpeg_30``        re-saved as JPEG at quality 30 (PACS exports, e-mailed images)
-``rotate_+5``      rotated 5 degrees counter-clockwise, black corners (patient positioning)
-``rotate_-5``      rotated 5 degrees clockwise
-=================  ==========================================================================
+=======================  ==========================================================================
+name                     what it models
+=======================  ==========================================================================
+``crop_5``               tighter framing: 5% of the width/height cut from each border
+``crop_10``              much tighter framing: 10% cut from each border
+``pad_5``                looser framing: a black border of 5% of the size added on each side
+``pad_10``               a black border of 10% on each side (letterboxed or small film)
+``aspect_+10``           anatomy 10% wider in the same frame (non-square pixels, a different
+                         digitiser; the frame's own aspect ratio is undone by the squash resize)
+``aspect_-10``           anatomy 10% narrower in the same frame (black side borders)
+``gamma_0.7``            a brighter tone curve (``255 * (x / 255) ** 0.7``): another film or LUT
+``gamma_1.4``            a darker tone curve (gamma 1.4)
+``contrast_+30``         30% more contrast about the mean grey level (clipped to 0-255)
+``contrast_-30``         30% less contrast (a flatter, foggier film)
+``blur``                 Gaussian blur, sigma 0.6% of the image width (about 1 px at the model's
+                         160 px): a softer detector, motion, or a lower-resolution scan
+``jpeg_30``              re-saved as JPEG at quality 30 (PACS exports, e-mailed images)
+``rotate_+5``            rotated 5 degrees counter-clockwise, black corners (patient positioning)
+``rotate_-5``            rotated 5 degrees clockwise
+``collimation_black``    uneven black bars over the edges (left 10%, top 4%, right 6%, bottom
+                         12%), as a collimator's shutters or a scanner's margin leave them
+``collimation_white``    the same bars in white (unexposed film)
+``text``                 burned-in text and a side marker in white: ``ER`` top left,
+                         ``UPRIGHT 14:32`` top right, a date bottom left (Pillow's default font,
+                         6% of the height; strings the training augmentation never draws)
+``downsample_2x``        brought to half the width and height and back (a lower-resolution scan)
+``flip``                 mirrored left to right (a film scanned back to front)
+=======================  ==========================================================================
 
 For each perturbation the report gives accuracy, sensitivity, specificity and
 AUC at the model's threshold, and the **flip rate**: the share of images whose
@@ -138,7 +146,57 @@ def _rotate(degrees: float):
     return apply
 
 
-#: Name -> (function of a Pillow image, what it models).
+def _collimation(fill: int):
+    def apply(image):
+        from PIL import ImageDraw
+
+        image = image.copy()
+        width, height = image.size
+        draw = ImageDraw.Draw(image)
+        colour = fill if image.mode == "L" else (fill,) * 3
+        for box in (
+            (0, 0, round(0.10 * width), height),  # left
+            (0, 0, width, round(0.04 * height)),  # top
+            (width - round(0.06 * width), 0, width, height),  # right
+            (0, height - round(0.12 * height), width, height),  # bottom
+        ):
+            draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=colour)
+        return image
+
+    return apply
+
+
+def _text(image):
+    from PIL import ImageDraw, ImageFont
+
+    image = image.copy()
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(6, round(0.06 * height)))
+    white = 255 if image.mode == "L" else (255, 255, 255)
+    draw.text((0.05 * width, 0.05 * height), "ER", fill=white, font=font)
+    draw.text((0.60 * width, 0.05 * height), "UPRIGHT 14:32", fill=white, font=font)
+    draw.text((0.05 * width, 0.88 * height), "2021/07/14", fill=white, font=font)
+    return image
+
+
+def _downsample(factor: int):
+    def apply(image):
+        from PIL import Image
+
+        width, height = image.size
+        small = image.resize((max(1, width // factor), max(1, height // factor)), Image.Resampling.BOX)
+        return small.resize((width, height), Image.Resampling.BILINEAR)
+
+    return apply
+
+
+def _flip(image):
+    from PIL import ImageOps
+
+    return ImageOps.mirror(image)
+
+
 #: Name -> (function of a Pillow image, description) of each perturbation.
 PERTURBATIONS: dict[str, tuple[Callable, str]] = {
     "crop_5": (_crop(0.05), "5% cut from each border (tighter framing)"),
@@ -155,6 +213,11 @@ PERTURBATIONS: dict[str, tuple[Callable, str]] = {
     "jpeg_30": (_jpeg(30), "re-saved as JPEG quality 30"),
     "rotate_+5": (_rotate(5.0), "rotated 5 degrees counter-clockwise"),
     "rotate_-5": (_rotate(-5.0), "rotated 5 degrees clockwise"),
+    "collimation_black": (_collimation(0), "uneven black bars over the edges (10/4/6/12%)"),
+    "collimation_white": (_collimation(255), "uneven white bars over the edges (10/4/6/12%)"),
+    "text": (_text, "burned-in text and a side marker"),
+    "downsample_2x": (_downsample(2), "half the resolution, brought back"),
+    "flip": (_flip, "mirrored left to right"),
 }
 
 

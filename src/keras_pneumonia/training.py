@@ -78,6 +78,7 @@ def train(
     cache: str | Path | None = None,
     distribute: str = DEFAULTS.distribute,
     mixed_precision: str = DEFAULTS.mixed_precision,
+    ood_flag: bool = DEFAULTS.ood_flag,
     deterministic: bool = False,
     tensorboard: bool = False,
     overwrite: bool = False,
@@ -273,6 +274,10 @@ def train(
             else:
                 model.threshold = float(threshold)
                 threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {chosen:.4f})"
+            if ood_flag:
+                from keras_pneumonia import ood
+
+                model = ood.fit(model, data.train, data.val, description=f"{data_dir} (train / validation parts)")
             reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
             predictions = {"val": (y_val, p_val)}
             if data.test is not None:
@@ -298,6 +303,7 @@ def train(
             report = {
                 "threshold": model.threshold,
                 "threshold_rule": threshold_rule,
+                "ood": _ood_summary(model, {"val": data.val, "test": data.test, "monitor": monitor}),
                 # Every epoch of the run, those before an interruption too (history.csv appends).
                 "epochs_run": _epochs_in(output / "history.csv") or len(history.history.get("loss", [])),
                 "counts": data.counts,
@@ -326,6 +332,18 @@ def train(
             return report
     finally:
         distribution.close()  # JAX's distribution is global: later models in this process are plain
+
+
+def _ood_summary(model, splits: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The out-of-distribution threshold and the share of each split's images it flags."""
+    if model.ood is None:
+        return None
+    import numpy as np
+
+    from keras_pneumonia import ood
+
+    flagged = {n: float(np.mean(model.ood_flags(ood.scores(model, d)))) for n, d in splits.items() if d is not None}
+    return {"threshold": model.ood["threshold"], "quantile": model.ood["quantile"], "flagged": flagged}
 
 
 #: The fine-tuning recipes of `fine_tune`, kept as data. ``"two_stage"``: the head

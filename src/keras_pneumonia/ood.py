@@ -1,0 +1,376 @@
+"""Outside its population: a flag for X-rays unlike the ones the model was trained on.
+
+The released models were trained on one hospital's pediatric films. Given an adult
+film, a figure cut from a paper, another body part or a photo of a screen, they
+still answer, often with P = 1.00. This module gives each image an
+**out-of-distribution score**, the Mahalanobis distance of its features from the
+training images' features (Lee et al., "A Simple Unified Framework for Detecting
+Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018), and flags the
+image when the score is above a threshold. The statistics and the threshold travel
+with the model (`keras_pneumonia.PneumoniaCNN`'s ``ood`` config and its
+``ood_detector`` weights), so every output that shows the input check's warnings
+shows this flag too.
+
+How it is fitted (`fit`), on training data only:
+
+* **features**: the mean and the standard deviation over the image of each
+  channel of the feature maps at every depth of the network (`default_layers`:
+  the last ReLU of each block of the default network), concatenated (496 numbers
+  each, twice: 992). The means say *what* the network sees, the deviations how
+  it is spread: texture, contrast, layout, which differ most between a child's
+  film and an adult's or a figure from a paper;
+* **statistics**: one mean per class and a covariance shared by the classes, from
+  the *training* part of the split, shrunk towards a multiple of the identity
+  (``shrinkage``) so that the whitening is stable;
+* **threshold**: a high quantile (``quantile``, 0.98) of the scores of the
+  *validation* part of the split, patients the statistics never saw: by
+  construction about 2% of new images from the training population are flagged
+  (the issue's budget for test_dev), fewer of the training images themselves.
+
+Why Mahalanobis and not k-nearest neighbours: both were measured
+(``python benchmarks/ood.py``, docs/model_card.md, "Outside its population"); the
+Mahalanobis score is a mean and a matrix (a few hundred kB in the ``.keras``
+file) computed with two matrix products inside Keras, where k-nearest neighbours
+must carry every training image's features and search them for each input.
+
+Example:
+
+>>> import numpy as np
+>>> from keras_pneumonia.ood import fit_mahalanobis, mahalanobis_scores
+>>> rng = np.random.default_rng(0)
+>>> features = rng.normal(size=(500, 8))
+>>> means, whitening = fit_mahalanobis(features, np.zeros(500, int))
+>>> near, far = mahalanobis_scores(np.stack([features[0], features[0] + 10]), means, whitening)
+>>> bool(far > 10 * near)
+True
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: The quantile of the validation scores above which an image is flagged.
+DEFAULT_QUANTILE = 0.98
+#: Shrinkage of the covariance towards ``mean(diag) * I``.
+DEFAULT_SHRINKAGE = 0.01
+
+
+def default_layers(model) -> list[str]:
+    """The layers whose pooled feature maps the detector reads by default.
+
+    For the default network, the last ReLU of every block; for a backbone, its
+    Grad-CAM layer (the last feature map).
+    """
+    if getattr(model, "backbone", None) is not None:
+        return [model.gradcam_layer]
+    return [f"block{b}_relu{model.convs_per_block}" for b in range(1, len(model.filters) + 1)]
+
+
+def pool(feature_map):
+    """Mean and standard deviation over height and width of each channel, concatenated: ``(n, 2c)``."""
+    import keras
+
+    feature_map = keras.ops.cast(feature_map, "float32")
+    return keras.ops.concatenate(
+        [keras.ops.mean(feature_map, axis=(1, 2)), keras.ops.std(feature_map, axis=(1, 2))], axis=-1
+    )
+
+
+def feature_model(model, layers: Sequence[str]):
+    """A Keras model from ``model``'s input to the pooled (`pool`), concatenated ``layers`` (``(n, d)``)."""
+    import keras
+
+    pooled = [pool(model.get_layer(name).output) for name in layers]
+    outputs = pooled[0] if len(pooled) == 1 else keras.ops.concatenate(pooled, axis=-1)
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+_JOINT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def joint_model(model):
+    """A Keras model giving ``[probabilities, pooled features]`` of ``model`` in one pass (cached per model).
+
+    Kept outside the model (a weak mapping) so that the saved model stays the plain classifier.
+    """
+    import keras
+
+    if model not in _JOINT:
+        features = feature_model(model, model.ood["layers"])
+        _JOINT[model] = keras.Model(model.inputs, [model.outputs[0], features.outputs[0]], name=f"{model.name}_joint")
+    return _JOINT[model]
+
+
+def pooled_features(model, images, layers: Sequence[str] | None = None, batch_size: int = 64) -> np.ndarray:
+    """The pooled features of ``images`` (model-input ``uint8`` ``(n, h, w, c)``, or a batched dataset).
+
+    Args:
+        model: A `~keras_pneumonia.PneumoniaCNN`.
+        images: The images, or a ``tf.data`` dataset of ``(images, labels)`` batches.
+        layers: Layer names (default: `default_layers`).
+        batch_size: Prediction batch size for arrays.
+
+    Returns:
+        ``float32`` ``(n, d)``.
+    """
+    extractor = feature_model(model, list(layers or default_layers(model)))
+    if isinstance(images, np.ndarray):
+        return np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), np.float32)
+    chunks = [np.asarray(extractor.predict_on_batch(np.asarray(batch[0])), np.float32) for batch in images]
+    return np.concatenate(chunks) if chunks else np.zeros((0, extractor.output_shape[-1]), np.float32)
+
+
+def fit_mahalanobis(
+    features: np.ndarray, labels: np.ndarray, shrinkage: float = DEFAULT_SHRINKAGE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class means and a whitening matrix ``W`` with ``d(f)^2 = min_c ||(f - mean_c) W||^2``.
+
+    The covariance is the within-class covariance (shared by the classes, as in
+    Lee et al. 2018), shrunk: ``(1 - s) * C + s * mean(diag C) * I``.
+
+    Args:
+        features: ``(n, d)`` training features.
+        labels: ``(n,)`` class indices.
+        shrinkage: ``s`` in [0, 1).
+
+    Returns:
+        ``means`` ``(k, d)`` and ``whitening`` ``(d, d)``, ``float32``.
+    """
+    features = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+    centred = features - means[np.searchsorted(classes, labels)]
+    covariance = centred.T @ centred / max(1, len(features) - len(classes))
+    scale = float(np.mean(np.diag(covariance))) or 1.0
+    covariance = (1.0 - shrinkage) * covariance + shrinkage * scale * np.eye(len(covariance))
+    # precision = L L^T  =>  (f - m)^T precision (f - m) = ||(f - m) L||^2
+    whitening = np.linalg.cholesky(np.linalg.inv(covariance))
+    return means.astype(np.float32), whitening.astype(np.float32)
+
+
+def mahalanobis_scores(features: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    """``min_c ||(f - mean_c) W||^2 / d`` for each row of ``features`` (NumPy; see `OutOfDistribution`)."""
+    features = np.asarray(features, np.float32)
+    distances = [np.sum(((features - m) @ whitening) ** 2, axis=1) for m in means]
+    return np.min(distances, axis=0) / features.shape[1]
+
+
+def _layer_class():
+    import keras
+
+    @keras.saving.register_keras_serializable(package="keras_pneumonia")
+    class OutOfDistribution(keras.layers.Layer):
+        """Holds the detector's statistics as weights; ``call(features)`` gives the scores ``(n,)``.
+
+        The score is the squared Mahalanobis distance to the nearest class mean,
+        divided by the feature dimension (about 1 for a typical training image).
+
+        Args:
+            dims: Feature dimension ``d``.
+            classes: Number of class means.
+        """
+
+        def __init__(self, dims: int, classes: int, **kwargs):
+            super().__init__(**kwargs)
+            self.dims, self.classes = int(dims), int(classes)
+            self.means = self.add_weight(
+                shape=(self.classes, self.dims), initializer="zeros", trainable=False, name="means"
+            )
+            self.whitening = self.add_weight(
+                shape=(self.dims, self.dims), initializer="identity", trainable=False, name="whitening"
+            )
+            self.built = True
+
+        def call(self, features):
+            import keras
+
+            ops = keras.ops
+            centred = ops.expand_dims(ops.cast(features, "float32"), 1) - ops.expand_dims(self.means, 0)
+            whitened = ops.einsum("nkd,de->nke", centred, self.whitening)
+            return ops.min(ops.sum(ops.square(whitened), axis=-1), axis=1) / float(self.dims)
+
+        def get_config(self):
+            return {**super().get_config(), "dims": self.dims, "classes": self.classes}
+
+    return OutOfDistribution
+
+
+def OutOfDistribution(dims: int, classes: int, **kwargs):  # noqa: N802  (a layer, named as one)
+    """The Keras layer that holds the detector (see ``_layer_class``), built lazily so that Keras loads on use."""
+    return _layer_class()(dims, classes, **kwargs)
+
+
+def fit(
+    model,
+    train,
+    validation,
+    *,
+    layers: Sequence[str] | None = None,
+    quantile: float = DEFAULT_QUANTILE,
+    shrinkage: float = DEFAULT_SHRINKAGE,
+    description: str = "",
+):
+    """Fits the out-of-distribution flag on training data and returns a copy of ``model`` that carries it.
+
+    Args:
+        model: A trained `~keras_pneumonia.PneumoniaCNN`.
+        train: ``(images, labels)`` arrays, or a ``tf.data`` dataset of such batches:
+            the images whose feature statistics define the population.
+        validation: The same for held-out images of the same population (other
+            patients), whose ``quantile`` sets the threshold.
+        layers: Layer names (default: `default_layers`).
+        quantile: Share of validation images left unflagged.
+        shrinkage: Covariance shrinkage (`fit_mahalanobis`).
+        description: What the data was, recorded in the config.
+
+    Returns:
+        A new `~keras_pneumonia.PneumoniaCNN` with the same weights, ``ood``
+        config and fitted ``ood_detector``.
+    """
+    from keras_pneumonia.models import PneumoniaCNN
+
+    if not 0.5 <= quantile < 1.0:
+        raise ValueError(f"`quantile` must be in [0.5, 1); received {quantile!r}.")
+    if not 0.0 < shrinkage < 1.0:
+        raise ValueError(f"`shrinkage` must be in (0, 1); received {shrinkage!r}.")
+    layers = list(layers or default_layers(model))
+    train_features, train_labels = _features_and_labels(model, train, layers)
+    val_features, _ = _features_and_labels(model, validation, layers)
+    if len(val_features) == 0 or len(np.unique(train_labels)) < 1:
+        raise ValueError("Fitting the out-of-distribution flag needs training and validation images.")
+    if len(train_features) <= train_features.shape[1]:
+        logger.warning(
+            "%d training images for %d features: the covariance rests on its shrinkage (%s); "
+            "the flag is only as good as that.",
+            len(train_features),
+            train_features.shape[1],
+            shrinkage,
+        )
+    means, whitening = fit_mahalanobis(train_features, train_labels, shrinkage)
+    val_scores = mahalanobis_scores(val_features, means, whitening)
+    threshold = float(np.quantile(val_scores, quantile))
+    config = {
+        "method": "mahalanobis",
+        "layers": layers,
+        "threshold": threshold,
+        "quantile": quantile,
+        "shrinkage": shrinkage,
+        "fitted_on": {"train": len(train_features), "validation": len(val_features), "data": description},
+    }
+    logger.info("Out-of-distribution threshold %.3f (validation quantile %s)", threshold, quantile)
+    config["dims"], config["classes"] = int(means.shape[1]), int(means.shape[0])
+    new = PneumoniaCNN.from_config({**model.get_config(), "ood": config})
+    for layer in model.layers:
+        new.get_layer(layer.name).set_weights(layer.get_weights())
+    new.ood_detector.means.assign(means)
+    new.ood_detector.whitening.assign(whitening)
+    return new
+
+
+def _features_and_labels(model, data, layers) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(data, tuple):
+        images, labels = data[0], data[1]
+        return pooled_features(model, np.asarray(images), layers), np.asarray(labels)
+    features, labels = [], []
+    extractor = feature_model(model, layers)  # one model for every batch (traced once)
+    for batch in data:
+        features.append(np.asarray(extractor.predict_on_batch(np.asarray(batch[0])), np.float32))
+        labels.append(np.asarray(batch[1]))
+    return np.concatenate(features), np.concatenate(labels)
+
+
+def scores(model, data) -> np.ndarray:
+    """Out-of-distribution scores of model-input images (an array) or of a dataset of ``(images, labels)`` batches."""
+    if model.ood_detector is None:
+        return model.ood_scores(data)  # raises, naming what to do
+    if isinstance(data, tuple):
+        data = data[0]
+    if isinstance(data, np.ndarray):
+        return model.ood_scores(data)
+    features, _ = _features_and_labels(model, data, model.ood["layers"])
+    return np.asarray(model.ood_detector(features))
+
+
+def predict_on_batch(model, x) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(probabilities, scores)`` of one batch in one pass; ``scores`` is ``None`` for a model without the flag."""
+    if getattr(model, "ood_detector", None) is None:
+        return np.asarray(model.predict_on_batch(x)), None
+    probabilities, features = joint_model(model).predict_on_batch(x)
+    return np.asarray(probabilities), np.asarray(model.ood_detector(features))
+
+
+def warning(model, score: float | None) -> str | None:
+    """The warning for one image's score, in plain words, or ``None`` when it is not flagged."""
+    if score is None or getattr(model, "ood", None) is None or score <= model.ood["threshold"]:
+        return None
+    return (
+        f"unlike the training population (out-of-distribution score {score:.2f} > {model.ood['threshold']:.2f}): "
+        "the model was trained on children's films from one hospital, its answer here is unreliable"
+    )
+
+
+def summary(model, images: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, Any] | None:
+    """How many images the flag raises on, and the model's accuracy on flagged and unflagged images.
+
+    Args:
+        model: A `~keras_pneumonia.PneumoniaCNN`.
+        images: Model-input images.
+        labels: Their class indices.
+        threshold: Decision threshold (default: the model's).
+
+    Returns:
+        ``{"n", "flagged", "threshold", "accuracy_flagged", "accuracy_unflagged"}``
+        (accuracies ``None`` where no image is in the group), or ``None`` for a
+        model without the flag.
+    """
+    if getattr(model, "ood_detector", None) is None:
+        return None
+    from keras_pneumonia.evaluation import decide
+
+    probabilities, scores = model.predict_with_ood(images)
+    flagged = model.ood_flags(scores)
+    correct = decide(probabilities, model.threshold if threshold is None else threshold) == np.asarray(labels)
+
+    def accuracy(mask):
+        return float(correct[mask].mean()) if mask.any() else None
+
+    return {
+        "n": int(len(flagged)),
+        "flagged": int(flagged.sum()),
+        "threshold": float(model.ood["threshold"]),
+        "accuracy_flagged": accuracy(flagged),
+        "accuracy_unflagged": accuracy(~flagged),
+    }
+
+
+def summary_line(outside: dict[str, Any] | None) -> str:
+    """`summary` as one line for ``keras-pneumonia evaluate``."""
+    if outside is None:
+        return "Out-of-distribution flag: this model has none."
+    n, count = outside["n"], outside["flagged"]
+    if not count:
+        return f"Out-of-distribution flag: none of the {n} images is unlike the training population."
+
+    def pct(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    return (
+        f"Out-of-distribution flag: WARNING {count} of {n} images are unlike the training population "
+        f"(accuracy {pct(outside['accuracy_flagged'])} on them, {pct(outside['accuracy_unflagged'])} on the others)."
+    )
+
+
+def describe(config: dict[str, Any] | None) -> str:
+    """One line about a model's ``ood`` config, for ``presets`` and the model card."""
+    if not config:
+        return "no out-of-distribution flag"
+    layers = ", ".join(config["layers"])
+    return f"Mahalanobis on pooled {layers}; flagged above {config['threshold']:.3g}"
