@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests extras`` (the README's test command), ``matrix``, ``lint``,
+"""Developer sessions: ``nox -s tests extras`` (the README's test command), ``browser``, ``matrix``, ``lint``,
 ``build``, ``docs``, ``faults``, ``bench``, ``bench_streaming``, ``bench_mixed_precision`` and
 ``train_release``.
 
@@ -40,7 +40,15 @@ def _pytest(session: nox.Session, *default_args: str) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite on this Python with the TensorFlow backend (the README's test command)."""
     session.install("-e", ".[test]")
-    _pytest(session, "-q", "--doctest-modules", "src", "tests")
+    _pytest(session, "-q", "--doctest-modules", "src", "tests", "--ignore=tests/browser")
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The web page driven in Debian's Chromium (apt: chromium, chromium-driver); refreshes the docs' screenshot."""
+    session.install("-e", ".[test]", "selenium>=4.20")
+    session.env["KERAS_PNEUMONIA_SCREENSHOT"] = str(ROOT / "docs" / "_static" / "serve_page.png")
+    _pytest(session, "-q", "tests/browser")
 
 
 @nox.session
@@ -52,6 +60,7 @@ def extras(session: nox.Session) -> None:
         "-q",
         "tests/test_dicom.py",
         "tests/test_export.py",
+        "tests/test_serve.py::test_a_dicom_without_pixels_is_a_clear_error",
         "tests/test_distribution.py::test_data_parallel_on_two_jax_devices_matches_one",
     )
 

@@ -274,28 +274,42 @@ def bench_training(data: Path, size: int, repeats: int) -> dict:
 
 
 def bench_inference(repeats: int) -> dict:
+    """The default preset at batch 1 and 32; against v2, and with its out-of-distribution flag (one pass).
+
+    The variants are interleaved within each repeat, so a change of the machine's
+    speed mode hits them alike.
+    """
     import numpy as np
 
     import keras_pneumonia as kp
+    from keras_pneumonia import ood
 
     model = kp.PneumoniaCNN.from_pretrained(compile=False)
+    v2 = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False)
+    variants = {"default": model.predict_on_batch, "v2": v2.predict_on_batch}
+    if model.ood is not None:
+        variants["default_with_ood"] = lambda x: ood.predict_on_batch(model, x)
     rng = np.random.default_rng(0)
-    result = {"model_params": model.count_params(), "forward_flops_per_image": count_flops(model)}
+    result = {"model": model.name, "model_params": model.count_params(), "forward_flops_per_image": count_flops(model)}
     for batch in (1, 32):
         x = rng.integers(0, 256, size=(batch, *model.input_shape[1:]), dtype=np.uint8).astype("float32")
-        for _ in range(3):
-            model.predict_on_batch(x)  # warm-up
         calls = 64 if batch == 1 else 8
-
-        def run(x=x, calls=calls):
-            start = time.perf_counter()
-            for _ in range(calls):
-                model.predict_on_batch(x)
-            return (time.perf_counter() - start) / calls
-
-        latency, _ = median_of(run, repeats)
-        result[f"latency_ms_batch{batch}"] = latency * 1000
-        result[f"images_per_s_batch{batch}"] = batch / latency
+        for fn in variants.values():
+            for _ in range(3):
+                fn(x)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, fn in variants.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn(x)
+                times[name].append((time.perf_counter() - start) / calls)
+        for name, values in times.items():
+            prefix = "" if name == "default" else f"{name}_"
+            latency = statistics.median(values)
+            result[f"{prefix}latency_ms_batch{batch}"] = latency * 1000
+            result[f"{prefix}images_per_s_batch{batch}"] = batch / latency
+            result[f"{prefix}images_per_s_batch{batch}_runs"] = [batch / v for v in values]
     result["inference_images_per_s"] = result["images_per_s_batch32"]
     return result
 

@@ -39,7 +39,7 @@ def test_what_real_films_carry():
     )  # 10% left, 12% bottom, 4% top
     np.testing.assert_array_equal(black[10:170, 22:186], image[10:170, 22:186])  # the middle untouched
     text = perturb(image, "text")
-    assert (text[:40] == 255).sum() > (image[:40] == 255).sum() + 50  # white letters at the top
+    assert (text[:40] >= 250).sum() > (image[:40] >= 250).sum() + 50  # white letters at the top
     low = perturb(image, "downsample_2x")
     assert low.shape == image.shape and np.abs(low.astype(int) - image).mean() > 0.5
 

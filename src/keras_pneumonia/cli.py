@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--augmentation",
         choices=CHOICES["augmentation"],
         default=D.augmentation,
-        help="training augmentation (strong: framing, exposure, blur, noise; robust: also borders, text, flips, low res)",
+        help="training augmentation (strong: framing, exposure, blur, noise; robust: + borders, text, flips, low res)",
     )
     train.add_argument("--no-augmentation", action="store_true", help="same as --augmentation none")
     train.add_argument(
@@ -285,6 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--all", action="store_true", help="every preset")
     download.add_argument("--cache-dir", type=Path, help="cache folder (default: $KERAS_PNEUMONIA_CACHE or KERAS_HOME)")
     download.add_argument("--list", action="store_true", help="list the presets and exit (see also: presets)")
+
+    serve = commands.add_parser(
+        "serve", help="a web page to drop X-rays on, and a REST API (needs: pip install 'keras-pneumonia[serve]')"
+    )
+    serve.add_argument("model", nargs="?", default=None, help="preset name, .keras path or URL (default preset)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_positive_int, default=8000, help="port (8000)")
+    serve.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request accepted, in MB (50)")
+    serve.add_argument("--max-queue", type=_positive_int, default=32, help="requests waiting before 503 (32)")
+    serve.add_argument("--no-gradcam", action="store_true", help="answer without Grad-CAM overlays (faster)")
+    serve.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these origins to call the API (none)")
 
     presets = commands.add_parser("presets", help="list the released presets: input, size, metrics")
     presets.add_argument("--json", action="store_true", help="print the full metadata as JSON")
@@ -762,6 +773,37 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    from keras_pneumonia.models import load_model
+
+    try:
+        from keras_pneumonia.serve import serve
+    except ImportError as error:  # pragma: no cover  (the module itself imports nothing optional)
+        raise CLIError(str(error)) from None
+    model = load_model(args.model, compile=False)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"Binding {args.host}: reachable from other machines, without authentication.", file=sys.stderr)
+    print(
+        f"Serving {args.model or 'the default preset'} on http://{args.host}:{args.port} "
+        "(API docs: /docs). Ctrl-C stops.",
+        flush=True,
+    )
+    try:
+        serve(
+            model,
+            host=args.host,
+            port=args.port,
+            max_upload_mb=args.max_upload_mb,
+            max_queue=args.max_queue,
+            gradcam=not args.no_gradcam,
+            cors_origins=args.cors,
+            source=args.model,
+        )
+    except ImportError as error:
+        raise CLIError(str(error)) from None
+    return 0
+
+
 COMMANDS = {
     "split": _cmd_split,
     "train": _cmd_train,
@@ -772,6 +814,7 @@ COMMANDS = {
     "presets": _cmd_presets,
     "calibrate": _cmd_calibrate,
     "export": _cmd_export,
+    "serve": _cmd_serve,
 }
 
 

@@ -266,6 +266,16 @@ def export_model(
                 "model_input_size": [height, width],
             },
             "output": "softmax probabilities over class_names, shape [None, len(class_names)]",
+            "out_of_distribution": (
+                None
+                if getattr(model, "ood", None) is None
+                else {
+                    "in_graph": False,
+                    "threshold": model.ood["threshold"],
+                    "note": "the exported graph gives the probabilities only; the out-of-distribution flag "
+                    "(keras_pneumonia.ood) needs the .keras model: model.predict_with_ood(images)",
+                }
+            ),
             "max_abs_difference": difference,
             "verified_on": "the bundled sample X-rays (keras_pneumonia/assets/samples)"
             + (", decoded at their own sizes" if any_size else ""),

@@ -1,0 +1,126 @@
+"""The out-of-distribution flag: its arithmetic, how it travels with a model, and where users see it."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import keras_pneumonia as kp
+from conftest import KAGGLE
+from keras_pneumonia import ood
+from keras_pneumonia.cli import main
+from keras_pneumonia.data import load_image_folder
+from keras_pneumonia.prediction import predict_files
+
+
+def test_the_whitening_gives_the_mahalanobis_distance_to_the_nearest_class_mean():
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(6, 6))
+    labels = rng.integers(0, 2, 400)
+    features = rng.normal(size=(400, 6)) @ mixing + 3.0 * labels[:, None]
+    means, whitening = ood.fit_mahalanobis(features, labels, shrinkage=0.1)
+    centred = features - means[labels]
+    covariance = centred.T @ centred / (400 - 2)
+    covariance = 0.9 * covariance + 0.1 * np.mean(np.diag(covariance)) * np.eye(6)
+    precision = np.linalg.inv(covariance)
+    queries = rng.normal(size=(5, 6)) * 4
+    expected = np.min([np.einsum("nd,de,ne->n", queries - m, precision, queries - m) for m in means], axis=0) / 6
+    np.testing.assert_allclose(ood.mahalanobis_scores(queries, means, whitening), expected, rtol=1e-4)
+    # The Keras layer computes the same numbers.
+    layer = ood.OutOfDistribution(6, 2)
+    layer.means.assign(means)
+    layer.whitening.assign(whitening)
+    np.testing.assert_allclose(np.asarray(layer(queries.astype("float32"))), expected, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """The v2 weights with a flag fitted on the 40 committed X-rays (a tiny fit: plumbing, not quality)."""
+    model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False)
+    train = load_image_folder(KAGGLE / "train", **model.input_config.dataset_kwargs())[:2]
+    test = load_image_folder(KAGGLE / "test", **model.input_config.dataset_kwargs())[:2]
+    return model, ood.fit(model, train, test, quantile=0.9), test
+
+
+def test_the_flag_travels_with_the_file_and_leaves_the_answers_alone(fitted, tmp_path):
+    plain, model, (x, _) = fitted
+    assert model.ood["method"] == "mahalanobis" and model.ood["quantile"] == 0.9
+    assert model.ood["layers"] == [f"block{b}_relu2" for b in range(1, 6)]
+    probabilities, scores = model.predict_with_ood(x)
+    np.testing.assert_allclose(probabilities, plain.predict(x, verbose=0), atol=1e-6)
+    # The threshold is the validation images' 90% quantile: about a tenth of them are flagged.
+    assert 0 < model.ood_flags(scores).sum() <= 2
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.ood == model.ood
+    np.testing.assert_allclose(loaded.ood_scores(x), scores, rtol=1e-5)
+
+
+def test_a_model_without_the_flag_says_so(fitted):
+    plain, _, (x, _) = fitted
+    assert plain.ood is None and plain.predict_with_ood(x[:2])[1] is None
+    with pytest.raises(ValueError, match="carries no out-of-distribution flag"):
+        plain.ood_scores(x[:2])
+    assert ood.summary(plain, x[:2], np.zeros(2)) is None
+
+
+def test_flagged_images_get_a_warning_in_predict_and_a_count_in_evaluate(fitted, tmp_path, capsys):
+    _, model, _ = fitted
+    files = sorted((KAGGLE / "test").glob("*/*.jpeg"))
+    scores = model.ood_scores(np.stack([model.input_config.load(f) for f in files]))
+    # A threshold between the lowest score and the others: every file but one is flagged.
+    original = model.ood
+    model.ood = {**original, "threshold": float(np.sort(scores)[0] + np.sort(scores)[1]) / 2}
+    try:
+        rows = list(predict_files(model, files))
+        path = tmp_path / "flagged.keras"
+        model.save(path)
+    finally:
+        model.ood = original
+    warned = [r for r in rows if r["warning"] and "unlike the training population" in r["warning"]]
+    assert len(warned) == len(files) - 1 and all(r["probability"] is not None for r in warned)
+    assert main(["evaluate", str(KAGGLE / "test"), "--weights", str(path), "--json"]) == 0
+    outside = json.loads(capsys.readouterr().out)["ood"]
+    assert outside["n"] == len(files) and outside["flagged"] == len(files) - 1
+    assert outside["accuracy_unflagged"] in (0.0, 1.0) and 0.0 <= outside["accuracy_flagged"] <= 1.0
+    assert main(["predict", str(files[int(np.argmax(scores))]), "--weights", str(path)]) == 0
+    assert "WARNING: unlike the training population" in capsys.readouterr().out
+
+
+def test_fit_checks_its_settings(fitted):
+    plain, _, data = fitted
+    with pytest.raises(ValueError, match="quantile"):
+        ood.fit(plain, data, data, quantile=1.0)
+    with pytest.raises(ValueError, match="shrinkage"):
+        ood.fit(plain, data, data, shrinkage=0.0)
+
+
+def _paper_figure(paths, size=512):
+    """Two X-rays side by side on white, with panel letters and an arrow: a figure cut from a paper."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    figure = Image.new("L", (size, size // 2 + 40), 255)
+    draw = ImageDraw.Draw(figure)
+    font = ImageFont.load_default(size=28)
+    for i, path in enumerate(paths[:2]):
+        with Image.open(path) as xray:
+            panel = xray.convert("L").resize((size // 2 - 12, size // 2 - 12))
+        x = 6 + i * size // 2
+        figure.paste(panel, (x, 30))
+        draw.text((x + 6, 32), "AB"[i], fill=255, font=font)
+        draw.line((x + 150, 120, x + 110, 160), fill=255, width=5)  # an arrow's shaft
+        draw.polygon([(x + 110, 160), (x + 112, 140), (x + 128, 152)], fill=255)  # and head
+    return figure
+
+
+def test_the_released_flag_flags_a_paper_figure_and_not_real_pediatric_films(tmp_path):
+    model = kp.PneumoniaCNN.from_pretrained(compile=False)
+    assert model.ood is not None, "the default preset carries the flag"
+    films = sorted((KAGGLE / "test").glob("*/*.jpeg"))
+    figure = tmp_path / "figure.png"
+    _paper_figure(films).save(figure)
+    rows = {Path(r["path"]).name: r for r in predict_files(model, [figure, *films])}
+    assert "unlike the training population" in (rows["figure.png"]["warning"] or "")
+    assert not any(rows[f.name]["warning"] for f in films)
