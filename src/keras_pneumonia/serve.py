@@ -41,6 +41,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 #: Largest accepted request (all its files), in MB (``--max-upload-mb``).
@@ -102,8 +104,7 @@ class Predictor:
             paths = [p for job_paths, _ in jobs for p in job_paths]
             try:
                 rows = list(predict_files(self.model, paths, batch_size=min(self.max_batch, max(1, len(paths)))))
-                for row in rows:
-                    row["gradcam"] = self._overlay(row) if self.gradcam else None
+                self._add_overlays(rows)
             except Exception as error:  # a bug, not bad input (that is a row's "error"): fail these requests only
                 logger.exception("Prediction failed")
                 for _, future in jobs:
@@ -114,28 +115,46 @@ class Predictor:
                 future.set_result(rows[start : start + len(job_paths)])
                 start += len(job_paths)
 
-    def _overlay(self, row: dict) -> str | None:
-        """The Grad-CAM overlay of one answered file as a PNG data URL, or a one-line note why not."""
-        if row["error"]:
-            return None
+    def _add_overlays(self, rows: list[dict]) -> None:
+        """Sets each answered row's ``gradcam``: a PNG data URL, or a one-line note why there is none.
+
+        One Grad-CAM call per decided class for the whole batch (building the
+        explainer costs more than explaining one more image).
+        """
         import keras
 
+        for row in rows:
+            row["gradcam"] = None
+        if not self.gradcam:
+            return
+        answered = [row for row in rows if not row["error"]]
         if keras.backend.backend() != "tensorflow":
-            return f"Grad-CAM needs the TensorFlow backend; this server runs {keras.backend.backend()}."
-        from PIL import Image
-
+            for row in answered:
+                row["gradcam"] = f"Grad-CAM needs the TensorFlow backend; this server runs {keras.backend.backend()}."
+            return
         from keras_pneumonia.gradcam import gradcam
         from keras_pneumonia.images import load_image
-        from keras_pneumonia.plots import overlay
 
-        image = load_image(row["path"], None, "grayscale")
-        class_index = list(self.model.class_names).index(row["decision"])
-        heat = gradcam(self.model, image, class_index=class_index)
-        picture = Image.fromarray(overlay(image, heat))
-        picture.thumbnail((512, 512))
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        for class_index, name in enumerate(self.model.class_names):
+            group = [row for row in answered if row["decision"] == name]
+            if not group:
+                continue
+            images = [load_image(row["path"], None, "grayscale") for row in group]
+            for row, image, heat in zip(group, images, gradcam(self.model, images, class_index=class_index)):
+                row["gradcam"] = _png_data_url(image, heat)
+
+
+def _png_data_url(image: np.ndarray, heatmap: np.ndarray) -> str:
+    """The Grad-CAM overlay of one X-ray (at most 512 px a side) as a PNG data URL."""
+    from PIL import Image
+
+    from keras_pneumonia.plots import overlay
+
+    picture = Image.fromarray(overlay(image, heatmap))
+    picture.thumbnail((512, 512))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _safe_suffix(filename: str | None) -> str:
