@@ -124,3 +124,14 @@ def test_the_released_flag_flags_a_paper_figure_and_not_real_pediatric_films(tmp
     rows = {Path(r["path"]).name: r for r in predict_files(model, [figure, *films])}
     assert "unlike the training population" in (rows["figure.png"]["warning"] or "")
     assert not any(rows[f.name]["warning"] for f in films)
+
+
+def test_fit_ood_command_writes_a_model_with_the_flag(tmp_path, capsys):
+    out = tmp_path / "flagged.keras"
+    args = ["fit-ood", str(KAGGLE), "--weights", "pneumonia_cnn_v2", "--output", str(out), "--validation-split", "0.3"]
+    assert main(args) == 0
+    assert "Out-of-distribution flag fitted on" in capsys.readouterr().out
+    model = keras.saving.load_model(out)
+    assert model.ood["quantile"] == 0.98 and model.ood_detector is not None
+    assert main(args) == 2  # refuses to overwrite
+    assert "already exists" in capsys.readouterr().err

@@ -237,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
     calibrate.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
+    fit_ood = commands.add_parser(
+        "fit-ood", help="fit the out-of-distribution flag on a training folder and save the model with it"
+    )
+    fit_ood.add_argument("data_dir", type=Path, help="Kaggle-layout root: its train/ split by patient, as in train")
+    fit_ood.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
+    fit_ood.add_argument("--output", type=Path, required=True, help="the model with the flag (.keras)")
+    fit_ood.add_argument(
+        "--quantile", type=_fraction, default=0.98, help="share of validation images left unflagged (0.98)"
+    )
+    fit_ood.add_argument(
+        "--validation-split", type=_fraction, default=D.validation_split, help=f"as in train ({D.validation_split})"
+    )
+    fit_ood.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
+    fit_ood.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
     predict = commands.add_parser(
         "predict", help="classify X-ray files and folders, streaming results (optionally with Grad-CAM overlays)"
     )
@@ -804,6 +819,35 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _cmd_fit_ood(args) -> int:
+    from keras_pneumonia import ood
+    from keras_pneumonia._io import atomic_save_model
+    from keras_pneumonia.data import load_chest_xray
+    from keras_pneumonia.models import load_model
+
+    if args.output.suffix != ".keras":
+        raise CLIError(f"--output must be a .keras file; received {args.output}.")
+    if args.output.exists() and not args.overwrite:
+        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it.")
+    model = load_model(args.weights, compile=False)
+    data = load_chest_xray(
+        args.data_dir,
+        **model.input_config.dataset_kwargs(),
+        class_names=model.class_names,
+        validation_split=args.validation_split,
+        seed=args.seed,
+    )
+    fitted = ood.fit(model, data.train, data.val, quantile=args.quantile, description=f"{args.data_dir} (train / val)")
+    atomic_save_model(fitted, args.output)
+    counts = data.counts
+    print(
+        f"Out-of-distribution flag fitted on {sum(counts['train'].values())} images, threshold "
+        f"{fitted.ood['threshold']:.4f} (the {args.quantile:g} quantile of {sum(counts['val'].values())} validation "
+        f"images); model written to {args.output}"
+    )
+    return 0
+
+
 COMMANDS = {
     "split": _cmd_split,
     "train": _cmd_train,
@@ -815,6 +859,7 @@ COMMANDS = {
     "calibrate": _cmd_calibrate,
     "export": _cmd_export,
     "serve": _cmd_serve,
+    "fit-ood": _cmd_fit_ood,
 }
 
 

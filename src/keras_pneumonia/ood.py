@@ -27,6 +27,10 @@ How it is fitted (`fit`), on training data only:
   construction about 2% of new images from the training population are flagged
   (the issue's budget for test_dev), fewer of the training images themselves.
 
+From the command line, ``keras-pneumonia fit-ood DATA --weights MODEL --output OUT.keras``
+fits it for any model; ``keras-pneumonia train`` fits it after training (``--no-ood-flag``
+leaves it out).
+
 Why Mahalanobis and not k-nearest neighbours: both were measured
 (``python benchmarks/ood.py``, docs/model_card.md, "Outside its population"); the
 Mahalanobis score is a mean and a matrix (a few hundred kB in the ``.keras``
