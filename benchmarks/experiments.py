@@ -114,6 +114,22 @@ class _Mean:
         return np.mean([m.predict(x, batch_size=batch_size, verbose=verbose) for m in self.models], axis=0)
 
 
+class _FlipTTA:
+    """Test-time augmentation: the mean probability of an image and its mirror image."""
+
+    def __init__(self, model):
+        self.model = model
+        self.threshold = model.threshold
+        self.input_shape = model.input_shape
+        self.class_names = model.class_names
+        self.name = f"{model.name}+flip"
+
+    def predict(self, x, batch_size=64, verbose=0):
+        x = np.asarray(x)
+        both = [self.model.predict(a, batch_size=batch_size, verbose=verbose) for a in (x, x[:, :, ::-1])]
+        return np.mean(both, axis=0)
+
+
 def _metrics(report) -> dict:
     return {k: round(float(getattr(report, k)), 4) for k in ("accuracy", "auc", "sensitivity", "specificity")}
 
@@ -125,6 +141,7 @@ def add(
     data: Path,
     threshold: float | None = None,
     recalibrate_bn: bool = False,
+    tta: bool = False,
 ) -> dict:
     from keras_pneumonia.data import load_chest_xray, load_image_folder
     from keras_pneumonia.evaluation import EvaluationReport
@@ -133,6 +150,8 @@ def add(
     loaded = [_load(s) for s in sources]
     models = [m for m, _ in loaded]
     model = models[0] if len(models) == 1 else _Mean(models, float(np.mean([m.threshold for m in models])))
+    if tta:
+        model = _FlipTTA(model)
     if threshold is not None:
         model.threshold = threshold
     size = tuple(model.input_shape[1:3])
@@ -178,15 +197,18 @@ def add(
 def table(rows: list[dict]) -> str:
     lines = [
         "| recipe | val acc | val AUC | test_dev (used for choices): acc | AUC | sens | spec "
-        "| flip crop 5% | flip crop 10% | worst flip | train min |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| flip crop 10% | flip pad 5% | worst flip | lowest spec | train min |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         v, d, f = r["val"], r["test_dev"], r["flip_rates"]
+        perturbed = {k: x["specificity"] for k, x in r["robustness"]["results"].items() if k != "clean"}
+        lowest = min(perturbed, key=perturbed.get)
         lines.append(
             f"| {r['name']} | {v['accuracy']:.3f} | {v['auc']:.3f} | {d['accuracy']:.3f} | {d['auc']:.3f} | "
-            f"{d['sensitivity']:.3f} | {d['specificity']:.3f} | {f['crop_5']:.1%} | {f['crop_10']:.1%} | "
-            f"{f[r['worst_flip']]:.1%} ({r['worst_flip']}) | {r['train_minutes'] or '-'} |"
+            f"{d['sensitivity']:.3f} | {d['specificity']:.3f} | {f['crop_10']:.1%} | {f['pad_5']:.1%} | "
+            f"{f[r['worst_flip']]:.1%} ({r['worst_flip']}) | {perturbed[lowest]:.3f} ({lowest}) | "
+            f"{r['train_minutes'] or '-'} |"
         )
     return "\n".join(lines)
 
@@ -223,6 +245,7 @@ def main(argv=None) -> int:
     add_cmd.add_argument("--note", default="", help="what the recipe changes")
     add_cmd.add_argument("--data", type=Path, default=DATA, help=f"chest_xray_224 folder ({DATA})")
     add_cmd.add_argument("--threshold", type=float, help="score at this threshold instead of the model's own")
+    add_cmd.add_argument("--tta", action="store_true", help="average each image's and its mirror's probability")
     add_cmd.add_argument(
         "--recalibrate-bn", action="store_true", help="re-estimate batch-norm statistics on the clean training split"
     )
@@ -232,7 +255,7 @@ def main(argv=None) -> int:
     plot_cmd.add_argument("--output", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     if args.command == "add":
-        row = add(args.sources, args.name, args.note, args.data, args.threshold, args.recalibrate_bn)
+        row = add(args.sources, args.name, args.note, args.data, args.threshold, args.recalibrate_bn, args.tta)
         print(table([row]))
     elif args.command == "plot":
         plot_runs(args.runs, args.output)

@@ -135,3 +135,13 @@ def test_fit_ood_command_writes_a_model_with_the_flag(tmp_path, capsys):
     assert model.ood["quantile"] == 0.98 and model.ood_detector is not None
     assert main(args) == 2  # refuses to overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_robustness_report_counts_flagged_images_for_a_model_with_the_flag(fitted):
+    from keras_pneumonia.robustness import evaluate_robustness
+
+    plain, model, _ = fitted
+    report = evaluate_robustness(model, KAGGLE / "test", ["collimation_white"])
+    assert all(0.0 <= r["ood_flagged"] <= 1.0 for r in report.results.values())
+    assert "flagged out of population" in report.to_markdown()
+    assert "ood_flagged" not in evaluate_robustness(plain, KAGGLE / "test", ["flip"]).results["flip"]

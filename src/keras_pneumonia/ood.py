@@ -239,8 +239,6 @@ def fit(
         A new `~keras_pneumonia.PneumoniaCNN` with the same weights, ``ood``
         config and fitted ``ood_detector``.
     """
-    from keras_pneumonia.models import PneumoniaCNN
-
     if not 0.5 <= quantile < 1.0:
         raise ValueError(f"`quantile` must be in [0.5, 1); received {quantile!r}.")
     if not 0.0 < shrinkage < 1.0:
@@ -271,9 +269,10 @@ def fit(
     }
     logger.info("Out-of-distribution threshold %.3f (validation quantile %s)", threshold, quantile)
     config["dims"], config["classes"] = int(means.shape[1]), int(means.shape[0])
-    new = PneumoniaCNN.from_config({**model.get_config(), "ood": config})
-    for layer in model.layers:
-        new.get_layer(layer.name).set_weights(layer.get_weights())
+    new = type(model).from_config({**model.get_config(), "ood": config})  # a PneumoniaCNN (no import: no cycle)
+    # By position: the same architecture, and keras.applications names some layers anew each build.
+    for layer, fresh in zip(model.layers, new.layers, strict=True):
+        fresh.set_weights(layer.get_weights())
     new.ood_detector.means.assign(means)
     new.ood_detector.whitening.assign(whitening)
     return new

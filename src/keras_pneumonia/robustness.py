@@ -261,7 +261,8 @@ class RobustnessReport:
     Attributes:
         results: ``{name: {"accuracy", "sensitivity", "specificity", "auc",
             "flip_rate", "flips_to_pneumonia", "flips_to_normal", "mean_abs_change"}}``,
-            ``"clean"`` first (its flip rate is 0 by definition).
+            ``"clean"`` first (its flip rate is 0 by definition); with ``"ood_flagged"``,
+            the share of images the out-of-distribution flag raises on, for a model that has one.
         n: Number of images.
         threshold: The decision threshold used.
         source: What was evaluated (folder and model name).
@@ -282,14 +283,17 @@ class RobustnessReport:
 
     def to_markdown(self) -> str:
         """A Markdown table, one row per perturbation."""
+        ood = all("ood_flagged" in r for r in self.results.values())
         lines = [
-            "| perturbation | accuracy | sensitivity | specificity | AUC | flip rate | to PNEUMONIA | to NORMAL |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| perturbation | accuracy | sensitivity | specificity | AUC | flip rate | to PNEUMONIA | to NORMAL |"
+            + (" flagged out of population |" if ood else ""),
+            "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if ood else ""),
         ]
         for name, r in self.results.items():
             lines.append(
                 f"| {name} | {r['accuracy']:.3f} | {r['sensitivity']:.3f} | {r['specificity']:.3f} | "
                 f"{r['auc']:.3f} | {r['flip_rate']:.1%} | {r['flips_to_pneumonia']} | {r['flips_to_normal']} |"
+                + (f" {r['ood_flagged']:.1%} |" if ood else "")
             )
         return "\n".join(lines)
 
@@ -348,15 +352,20 @@ def evaluate_robustness(
     originals = [load_image(directory / e.path, None, spec.color_mode) for e in entries]
     labels = np.array([e.label for e in entries], dtype=int)
 
-    def probabilities(name: str | None) -> np.ndarray:
-        batch = np.stack([_resize(image if name is None else perturb(image, name), spec) for image in originals])
-        return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0))[:, -1]
+    flagged = getattr(model, "ood_detector", None) is not None
 
-    clean = probabilities(None)
+    def probabilities(name: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        batch = np.stack([_resize(image if name is None else perturb(image, name), spec) for image in originals])
+        if flagged:  # one pass gives the out-of-distribution scores too
+            p, scores = model.predict_with_ood(batch, batch_size=batch_size)
+            return p[:, -1], scores
+        return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0))[:, -1], None
+
+    clean, clean_scores = probabilities(None)
     clean_decision = decide(clean, threshold)
     results = {}
     for name in ["clean", *names]:
-        p = clean if name == "clean" else probabilities(name)
+        p, scores = (clean, clean_scores) if name == "clean" else probabilities(name)
         decision = decide(p, threshold)
         report = EvaluationReport.from_predictions(labels, p, threshold, class_names)
         results[name] = {
@@ -369,6 +378,8 @@ def evaluate_robustness(
             "flips_to_normal": int(np.sum(~decision & clean_decision)),
             "mean_abs_change": float(np.mean(np.abs(p - clean))),
         }
+        if scores is not None:
+            results[name]["ood_flagged"] = float(np.mean(model.ood_flags(scores)))
         logger.info("%s: accuracy %.3f, flip rate %.3f", name, report.accuracy, results[name]["flip_rate"])
     return RobustnessReport(
         results=results,
