@@ -148,7 +148,7 @@ def faults(session: nox.Session) -> None:
 @nox.session
 def docs(session: nox.Session) -> None:
     """Builds the HTML docs, nitpicky with warnings as errors (docs/conf.py), and runs their code examples."""
-    session.install("-e", ".[docs]")
+    session.install("-e", ".[docs,serve]")
     env = {"TF_CPP_MIN_LOG_LEVEL": "2"}
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", env=env)
     session.run("sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest", env=env)

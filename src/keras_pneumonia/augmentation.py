@@ -68,6 +68,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "downsample_prob": 0.2,
         "flip_prob": 0.5,
     },
+    # Ablation of "robust" without the horizontal flips (release v3's experiment log).
+    "robust_no_flip": {
+        "geometry_prob": 0.5,
+        "rotate_deg": 10.0,
+        "border_prob": 0.35,
+        "text_prob": 0.3,
+        "downsample_prob": 0.2,
+    },
     "none": _NONE,
 }
 
