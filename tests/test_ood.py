@@ -58,6 +58,15 @@ def test_the_flag_travels_with_the_file_and_leaves_the_answers_alone(fitted, tmp
     np.testing.assert_allclose(loaded.ood_scores(x), scores, rtol=1e-5)
 
 
+def test_a_copy_without_optimizer_keeps_the_flag(fitted):
+    from keras_pneumonia.training import clone_without_optimizer
+
+    _, model, (x, _) = fitted
+    copy = clone_without_optimizer(model)
+    assert copy.ood == model.ood
+    np.testing.assert_allclose(copy.ood_scores(x[:4]), model.ood_scores(x[:4]), rtol=1e-6)
+
+
 def test_a_model_without_the_flag_says_so(fitted):
     plain, _, (x, _) = fitted
     assert plain.ood is None and plain.predict_with_ood(x[:2])[1] is None

@@ -104,6 +104,9 @@ def test_train_cli_writes_a_complete_run(kaggle_dir, tmp_path, capsys):
     model = keras.saving.load_model(run / "model.keras")
     assert model.threshold == pytest.approx(report["threshold"])  # chosen on validation, stored in the model
     assert report["val"]["threshold"] == pytest.approx(report["threshold"])
+    # The out-of-distribution flag is fitted after training and travels in the file.
+    assert model.ood["threshold"] == pytest.approx(report["ood"]["threshold"])
+    assert set(report["ood"]["flagged"]) == {"val", "test"}
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["command"].startswith("keras-pneumonia train")
     from keras_pneumonia.config import DEFAULTS

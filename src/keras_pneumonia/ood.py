@@ -51,6 +51,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Sequence
@@ -167,7 +168,9 @@ def mahalanobis_scores(features: np.ndarray, means: np.ndarray, whitening: np.nd
     return np.min(distances, axis=0) / features.shape[1]
 
 
+@functools.cache
 def _layer_class():
+    """The layer class, defined (and registered with Keras) once, on first use: Keras loads only then."""
     import keras
 
     @keras.saving.register_keras_serializable(package="keras_pneumonia")
@@ -208,7 +211,15 @@ def _layer_class():
 
 
 def OutOfDistribution(dims: int, classes: int, **kwargs):  # noqa: N802  (a layer, named as one)
-    """The Keras layer that holds the detector (see ``_layer_class``), built lazily so that Keras loads on use."""
+    """A Keras layer holding the detector's statistics; ``layer(features)`` gives the scores ``(n,)``.
+
+    The score is the squared Mahalanobis distance to the nearest class mean,
+    divided by the feature dimension (about 1 for a typical training image).
+
+    Args:
+        dims: Feature dimension ``d``.
+        classes: Number of class means.
+    """
     return _layer_class()(dims, classes, **kwargs)
 
 
