@@ -77,7 +77,10 @@ if not intersphinx_mapping:
     # Offline (CI here): the Python and NumPy inventories cannot be fetched, so their
     # classes in type hints (pathlib.Path, numpy.ndarray, collections.abc.Sequence)
     # cannot link. Online builds link and check them.
-    nitpick_ignore_regex += [(r"py:.*", r"(pathlib|numpy|collections\.abc|typing)\..*"), (r"py:class", r"Path")]
+    nitpick_ignore_regex += [
+        (r"py:.*", r"(pathlib|numpy|collections\.abc|typing|concurrent\.futures)\..*"),
+        (r"py:class", r"Path"),
+    ]
 
 html_theme = "furo"
 html_title = f"keras-pneumonia {version}"

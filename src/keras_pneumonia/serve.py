@@ -75,7 +75,11 @@ class Predictor:
         self._thread.start()
 
     def submit(self, paths: list[Path]) -> concurrent.futures.Future:
-        """Queues one request's files; the future's result is one row per file (`predict_files`' rows)."""
+        """Queues one request's files.
+
+        The future's result is one row per file, as `~keras_pneumonia.prediction.predict_files`
+        yields them, with ``gradcam`` added.
+        """
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
             self._queue.put_nowait((paths, future))
