@@ -116,6 +116,16 @@ def test_a_dicom_without_pixels_is_a_clear_error(server, tmp_path):
     assert response.status_code == 422 and "empty.dcm" in response.json()["error"]
 
 
+def test_a_dicom_film_is_answered_as_predict_answers_it(server, model, tmp_path):
+    pytest.importorskip("pydicom")  # the [dicom] extra: run by `nox -s extras`
+    from test_dicom import _grey, _write
+
+    path = _write(tmp_path / "film.dcm", _grey())
+    answer = _post(server, path).json()["results"][0]
+    direct = next(predict_files(model, [path]))
+    assert abs(answer["probability"] - direct["probability"]) <= 1e-4 and answer["decision"] == direct["decision"]
+
+
 def test_24_concurrent_uploads_all_answered_alike(server):
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(lambda i: _post(server, SAMPLES[i % len(SAMPLES)]), range(24)))
