@@ -125,11 +125,11 @@ def pooled_features(model, images, layers: Sequence[str] | None = None, batch_si
     Returns:
         ``float32`` ``(n, d)``.
     """
-    extractor = feature_model(model, list(layers or default_layers(model)))
-    if isinstance(images, np.ndarray):
-        return np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), np.float32)
-    chunks = [np.asarray(extractor.predict_on_batch(np.asarray(batch[0])), np.float32) for batch in images]
-    return np.concatenate(chunks) if chunks else np.zeros((0, extractor.output_shape[-1]), np.float32)
+    layers = list(layers or default_layers(model))
+    if not isinstance(images, np.ndarray):
+        return _features_and_labels(model, images, layers)[0]
+    extractor = feature_model(model, layers)
+    return np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), np.float32)
 
 
 def fit_mahalanobis(
@@ -257,7 +257,7 @@ def fit(
     layers = list(layers or default_layers(model))
     train_features, train_labels = _features_and_labels(model, train, layers)
     val_features, _ = _features_and_labels(model, validation, layers)
-    if len(val_features) == 0 or len(np.unique(train_labels)) < 1:
+    if len(train_features) == 0 or len(val_features) == 0:
         raise ValueError("Fitting the out-of-distribution flag needs training and validation images.")
     if len(train_features) <= train_features.shape[1]:
         logger.warning(
@@ -290,6 +290,7 @@ def fit(
 
 
 def _features_and_labels(model, data, layers) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features and labels of ``(images, labels)`` arrays or of a dataset of such batches."""
     if isinstance(data, tuple):
         images, labels = data[0], data[1]
         return pooled_features(model, np.asarray(images), layers), np.asarray(labels)
@@ -298,6 +299,8 @@ def _features_and_labels(model, data, layers) -> tuple[np.ndarray, np.ndarray]:
     for batch in data:
         features.append(np.asarray(extractor.predict_on_batch(np.asarray(batch[0])), np.float32))
         labels.append(np.asarray(batch[1]))
+    if not features:
+        return np.zeros((0, extractor.output_shape[-1]), np.float32), np.zeros(0, int)
     return np.concatenate(features), np.concatenate(labels)
 
 
