@@ -192,14 +192,7 @@ class Augmentation:
         b2 = cy - b0 * cx - b1 * cy + ty
         zeros = tf.zeros_like(a0)
         transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x,
-            transforms=transforms,
-            output_shape=tf.shape(x)[1:3],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="CONSTANT",
-        )
+        x = _warp(x, transforms)
 
         # Exposure: gamma, then contrast about the mean.
         gamma = tf.reshape(log_uniform(*self.gamma), [-1, 1, 1, 1])
@@ -275,14 +268,7 @@ class Augmentation:
         dy = _uniform(seeds, n, -0.15, 0.15) * float(height)
         ones, zeros = tf.ones_like(dx), tf.zeros_like(dx)
         shift = tf.stack([ones, zeros, dx, zeros, ones, dy, zeros, zeros], axis=1)
-        labels = tf.raw_ops.ImageProjectiveTransformV3(
-            images=labels,
-            transforms=shift,
-            output_shape=tf.shape(labels)[1:3],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="CONSTANT",
-        )
+        labels = _warp(labels, shift)
         shade = _per_image(_uniform(seeds, n, 200.0, 255.0))
         drawn = _per_image(_uniform(seeds, n) < self.text_prob)
         return tf.where(drawn, x * (1.0 - labels) + shade * labels, x)
@@ -309,6 +295,20 @@ class Augmentation:
 
         dataset = tf.data.Dataset.zip(dataset, seeds)
         return dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _warp(images, transforms):
+    """One bilinear resampling per image by a projective transform, black outside (the kernel of Keras' RandomZoom)."""
+    import tensorflow as tf
+
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
 
 
 def _uniform(seeds, n, low=0.0, high=1.0, shape=None):

@@ -472,6 +472,14 @@ def _calibration_markdown(calibration: dict) -> str:
     return "\n".join(rows)
 
 
+def _check_keras_output(path: Path, overwrite: bool) -> None:
+    """A model output must be a ``.keras`` file, and not replace one unless asked."""
+    if path.suffix != ".keras":
+        raise CLIError(f"--output must be a .keras file; received {path}.")
+    if path.exists() and not overwrite:
+        raise CLIError(f"{path} already exists; pass --overwrite to replace it.")
+
+
 def _cmd_calibrate(args) -> int:
     from keras_pneumonia import plots
     from keras_pneumonia._io import atomic_write_text
@@ -479,10 +487,8 @@ def _cmd_calibrate(args) -> int:
     from keras_pneumonia.data import load_chest_xray
     from keras_pneumonia.models import load_model
 
-    if args.output is not None and args.output.suffix != ".keras":
-        raise CLIError(f"--output must be a .keras file; received {args.output}.")
-    if args.output is not None and args.output.exists() and not args.overwrite:
-        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it.")
+    if args.output is not None:
+        _check_keras_output(args.output, args.overwrite)
     model = load_model(args.weights, compile=False)
     data = load_chest_xray(
         args.data_dir,
@@ -825,10 +831,7 @@ def _cmd_fit_ood(args) -> int:
     from keras_pneumonia.data import load_chest_xray
     from keras_pneumonia.models import load_model
 
-    if args.output.suffix != ".keras":
-        raise CLIError(f"--output must be a .keras file; received {args.output}.")
-    if args.output.exists() and not args.overwrite:
-        raise CLIError(f"{args.output} already exists; pass --overwrite to replace it.")
+    _check_keras_output(args.output, args.overwrite)
     model = load_model(args.weights, compile=False)
     data = load_chest_xray(
         args.data_dir,

@@ -29,6 +29,7 @@ Example:
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request) at run time.
+import asyncio
 import base64
 import concurrent.futures
 import io
@@ -73,6 +74,11 @@ class Predictor:
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="keras-pneumonia-model", daemon=True)
         self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the model."""
+        return self._queue.qsize()
 
     def submit(self, paths: list[Path]) -> concurrent.futures.Future:
         """Queues one request's files.
@@ -248,7 +254,7 @@ def create_app(
     @app.get("/api/health")
     def health() -> dict:
         """``{"status": "ok", "queued": n}`` while the server can answer."""
-        return {"status": "ok", "model": info["model"], "queued": predictor._queue.qsize()}
+        return {"status": "ok", "model": info["model"], "queued": predictor.queued}
 
     @app.get("/api/model")
     def model_card() -> dict:
@@ -286,8 +292,6 @@ def create_app(
                 future = predictor.submit(paths)
             except QueueFull:
                 return error(503, "The server is busy; try again shortly.", headers={"Retry-After": "2"})
-            import asyncio
-
             rows = await asyncio.wrap_future(future)
         results = [_public(row, name) for row, (name, _) in zip(rows, contents)]
         if all(r["error"] for r in results):
