@@ -76,6 +76,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_prob": 0.3,
         "downsample_prob": 0.2,
     },
+    # "strong" framing on every image (v2-a's) plus the film artefacts of "robust_no_flip".
+    "robust_reframe": {
+        "rotate_deg": 10.0,
+        "border_prob": 0.35,
+        "text_prob": 0.3,
+        "downsample_prob": 0.2,
+    },
     "none": _NONE,
 }
 

@@ -30,7 +30,7 @@ DEFAULT_SEED = 1337
 CHOICES: dict[str, tuple[str, ...]] = {
     "kaggle_val": ("pool", "keep"),
     "callbacks": ("default", "fine_tune"),
-    "augmentation": ("strong", "mixed", "robust", "robust_no_flip", "light", "none"),
+    "augmentation": ("strong", "mixed", "robust", "robust_no_flip", "robust_reframe", "light", "none"),
     "schedule": ("plateau", "cosine"),
     "resize": ("squash", "crop", "pad"),
     "pipeline": ("auto", "memory", "stream"),
