@@ -1,6 +1,7 @@
 """The download path, against a real HTTP server on 127.0.0.1 (no mocks of the transfer)."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -303,3 +304,23 @@ def test_a_damaged_shipped_copy_is_named_not_hidden_behind_the_download_error(tm
         weights.get_file("pneumonia_cnn_v2", cache_dir=tmp_path / "cache")
     with pytest.raises(WeightsError, match=r"does not match its sha256.*Offline mode"):
         weights.get_file("pneumonia_cnn_v2", cache_dir=tmp_path / "cache", offline=True)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_json_output_stays_clean_while_a_download_reports_progress(served, tmp_path, command):
+    """Keras' download messages and progress bar go to stderr, never into `--json` on stdout."""
+    target = "tests/data/chest_xray/test/NORMAL/IM-0131-0001.jpeg" if command == "predict" else "tests/data/chest_xray"
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KERAS_PNEUMONIA_CACHE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_pneumonia", command, target, "--weights", served.url("/tiny.keras"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert served.requests == ["/tiny.keras"]  # it did download
+    assert "Downloading data from" in done.stderr
+    json.loads(done.stdout)

@@ -20,10 +20,12 @@ the network and says which file to put where.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -137,9 +139,12 @@ def download(url: str, destination: str | Path, sha256: str | None = None, timeo
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(timeout)
         try:
-            fetched = Path(
-                keras.utils.get_file(fname=destination.name, origin=url, cache_dir=str(staging), cache_subdir=".")
-            )
+            # get_file prints its "Downloading data from" line and progress bar on stdout,
+            # which would corrupt `--json` output: they go to stderr like every other message.
+            with contextlib.redirect_stdout(sys.stderr):
+                fetched = Path(
+                    keras.utils.get_file(fname=destination.name, origin=url, cache_dir=str(staging), cache_subdir=".")
+                )
         except Exception as error:  # get_file raises bare Exception subclasses for HTTP/URL errors.
             raise WeightsError(f"Could not download {url}: {error}") from None
         finally:
