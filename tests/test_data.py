@@ -226,3 +226,30 @@ def test_load_image_errors_name_the_file(tmp_path):
     (tmp_path / "text.jpeg").write_text("hello")
     with pytest.raises(ValueError, match="text.jpeg: not an image"):
         load_image(tmp_path / "text.jpeg")
+
+
+def test_split_names_files_cut_short_after_their_header(kaggle_dir, tmp_path):
+    """`split` reads no pixels, yet a JPEG or PNG whose end is missing is named, and no manifest is written."""
+    import subprocess
+    import sys
+
+    folder = kaggle_dir / "train" / "NORMAL"
+    good = (folder / "IM-0115-0001.jpeg").read_bytes()
+    (folder / "IM-9999-0001.jpeg").write_bytes(good[: len(good) * 2 // 3])
+    # Bytes after the end marker are legal (some writers pad): not "cut short".
+    (folder / "IM-9998-0001.jpeg").write_bytes(good + b"\0" * 100)
+    with Image.open(folder / "IM-0115-0001.jpeg") as image:
+        image.save(folder / "IM-9997-0001.png")
+    png = (folder / "IM-9997-0001.png").read_bytes()
+    (folder / "IM-9997-0001.png").write_bytes(png[: len(png) - 20])
+    manifest = tmp_path / "split.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_pneumonia", "split", str(kaggle_dir), "--manifest", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "IM-9999-0001.jpeg" in done.stderr and "IM-9997-0001.png" in done.stderr
+    assert "cut short" in done.stderr and "IM-9998-0001.jpeg" not in done.stderr
+    assert "Traceback" not in done.stderr and not manifest.exists()

@@ -326,8 +326,7 @@ def _cmd_split(args) -> int:
     from keras_pneumonia.data import load_chest_xray
 
     # The streaming pipeline lists and splits without decoding and checks every file's
-    # header (empty, not an image, too many pixels); a file cut short after its header
-    # is found when training decodes it.
+    # header and end marker (empty, not an image, too many pixels, cut short).
     data = load_chest_xray(
         args.data_dir,
         validation_split=args.validation_split,

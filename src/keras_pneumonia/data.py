@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -352,9 +353,10 @@ def check_headers(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
     Pillow's ``Image.open`` reads the header only (format, size, mode): empty
     files, files that are not images, and images with more pixels than Pillow
     decodes safely are found here, in under 0.1 ms a file (``setup_s`` in
-    ``benchmarks/streaming.json``: listing, split and headers). A file cut short after
-    its header is found only when it is decoded. DICOM files are checked for
-    their ``DICM`` marker only.
+    ``benchmarks/streaming.json``: listing, split and headers). JPEG and PNG files
+    must also end with their end marker, so a file cut short after its header (an
+    interrupted copy) is named here rather than in the middle of training. DICOM
+    files are checked for their ``DICM`` marker only.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -370,8 +372,11 @@ def check_headers(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
                 continue
             with Image.open(path) as image:
                 width, height = image.size
+                image_format = image.format
             if width < 1 or height < 1:
                 problems.append((str(path), f"image of size {width}x{height}"))
+            elif _cut_short(path, image_format):
+                problems.append((str(path), f"{image_format} file cut short (no end marker): an interrupted copy?"))
         except FileNotFoundError:
             problems.append((str(path), "no such file"))
         except UnidentifiedImageError:
@@ -381,6 +386,27 @@ def check_headers(paths: Sequence[str | Path]) -> list[tuple[str, str]]:
         except (OSError, SyntaxError, ValueError) as error:
             problems.append((str(path), str(error) or type(error).__name__))
     return problems
+
+
+#: Where a complete file's end marker must lie: JPEG's end-of-image within the last
+#: bytes (some writers append padding or metadata after it), PNG's IEND chunk at the end.
+_END_MARKERS = {"JPEG": (b"\xff\xd9", 4096), "MPO": (b"\xff\xd9", 4096), "PNG": (b"IEND\xaeB`\x82", 64)}
+
+
+def _cut_short(path: str | Path, image_format: str | None) -> bool:
+    """Whether a JPEG or PNG file lacks its end marker; reads only the file's tail.
+
+    Pillow opens a truncated file's header without complaint and fails only when the
+    pixels are decoded; this cheap check finds it without decoding.
+    """
+    if image_format not in _END_MARKERS:
+        return False
+    marker, window = _END_MARKERS[image_format]
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - window))
+        return marker not in handle.read()
 
 
 def bad_image_error_from(error: BaseException) -> BadImageError | None:
