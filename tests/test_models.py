@@ -156,3 +156,39 @@ def test_threshold_is_checked_when_set():
         with pytest.raises(ValueError, match="strictly between 0 and 1"):
             model.threshold = bad
     assert model.threshold == 0.3
+
+
+@pytest.mark.parametrize(
+    ("shape", "fill", "message"),
+    [
+        ((2, 64, 64, 1), 0.0, "are 64x64 with 1 channel"),
+        ((2, 16, 16, 1), 0.0, "are 16x16 with 1 channel"),
+        ((2, 32, 32, 3), 0.0, "with 3 channel"),
+        ((32, 32), 0.0, r"x\[None, \.\.\., None\]"),
+        ((32, 32, 1), 0.0, r"batch axis \(x\[None\]\)"),
+        ((0, 32, 32, 1), 0.0, "The batch is empty"),
+        ((3, 32, 32, 1), np.nan, r"1 of 3 image\(s\) hold NaN or infinite.*positions \[1\]"),
+        ((3, 32, 32, 1), np.inf, r"1 of 3 image\(s\) hold NaN or infinite"),
+    ],
+)
+def test_inputs_the_model_would_answer_for_wrongly_are_refused(shape, fill, message):
+    model = kp.PneumoniaCNN(**TINY)
+    images = np.full(shape, 100.0, dtype=np.float32)
+    if not np.isfinite(fill):
+        images[1, 5, 5, 0] = fill
+    for call in (model.predict, model.predict_on_batch, model.predict_with_ood):
+        with pytest.raises(ValueError, match=message):
+            call(images)
+
+
+def test_right_inputs_still_predict_as_arrays_tensors_and_datasets():
+    import tensorflow as tf
+
+    model = kp.PneumoniaCNN(**TINY)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 1)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    np.testing.assert_allclose(model.predict_on_batch(tf.constant(images)), expected, atol=1e-5)
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(2)
+    np.testing.assert_allclose(model.predict(dataset, verbose=0), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="are 16x16"):
+        model.predict(tf.data.Dataset.from_tensor_slices(np.zeros((2, 16, 16, 1), "float32")).batch(2))

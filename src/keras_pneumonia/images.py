@@ -305,16 +305,57 @@ def input_config_of(model) -> InputConfig:
 
 
 def check_batch(model, images) -> None:
-    """Refuses a batch whose height, width or channels differ from the model's input.
+    """Refuses a batch the model would answer for wrongly, naming the problem and the fix.
 
-    Keras would run a global-pooling network on any size and answer for an image
-    it was never trained to read; this says what to do instead.
+    Checked for arrays and tensors (a ``tf.data.Dataset`` by its element spec):
+    the rank (an ``(H, W)`` or unbatched ``(H, W, C)`` image), an empty batch, a height,
+    width or channel count other than the model's (Keras would run a global-pooling
+    network on any size and answer for an image it was never trained to read), and
+    NaN or infinite pixels (one of them turns the per-image normalisation, and so the
+    answer, into nonsense).
+
+    Raises:
+        ValueError: What is wrong and how to read the images instead.
     """
-    shape = tuple(np.shape(images)[1:4])
-    expected = tuple(model.input_shape[1:4])
-    if len(shape) == 3 and any(e is not None and e != s for s, e in zip(shape, expected)):
+    shape = _batch_shape(images)
+    if shape is None:
+        return
+    expected = tuple(model.input_shape[1:])
+    read_with = (
+        "read them with the model's input config (model.input_config.load(path) gives one "
+        "image; np.stack them into a batch, or use load_chest_xray(..., **model.input_config.dataset_kwargs()))"
+    )
+    if len(shape) != len(expected) + 1:
         raise ValueError(
-            f"The images are {shape[0]}x{shape[1]} with {shape[2]} channel(s), but {model.name!r} takes "
-            f"{expected[0]}x{expected[1]} with {expected[2]}: read them with the model's input config "
-            "(model.input_config.load(path), or load_chest_xray(..., **model.input_config.dataset_kwargs()))."
+            f"{model.name!r} takes a batch of shape (n, {', '.join(map(str, expected))}); received an array of "
+            f"shape {shape}. One image needs a batch axis (x[None]), a grayscale (H, W) image a channel axis "
+            f"too (x[None, ..., None]); or {read_with}."
         )
+    if shape[0] == 0:
+        raise ValueError(f"The batch is empty (shape {shape}): there is nothing for {model.name!r} to predict.")
+    if any(e is not None and s is not None and e != s for s, e in zip(shape[1:], expected)):
+        raise ValueError(
+            f"The images are {shape[1]}x{shape[2]} with {shape[3]} channel(s), but {model.name!r} takes "
+            f"{expected[0]}x{expected[1]} with {expected[2]}: {read_with}."
+        )
+    if isinstance(images, np.ndarray) and images.dtype.kind == "f":
+        bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} of {len(images)} image(s) hold NaN or infinite pixel values "
+                f"(batch positions {np.flatnonzero(bad)[:10].tolist()}): the model's answer for them would "
+                "mean nothing. Replace or drop those pixels first."
+            )
+
+
+def _batch_shape(images) -> tuple | None:
+    """The shape of an array, tensor or dataset batch; ``None`` for inputs not checked here."""
+    spec = getattr(images, "element_spec", None)
+    if spec is not None:
+        spec = spec[0] if isinstance(spec, tuple) else spec
+        shape = getattr(spec, "shape", None)
+        return tuple(shape) if shape is not None and shape.rank is not None else None
+    if isinstance(images, (list, tuple)):
+        return None
+    shape = getattr(images, "shape", None)
+    return tuple(shape) if shape is not None else None

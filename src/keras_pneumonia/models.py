@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from keras_pneumonia.config import DEFAULT_IMAGE_SIZE
-from keras_pneumonia.images import RESIZE_MODES, InputConfig, as_size
+from keras_pneumonia.images import RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
@@ -338,6 +338,21 @@ class PneumoniaCNN(keras.Model):
 
         return decide(probabilities, self.threshold)
 
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, after refusing input it would answer for wrongly.
+
+        Arrays, tensors and datasets of another rank, size or channel count than the
+        model's input, empty batches and NaN or infinite pixels raise a ``ValueError``
+        that says what to do (`keras_pneumonia.images.check_batch`).
+        """
+        check_batch(self, x)
+        return super().predict(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        """`keras.Model.predict_on_batch`, with `predict`'s input checks."""
+        check_batch(self, x)
+        return super().predict_on_batch(x)
+
     def predict_with_ood(self, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
         """The probabilities and the out-of-distribution scores of ``images``, in one pass.
 
@@ -352,6 +367,7 @@ class PneumoniaCNN(keras.Model):
         """
         from keras_pneumonia.ood import joint_model
 
+        check_batch(self, images)
         if self.ood_detector is None:
             return np.asarray(self.predict(images, batch_size=batch_size, verbose=0)), None
         probabilities, features = joint_model(self).predict(images, batch_size=batch_size, verbose=0)
