@@ -253,3 +253,40 @@ def test_split_names_files_cut_short_after_their_header(kaggle_dir, tmp_path):
     assert "IM-9999-0001.jpeg" in done.stderr and "IM-9997-0001.png" in done.stderr
     assert "cut short" in done.stderr and "IM-9998-0001.jpeg" not in done.stderr
     assert "Traceback" not in done.stderr and not manifest.exists()
+
+
+def test_sub_folders_of_a_class_are_read_and_oddities_are_named(kaggle_dir, caplog):
+    """Images in sub-folders count (as `predict` reads them); links to nothing are named, not skipped silently."""
+    normal = kaggle_dir / "train" / "NORMAL"
+    moved = sorted(normal.glob("*.jpeg"))
+    (normal / "batch2").mkdir()
+    for path in moved:
+        path.rename(normal / "batch2" / path.name)
+    (normal / "gone.jpeg").symlink_to(normal / "nowhere.jpeg")
+    with caplog.at_level(logging.WARNING):
+        data = kp.load_chest_xray(kaggle_dir, image_size=16, validation_split=0.25)
+    paths = [e.path for s in ("train", "val") for e in data.files[s] if e.label == 0]
+    assert len(paths) == len(moved) and all("/batch2/" in p for p in paths)
+    assert "gone.jpeg" in caplog.text and "link(s) to nothing" in caplog.text
+
+
+def test_the_same_file_under_both_classes_is_a_clear_error(kaggle_dir):
+    normal = kaggle_dir / "train" / "NORMAL"
+    shutil.copy(next(normal.glob("*.jpeg")), kaggle_dir / "train" / "PNEUMONIA")
+    with pytest.raises(kp.LayoutError, match="byte for byte, under more than one class"):
+        kp.load_chest_xray(kaggle_dir, image_size=16)
+
+
+def test_an_empty_class_error_lists_every_suffix_read(kaggle_dir):
+    for f in (kaggle_dir / "train" / "NORMAL").iterdir():
+        f.unlink()
+    with pytest.raises(kp.LayoutError, match=r"\.tiff.*\.dcm"):
+        kp.load_chest_xray(kaggle_dir, image_size=8)
+
+
+def test_equal_file_names_in_two_classes_are_fine(kaggle_dir):
+    """Numbered files (NORMAL/0001.jpeg, PNEUMONIA/0001.jpeg) are different images, not a conflict."""
+    for name in ("NORMAL", "PNEUMONIA"):
+        first = sorted((kaggle_dir / "train" / name).glob("*.jpeg"))[0]
+        first.rename(first.with_name("0001.jpeg"))
+    kp.load_chest_xray(kaggle_dir, image_size=16)

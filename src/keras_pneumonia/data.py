@@ -6,6 +6,7 @@ Decoding one image is `keras_pneumonia.images`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -140,12 +141,35 @@ def _is_visible_dir(path: Path) -> bool:
 
 
 def _list_class_dir(class_dir: Path) -> list[Path]:
-    files = [p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
-    skipped = sorted(p.name for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS)
+    """The image files under a class folder, sub-folders included (as `predict` reads folders).
+
+    Hidden files and folders are left out; files that are not images by suffix and
+    links that point nowhere are named in a warning, never dropped silently.
+    """
+    files, dangling = [], []
+    for path in sorted(class_dir.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(class_dir).parts):
+            continue
+        if path.is_file():
+            files.append(path)
+        elif path.is_symlink() and not path.exists():
+            dangling.append(path.relative_to(class_dir).as_posix())
+    if dangling:
+        logger.warning("%s: skipping %d link(s) to nothing: %s", class_dir, len(dangling), _shown(dangling))
+    skipped = [p.relative_to(class_dir).as_posix() for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        logger.warning("%s: skipping %d file(s) that are not images by suffix: %s", class_dir, len(skipped), shown)
-    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS)
+        logger.warning(
+            "%s: skipping %d file(s) that are not images by suffix (%s): %s",
+            class_dir,
+            len(skipped),
+            " ".join(sorted(IMAGE_EXTENSIONS)),
+            _shown(skipped),
+        )
+    return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def _shown(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def has_class_dirs(folder: Path, class_names: Sequence[str] = CLASS_NAMES) -> bool:
@@ -205,12 +229,38 @@ def _entries(folder: Path, root: Path, class_names: Sequence[str]) -> list[FileE
             ", ".join(others),
             ", ".join(class_names),
         )
-    entries = []
+    entries, files = [], {}
     for label, name in enumerate(class_names):
-        for file in _list_class_dir(folder / name):
+        files[name] = _list_class_dir(folder / name)
+        for file in files[name]:
             pid = patient_id(file.name)
             entries.append(FileEntry(file.relative_to(root).as_posix(), label, pid or f"file:{file.stem}"))
+    both = _in_several_classes(files)
+    if both:
+        raise LayoutError(
+            f"{folder}: {len(both)} image(s) are stored, byte for byte, under more than one class, so their "
+            f"label is ambiguous: {_shown(both)}. Keep each image under one class."
+        )
     return entries
+
+
+def _in_several_classes(files: dict[str, list[Path]]) -> list[str]:
+    """Files whose exact bytes appear under two classes; only files of equal size are hashed."""
+    by_size: dict[int, list[tuple[str, Path]]] = {}
+    for name, paths in files.items():
+        for path in paths:
+            by_size.setdefault(path.stat().st_size, []).append((name, path))
+    found = []
+    for group in by_size.values():
+        if len({name for name, _ in group}) < 2:
+            continue
+        by_hash: dict[str, list[tuple[str, Path]]] = {}
+        for name, path in group:
+            by_hash.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append((name, path))
+        for same in by_hash.values():
+            if len({name for name, _ in same}) > 1:
+                found.append(" = ".join(f"{name}/{path.name}" for name, path in same))
+    return sorted(found)
 
 
 def split_by_patient(
@@ -686,7 +736,10 @@ def load_chest_xray(
     given_val = _entries(root / "val", root, class_names) if has_val else []
     for name in class_names:
         if not any(e.label == class_names.index(name) for e in pool):
-            raise LayoutError(f"{root / 'train' / name} holds no images (.jpeg, .jpg or .png).")
+            raise LayoutError(
+                f"{root / 'train' / name} holds no images (files ending in {', '.join(IMAGE_EXTENSIONS)}, "
+                "in it or in its sub-folders)."
+            )
     unmatched = sorted({e.patient for e in pool + given_val if e.patient.startswith("file:")})
     if unmatched:
         logger.warning(
