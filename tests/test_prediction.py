@@ -115,3 +115,41 @@ def test_gradcam_overlays_of_files_with_one_name_do_not_overwrite_each_other(fol
     cams = tmp_path / "cams"
     assert main(["predict", str(same), "--weights", str(model_file), "--gradcam", str(cams)]) == 0
     assert sorted(p.name for p in cams.iterdir()) == ["b_xray_gradcam.png", "c_xray_gradcam.png", "xray_gradcam.png"]
+
+
+def _predict_process(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "keras_pneumonia", "predict", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_results_file_another_run_is_writing_is_refused(folder, model_file, tmp_path):
+    out = tmp_path / "r.csv"
+    with ResultsFile(out):  # another run holds it open
+        done = _predict_process(folder / "test", "--weights", model_file, "--output", out)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"{out} is being written by another run" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text().count("\n") == 1  # the header only: no row written twice
+    assert _predict_process(folder / "test", "--weights", model_file, "--output", out).returncode == 0
+    assert len(ResultsFile.read(out)) == 8
+
+
+def test_json_with_an_output_file_prints_a_json_summary(folder, model_file, tmp_path):
+    out = tmp_path / "r.jsonl"
+    done = _predict_process(folder / "test", "--weights", model_file, "--output", out, "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {"output": str(out), "images": 8, "written": 8, "failed": 0}
+
+
+def test_a_line_break_in_a_file_name_keeps_one_line_per_result(folder, model_file, tmp_path):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    shutil.copy(next((folder / "test" / "NORMAL").iterdir()), odd / "two\nlines.jpeg")
+    done = _predict_process(odd, "--weights", model_file)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "two\\nlines.jpeg" in lines[0]

@@ -60,6 +60,46 @@ class FolderInUseError(RuntimeError):
     """Another process holds the folder's lock (another training writing into it)."""
 
 
+class FileInUseError(RuntimeError):
+    """Another process is writing the same results file."""
+
+
+def lock_open_file(file, path: str | Path) -> None:
+    """Takes an exclusive lock on an open file for as long as it stays open.
+
+    A second process opening the same file gets `FileInUseError` at once. The lock
+    is the operating system's (``fcntl.flock``), released when the file is closed or
+    its process dies. Where ``fcntl`` does not exist (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        return
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise FileInUseError(
+            f"{path} is being written by another run; wait for it to finish, or choose another output file."
+        ) from None
+
+
+def close_durably(file, path: str | Path) -> None:
+    """Flushes, fsyncs and closes ``file``; a failure (a full disk) is an ``OSError`` naming ``path``.
+
+    Closing implicitly would hide the last write's failure (Python reports it only as
+    "Exception ignored" at garbage collection).
+    """
+    try:
+        try:
+            file.flush()
+            os.fsync(file.fileno())
+        finally:
+            file.close()
+    except OSError as error:
+        raise OSError(error.errno, f"{path}: the results could not be written completely ({error.strerror})") from None
+
+
 @contextlib.contextmanager
 def exclusive_lock(folder: str | Path) -> Iterator[Path]:
     """Holds an exclusive lock on ``folder`` (the file ``folder/.lock``, holding our PID).

@@ -635,10 +635,16 @@ def _add_gradcam(model, result: dict, folder: Path, used: set[str], method: str)
     result["gradcam"] = str(out)
 
 
+def _shown_path(path) -> str:
+    """A file name on one line: one holding a line break or another control character is quoted."""
+    text = str(path)
+    return repr(text) if any(ord(c) < 32 or c == "\x7f" for c in text) else text
+
+
 def _result_line(r: dict) -> str:
     if r["error"]:
-        return f"{r['path']}: ERROR {r['error']}"
-    line = f"{r['path']}: {r['decision']}  P(pneumonia)={r['probability']:.3f}  threshold={r['threshold']:.3f}"
+        return f"{_shown_path(r['path'])}: ERROR {r['error']}"
+    line = f"{_shown_path(r['path'])}: {r['decision']}  P(pneumonia)={r['probability']:.3f}  threshold={r['threshold']:.3f}"
     if "gradcam" in r:
         line += f"  -> {r['gradcam']}"
     if r.get("warning"):
@@ -671,12 +677,15 @@ def _run_predictions(model, paths, args, out=None) -> list[dict]:
 
 
 def _cmd_predict(args) -> int:
+    from keras_pneumonia.images import IMAGE_EXTENSIONS
     from keras_pneumonia.models import load_model
     from keras_pneumonia.prediction import ResultsFile, find_images
 
     paths = find_images(args.paths, pattern=args.glob)
     if not paths:
-        raise CLIError(f"no images (.jpeg, .jpg, .png) matching {args.glob!r} in {', '.join(map(str, args.paths))}")
+        raise CLIError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) matching {args.glob!r} in {', '.join(map(str, args.paths))}"
+        )
     model = load_model(args.weights, compile=False)
     if args.gradcam is not None:
         import keras
@@ -700,8 +709,11 @@ def _cmd_predict(args) -> int:
         # The exit code and the list of failures speak for the whole job, resumed parts included.
         wanted = {str(p) for p in paths}
         failed = [r for r in ResultsFile.read(args.output) if r["error"] and r["path"] in wanted]
+        if args.json:  # the results are in the file; stdout says where, as JSON
+            summary = {"output": str(args.output), "images": len(paths), "written": len(todo), "failed": len(failed)}
+            print(json.dumps(summary))
     for result in failed:
-        print(f"keras-pneumonia predict: error: {result['path']}: {result['error']}", file=sys.stderr)
+        print(f"keras-pneumonia predict: error: {_shown_path(result['path'])}: {result['error']}", file=sys.stderr)
     if failed:
         print(f"keras-pneumonia predict: {len(failed)} of {len(paths)} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0

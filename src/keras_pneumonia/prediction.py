@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia._io import close_durably, lock_open_file
+
 logger = logging.getLogger(__name__)
 
 #: Columns of a results file, in order.
@@ -190,12 +192,13 @@ class ResultsFile:
         self.done: set[str] = set()
         if self.path.exists() and not self.path.is_file():
             raise ValueError(f"{self.path}: not a regular file (a folder or a device); choose a file name")
-        if self.path.exists():
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close()/__exit__)
+        lock_open_file(self._file, self.path)  # two runs appending to one file would write every row twice
+        new = self.path.stat().st_size == 0
+        if not new:
             self._drop_partial_last_line()
             self.done = {row["path"] for row in self.read(self.path)}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close()/__exit__)
         if self.format == ".csv":
             fields = FIELDS
             if not new:  # resuming: keep the file's columns (0.2.0 files have no "warning")
@@ -240,8 +243,13 @@ class ResultsFile:
         self.done.add(row["path"])
 
     def close(self) -> None:
-        """Closes the file."""
-        self._file.close()
+        """Flushes, fsyncs and closes the file (releasing its lock).
+
+        Raises:
+            OSError: The last writes could not reach the disk; the message names the file.
+        """
+        if not self._file.closed:
+            close_durably(self._file, self.path)
 
     def __enter__(self) -> ResultsFile:
         return self
