@@ -59,3 +59,35 @@ def test_one_default_input_size_everywhere():
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_an_image_size_no_machine_can_hold_is_refused_before_anything_is_allocated(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_pneumonia", "train", str(tmp_path), "-o", str(tmp_path / "run"),
+         "--image-size", "100000"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "`image_size` must be at most 1024 pixels" in done.stderr and "GiB" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("backend", "why"), [("nonsense", "Unable to import backend"), ("jax", "jax")])
+def test_a_backend_that_cannot_load_is_a_one_line_error(backend, why, tmp_path):
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if backend == "jax" and importlib.util.find_spec("jax") is not None:
+        pytest.skip("jax is installed here; the case needs a machine without it")
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_pneumonia", "predict", "tests/data/chest_xray/test/NORMAL"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"Keras could not load its backend (KERAS_BACKEND={backend})" in done.stderr and why in done.stderr

@@ -897,17 +897,28 @@ def _quiet_tensorflow(verbose: bool) -> None:
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
-        failed = True
         try:
             import keras  # noqa: F401  (imports the backend)
-
-            failed = False
+        except Exception:  # noqa: BLE001  (named by _load_keras, which imports it again)
+            pass
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            if failed:  # show what the backend said about why it could not load
-                capture.seek(0)
-                sys.stderr.write(capture.read().decode(errors="replace"))
+
+
+def _load_keras() -> None:
+    """Imports Keras and its backend; a backend that cannot load is a one-line error saying what to do."""
+    import os
+
+    try:
+        import keras  # noqa: F401
+    except (ImportError, ValueError) as error:  # Keras raises ValueError for an unknown backend name
+        backend = os.environ.get("KERAS_BACKEND")
+        where = f"KERAS_BACKEND={backend}" if backend else "the backend in ~/.keras/keras.json"
+        raise CLIError(
+            f"Keras could not load its backend ({where}): {error}. Install it (pip install jax, or torch), "
+            "or set KERAS_BACKEND to tensorflow, jax or torch."
+        ) from None
 
 
 class _Terminated(KeyboardInterrupt):
@@ -948,6 +959,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     previous = _handle_sigterm()
     try:
+        if args.command != "presets":
+            _load_keras()
         return COMMANDS[args.command](args)
     except _Terminated:
         print("keras-pneumonia: terminated (SIGTERM); the same command resumes a training run", file=sys.stderr)

@@ -26,6 +26,9 @@ DEFAULT_IMAGE_SIZE = 160
 #: The seed of the patient split, the initialisation, the augmentation and the shuffling.
 #: 1337 is the value the project has used since its first script, so runs stay comparable.
 DEFAULT_SEED = 1337
+#: The largest training input size accepted: above it one batch no longer fits a
+#: workstation's memory. (The smallest depends on the architecture, which checks it.)
+MAX_IMAGE_SIZE = 1024
 #: The allowed values of each training choice (and of the command line's flags).
 CHOICES: dict[str, tuple[str, ...]] = {
     "kaggle_val": ("pool", "keep"),
@@ -102,6 +105,12 @@ class TrainConfig:
         for name in ("epochs", "image_size", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer; received {getattr(self, name)!r}.")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"`image_size` must be at most {MAX_IMAGE_SIZE} pixels; received "
+                f"{self.image_size} (a batch of {self.batch_size} at that size would need "
+                f"{self.batch_size * self.image_size**2 * 4 / 2**30:.1f} GiB for the input alone)."
+            )
         if not 0.0 < self.validation_split < 1.0:
             raise ValueError(f"`validation_split` must be in (0, 1); received {self.validation_split!r}.")
         if not self.learning_rate > 0 or self.weight_decay < 0:
