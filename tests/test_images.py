@@ -68,3 +68,18 @@ def test_png_significant_bits_of_other_files(tmp_path):
     assert png_significant_bits(jpeg) is None
     Image.new("L", (4, 4)).save(tmp_path / "plain.png")
     assert png_significant_bits(tmp_path / "plain.png") is None
+
+
+@pytest.mark.parametrize("suffix", [".tiff", ".gif"])
+def test_only_the_first_page_of_a_multi_page_file_is_read_and_that_is_said(tmp_path, caplog, suffix):
+    import logging
+
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((40, 40), value, dtype=np.uint8)) for value in (30, 200, 120)]
+    path = tmp_path / f"stack{suffix}"
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    with caplog.at_level(logging.WARNING):
+        image = load_image(path, (16, 16))
+    assert abs(int(image.mean()) - 30) <= 2
+    assert "holds 3 pages or frames; only the first is read" in caplog.text and str(path) in caplog.text

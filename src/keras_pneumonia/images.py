@@ -10,6 +10,7 @@ exports (whose in-graph `keras_pneumonia.layers.SquashResize` reproduces
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import numpy as np
 
 from keras_pneumonia.config import CHOICES
 from keras_pneumonia.dicom import is_dicom, read_dicom
+
+logger = logging.getLogger(__name__)
 
 #: Suffixes read as images, everything Pillow decodes that X-rays come in, and DICOM.
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom")
@@ -174,6 +177,9 @@ def load_image(
                     mode = "L" if color_mode == "grayscale" and image.mode in ("L", "RGB") else image.mode
                     side = 2 * max(size) if size is not None else max(image.size)
                     image.draft(mode, (side, side))
+                frames = getattr(image, "n_frames", 1)
+                if frames > 1:
+                    logger.warning("%s: holds %d pages or frames; only the first is read", path, frames)
                 image.load()
                 ImageOps.exif_transpose(image, in_place=True)
                 bits = png_significant_bits(path) if image.format == "PNG" else None
