@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     import keras_pneumonia as kp
-    from keras_pneumonia.images import IMAGE_EXTENSIONS
+    from keras_pneumonia.images import IMAGE_EXTENSIONS, chroma
     from keras_pneumonia.input_check import LIMITS, check_input
 
     model = kp.PneumoniaCNN.from_pretrained(compile=False)
@@ -55,10 +55,12 @@ def main(argv=None) -> dict:
         files = sorted(p for p in (args.data / split).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             continue
-        flags = [check_input(model.input_config.load(f)) for f in files]
+        colours = [chroma(f) for f in files]
+        flags = [check_input(model.input_config.load(f), chroma=c) for f, c in zip(files, colours)]
         flagged = [str(f.relative_to(args.data)) for f, r in zip(files, flags) if r]
         result["real"][split] = {
             "n": len(files),
+            "max_chroma": max(colours),
             "flagged": len(flagged),
             "rate": len(flagged) / len(files),
             "files": flagged,

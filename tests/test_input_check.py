@@ -33,26 +33,40 @@ def bad_files(tmp_path):
         "tiny.png": np.full((1, 1), 90, np.uint8),
         "inverted.png": 255 - xray,
         "overexposed.png": np.clip(xray.astype(int) + 150, 0, 255).astype(np.uint8),
+        # Colour: a synthetic gradient, and the X-ray in false colour (a heat-map palette).
+        "gradient.png": np.stack(
+            [*np.meshgrid(np.linspace(0, 255, 300), np.linspace(255, 0, 300)), np.full((300, 300), 90.0)], axis=-1
+        ).astype(np.uint8),
+        "false_colour.png": np.stack([xray, np.abs(2 * xray.astype(int) - 255), 255 - xray], axis=-1).astype(np.uint8),
     }
     for name, array in images.items():
         Image.fromarray(array).save(tmp_path / name)
     return tmp_path
 
 
-def test_real_xrays_are_not_flagged(model):
+def test_real_xrays_are_not_flagged(model, tmp_path):
+    from keras_pneumonia.images import chroma
+
     for path in REAL:
-        assert check_input(model.input_config.load(path)) == [], path
+        assert check_input(model.input_config.load(path), chroma=chroma(path)) == [], path
+    # A grey X-ray saved as an RGB JPEG is still grey.
+    Image.open(REAL[0]).convert("RGB").save(tmp_path / "rgb.jpeg", quality=75)
+    assert chroma(tmp_path / "rgb.jpeg") < 1
 
 
 def test_every_made_up_bad_input_is_flagged_in_every_output(model, bad_files, tmp_path, capsys):
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in predict_files(model, find_images([bad_files]))}
-    assert set(rows) == {"blank.png", "grey.png", "noise.png", "tiny.png", "inverted.png", "overexposed.png"}
+    assert set(rows) == {
+        "blank.png", "grey.png", "noise.png", "tiny.png", "inverted.png", "overexposed.png", "gradient.png",
+        "false_colour.png",
+    }  # fmt: skip
     for name, row in rows.items():
         assert row["warning"] and row["probability"] is not None, name  # answered, and flagged
     assert "tiny image (1x1" in rows["tiny.png"]["warning"]
     assert "noise-like" in rows["noise.png"]["warning"]
     assert "inverted polarity" in rows["inverted.png"]["warning"]
     assert "exposure out of range" in rows["overexposed.png"]["warning"]
+    assert "colour image" in rows["gradient.png"]["warning"] and "colour image" in rows["false_colour.png"]["warning"]
 
     # The command line: text, JSON and CSV all carry the flag.
     assert main(["predict", str(bad_files / "noise.png"), str(DATA / "fullres" / "IM-0314-0001.jpeg")]) == 0

@@ -222,6 +222,27 @@ def original_size(path: str | Path) -> tuple[int, int] | None:
     return (width, height) if turned else (height, width)
 
 
+def chroma(path: str | Path) -> float | None:
+    """How colourful an image file is: the mean of ``max(R, G, B) - min(R, G, B)`` (0-255).
+
+    Measured on a 64-pixel thumbnail. 0 for grayscale files and for colour files whose
+    channels are equal (as every image of the training data); ``None`` if unreadable.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F"):
+                return 0.0
+            image.draft("RGB", (128, 128))
+            image = image.convert("RGB")
+            image.thumbnail((64, 64))
+            pixels = np.asarray(image, dtype=np.int16)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return float((pixels.max(axis=-1) - pixels.min(axis=-1)).mean())
+
+
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """An image array (``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or RGBA) as RGB ``uint8``."""
     image = np.asarray(image)

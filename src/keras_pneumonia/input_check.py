@@ -20,6 +20,7 @@ pixel std (0-255)           19.6 / 87.1                    below ``min_std`` (12
 mean (0-255)                60.7 / 221.5                   outside 35-235
 roughness                   0.039 / 0.159                  above ``max_roughness`` (0.35)
 polarity                    -0.16 / 2.00                   below ``min_polarity`` (-0.3)
+colour of the file          0.0 / 0.0                      above ``max_chroma`` (8)
 ==========================  =============================  ==========================
 
 *Roughness* is the mean absolute difference between neighbouring pixels over
@@ -27,7 +28,11 @@ the standard deviation (noise is rough, X-rays are smooth). *Polarity* is the
 mean of the central vertical strip (spine and heart) minus that of the two lung
 fields, over the standard deviation: positive on an X-ray, negative when
 inverted. A weakly contrasted X-ray can invert to a polarity above the limit,
-so not every inverted X-ray is caught; every made-up bad input of the tests is.
+so not every inverted X-ray is caught; every made-up bad input of the tests is. *Colour* is the
+mean spread between the red, green and blue values of a pixel of the file
+(`~keras_pneumonia.images.chroma`): an X-ray is grey, whatever its file's colour mode,
+and a grayscale model would otherwise read a photo or a false-colour picture
+without a word.
 
 Example:
 
@@ -51,6 +56,7 @@ LIMITS: dict[str, float] = {
     "max_mean": 235.0,
     "max_roughness": 0.35,
     "min_polarity": -0.3,
+    "max_chroma": 8.0,
 }
 
 
@@ -76,7 +82,10 @@ def measure(image: np.ndarray) -> dict[str, float]:
 
 
 def check_input(
-    image: np.ndarray, original_size: tuple[int, int] | None = None, limits: Mapping[str, float] | None = None
+    image: np.ndarray,
+    original_size: tuple[int, int] | None = None,
+    limits: Mapping[str, float] | None = None,
+    chroma: float | None = None,
 ) -> list[str]:
     """The reasons one image is not plausibly a chest X-ray (empty when it is).
 
@@ -84,11 +93,14 @@ def check_input(
         image: The model-input image, ``uint8``.
         original_size: ``(height, width)`` of the file before resizing, if known.
         limits: Override some of `LIMITS`.
+        chroma: The file's colour (`keras_pneumonia.images.chroma`), if known.
     """
     limits = {**LIMITS, **(limits or {})}
     reasons = []
     if original_size is not None and min(original_size) < limits["min_side"]:
         reasons.append(f"tiny image ({original_size[0]}x{original_size[1]} < {limits['min_side']:g} px)")
+    if chroma is not None and chroma > limits["max_chroma"]:
+        reasons.append(f"colour image (colour {chroma:.0f} > {limits['max_chroma']:g}); X-rays are grey")
     stats = measure(image)
     if stats["std"] < limits["min_std"]:
         reasons.append(f"near-uniform image (pixel std {stats['std']:.1f} < {limits['min_std']:g})")

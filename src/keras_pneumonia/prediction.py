@@ -101,7 +101,8 @@ def predict_files(
     from keras_pneumonia import ood
     from keras_pneumonia._version import __version__
     from keras_pneumonia.evaluation import decide
-    from keras_pneumonia.images import input_config_of, original_size
+    from keras_pneumonia.dicom import is_dicom
+    from keras_pneumonia.images import chroma, input_config_of, original_size
     from keras_pneumonia.input_check import check_input
 
     if batch_size < 1:
@@ -119,7 +120,8 @@ def predict_files(
             image = spec.load(path)
         except ValueError as error:
             return None, str(error).removeprefix(f"{path}: ")
-        reasons = "; ".join(check_input(image, original_size(path), limits))
+        colour = None if is_dicom(path) else chroma(path)
+        reasons = "; ".join(check_input(image, original_size(path), limits, colour))
         return image, f"not a plausible chest X-ray: {reasons}" if reasons else None
 
     def decode_batch(batch):
