@@ -153,3 +153,29 @@ def test_a_line_break_in_a_file_name_keeps_one_line_per_result(folder, model_fil
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1 and "two\\nlines.jpeg" in lines[0]
+
+
+@pytest.mark.parametrize("when", ["loading", "predicting"])
+def test_sigterm_is_reported_at_any_moment(folder, model_file, tmp_path, when):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    many = tmp_path / "many"
+    many.mkdir()
+    source = next((folder / "test" / "NORMAL").iterdir())
+    for i in range(3000):  # hard links: a long run that costs no disk
+        os.link(source, many / f"IM-{i:04d}-0001.jpeg")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "keras_pneumonia", "predict", str(many), "--weights", str(model_file)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if when == "loading":
+        time.sleep(0.5)  # TensorFlow takes seconds to import
+    else:
+        assert "P(pneumonia)" in proc.stdout.readline()  # a first result is out
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err

@@ -954,13 +954,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command != "presets":  # the only command that needs no Keras
-        _quiet_tensorflow(args.verbose)
-    _configure_logging(args.verbose)
+    # First the SIGTERM handler: a kill while TensorFlow loads (seconds) is reported too.
     previous = _handle_sigterm()
     try:
-        if args.command != "presets":
+        if args.command != "presets":  # the only command that needs no Keras
+            _quiet_tensorflow(args.verbose)
             _load_keras()
+        _configure_logging(args.verbose)
         return COMMANDS[args.command](args)
     except _Terminated:
         print("keras-pneumonia: terminated (SIGTERM); the same command resumes a training run", file=sys.stderr)
