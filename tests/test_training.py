@@ -279,3 +279,20 @@ def test_bad_training_arguments_fail_before_any_work(kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         training.train(tmp_path / "does-not-exist", tmp_path / "run", **kwargs)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "data").mkdir()  # no train/ inside: fails while reading the data, inside the run's lock
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "keras_pneumonia", "train", str(tmp_path / "data"), "-o", str(tmp_path / "run")]
+    done = subprocess.run([*command, "--epochs", "1"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made is never removed
+    command[-1] = str(tmp_path / "kept")
+    assert subprocess.run([*command, "--epochs", "1"], capture_output=True, env=env, timeout=300).returncode == 2
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())

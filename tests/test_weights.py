@@ -324,3 +324,26 @@ def test_json_output_stays_clean_while_a_download_reports_progress(served, tmp_p
     assert served.requests == ["/tiny.keras"]  # it did download
     assert "Downloading data from" in done.stderr
     json.loads(done.stdout)
+
+
+def test_what_a_killed_download_left_is_removed_by_the_next_one(served, tmp_path, model_bytes):
+    """`kill -9` leaves a staging folder; the next writer removes it (its process is gone), not a live one's."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = cache / f".tiny_test.keras.{int(dead.stdout)}.abc123"
+    left.mkdir()
+    (left / "tiny_test.keras").write_bytes(model_bytes[:100])
+    alive = cache / f".tiny_test.keras.{os.getppid()}.def456"  # a running process (pytest's parent)
+    alive.mkdir()
+    weights.get_file("tiny_test", cache_dir=cache)
+    assert _cache_entries(cache) == [alive.name, "tiny_test.keras"]
+
+
+def test_what_a_killed_atomic_write_left_is_removed_by_the_next_one(tmp_path):
+    from keras_pneumonia._io import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".report.json.{int(dead.stdout)}.x1y2.json.part").write_text("{half")
+    atomic_write_text(tmp_path / "report.json", "{}")
+    assert _cache_entries(tmp_path) == ["report.json"]

@@ -8,10 +8,52 @@ atomic "write then rename" helper; both pieces are standard (`tempfile`,
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale(parent: Path, name: str) -> None:
+    """Removes what killed writers of ``parent/name`` left behind.
+
+    Temporary files and folders are named ``.NAME.PID.*``: an interruption
+    removes its own, but ``kill -9`` (or a power cut) cannot; the next writer
+    removes those whose process no longer runs.
+    """
+    prefix = f".{name}."
+    for leftover in parent.glob(glob.escape(prefix) + "*"):
+        pid = leftover.name[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staging_dir(destination: str | Path) -> Iterator[Path]:
+    """A private temporary folder beside ``destination`` (same file system: ``os.replace`` works), removed after."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(destination.parent, destination.name)
+    folder = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{os.getpid()}."))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -19,11 +61,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it to ``path`` on success.
 
     On any error (or interruption) the temporary file is removed and ``path``
-    keeps its previous content.
+    keeps its previous content; files left by a killed writer are removed by the
+    next one (`remove_stale`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f"{path.suffix}.part")
+    remove_stale(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=f"{path.suffix}.part")
     os.close(fd)
     # mkstemp makes the file private (0600); give it the permissions a plain open() would.
     umask = os.umask(0)
@@ -110,8 +154,10 @@ def exclusive_lock(folder: str | Path) -> Iterator[Path]:
     blocks a later run. Where ``fcntl`` does not exist (Windows) nothing is locked.
     """
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
+    new_lock = not path.exists()
     try:
         import fcntl
     except ImportError:  # pragma: no cover (Windows)
@@ -133,5 +179,12 @@ def exclusive_lock(folder: str | Path) -> Iterator[Path]:
         file.flush()
         try:
             yield path
+        except BaseException:
+            # A run that failed before writing anything leaves no folder holding only its lock.
+            if new_lock and [p.name for p in folder.iterdir()] == [".lock"]:
+                path.unlink()
+                if created:
+                    folder.rmdir()
+            raise
         finally:
             fcntl.flock(file.fileno(), fcntl.LOCK_UN)

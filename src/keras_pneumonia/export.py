@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia._io import staging_dir
+
 logger = logging.getLogger(__name__)
 
 #: The export formats, TensorFlow SavedModel, LiteRT (TFLite) and ONNX.
@@ -228,9 +230,8 @@ def export_model(
         )
     x = sample_batch(model)
     expected = np.asarray(model.predict(x, verbose=0))  # also builds a loaded model's graph
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
-        staged = Path(tmp) / path.name
+    with staging_dir(path) as tmp:
+        staged = tmp / path.name
         _EXPORTERS[format](with_resize(model) if any_size else model, staged)
         if any_size:  # each sample at its own size: one run per image
             got = np.concatenate([RUNNERS[format](staged, decode_as_is(p)[None]) for p in sample_images()])

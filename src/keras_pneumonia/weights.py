@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
 
+from keras_pneumonia._io import remove_stale
 from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
@@ -126,7 +127,8 @@ def download(url: str, destination: str | Path, sha256: str | None = None, timeo
     destination = Path(destination)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=".download-"))
+        remove_stale(destination.parent, destination.name)
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{os.getpid()}."))
     except OSError as error:
         raise WeightsError(
             f"Cannot write to the weights cache {destination.parent} ({error.strerror or error}). "
