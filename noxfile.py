@@ -26,9 +26,6 @@ ROOT = Path(__file__).parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TORCH = "torch==2.13.0"  # a CPU build; a plain "torch" pulls several GB of CUDA wheels
 JAX = "jax[cpu]"
-# The oldest Keras we declare (3.0.x resumes BackupAndRestore at the wrong epoch) with
-# the oldest TensorFlow we declare.
-KERAS_MIN = ["keras==3.1.1", "tensorflow==2.16.2", "numpy<2"]
 
 
 def _pytest(session: nox.Session, *default_args: str) -> None:
@@ -91,14 +88,36 @@ def matrix(session: nox.Session, backend: str) -> None:
     _pytest(session, "-q", "-p", "no:cacheprovider", "tests")
 
 
+def _lowest(*extras: str) -> list[str]:
+    """Every requirement of the package and of ``extras``, pinned to the lowest version pyproject.toml declares."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in extras:
+        requirements += [r for r in project["optional-dependencies"][extra] if not r.startswith("keras-pneumonia")]
+    lowest = {}
+    for requirement in requirements:
+        name, _, version = requirement.partition(">=")
+        lowest[name] = max(lowest.get(name, version), version, key=lambda v: tuple(map(int, v.split("."))))
+    return [f"{name}=={version}" for name, version in lowest.items()]
+
+
 @nox.session(python="3.11", name="keras_min")
 def keras_min(session: nox.Session) -> None:
-    """The suite against the lowest Keras and TensorFlow that pyproject.toml declares."""
-    session.install(".[test]", *KERAS_MIN)
+    """The suite against the lowest versions pyproject.toml declares, extras included ([serve], [dicom])."""
+    session.install(".[test,serve,dicom]", *_lowest("test", "serve", "dicom"), "numpy<2")
     session.run(
         "python", "-c", "import keras, tensorflow as tf; print('Keras', keras.__version__, 'TF', tf.__version__)"
     )
     _pytest(session, "-q", "-p", "no:cacheprovider", "tests")
+
+
+@nox.session(python="3.11", name="export_min")
+def export_min(session: nox.Session) -> None:
+    """The export tests against the lowest versions the [export] extra declares (Keras 3.8)."""
+    session.install(".[test,export]", *_lowest("test", "export"), "numpy<2")
+    _pytest(session, "-q", "-p", "no:cacheprovider", "tests/test_export.py")
 
 
 @nox.session
