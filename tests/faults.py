@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -202,9 +203,9 @@ def cases(work: Path):
 
     def covid_folder():
         folder = work / "covid"
-        for name in ("NORMAL", "PNEUMONIA", "COVID"):
+        for width, name in zip((300, 310, 320), ("NORMAL", "PNEUMONIA", "COVID")):  # three different files
             (folder / name).mkdir(parents=True, exist_ok=True)
-            Image.open(XRAY).convert("L").resize((300, 250)).save(folder / name / "x.png")
+            Image.open(XRAY).convert("L").resize((width, 250)).save(folder / name / "x.png")
         return folder
 
     yield simple(
@@ -237,6 +238,279 @@ def cases(work: Path):
     yield "kill -9 during training, then resume", "resumed, best epoch kept", lambda: _interrupt(work, signal.SIGKILL)
     if os.geteuid() == 0:  # mounting a tmpfs needs root (CAP_SYS_ADMIN)
         yield "full disk (a filled 64 KB tmpfs)", "clear error", lambda: _full_disk(work / "full", work)
+
+
+def more_cases(work: Path):
+    """The third pass's cases (reliability issue 24): clean output, silent drops, races, the Python API."""
+
+    def case(name, expected, args, expect_code, *texts, env=None, stream="both", setup=None, after=None):
+        def check():
+            prepared = setup() if setup else None
+            call = [a(prepared) if callable(a) else a for a in args]
+            done = subprocess.run(
+                [*CLI, *map(str, call)], capture_output=True, text=True, env={**ENV, **(env or {})}, timeout=600
+            )
+            out = {"stdout": done.stdout, "stderr": done.stderr, "both": done.stdout + done.stderr}[stream]
+            ok = done.returncode == expect_code and all(t in out for t in texts) and traceback_free(done.stderr)
+            if after is not None:
+                ok = after(prepared, done) and ok
+            return ok, observed(done.returncode, out, texts[0] if texts else "", work)
+
+        return name, expected, check
+
+    def kaggle(name):
+        import shutil
+
+        folder = work / name
+        shutil.copytree(DATA / "chest_xray", folder)
+        return folder
+
+    def cut_short():
+        folder = kaggle("cut")
+        good = (folder / "train" / "NORMAL" / "IM-0115-0001.jpeg").read_bytes()
+        (folder / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(good[: len(good) // 2])
+        return folder
+
+    yield case(
+        "split: a JPEG cut short after its header",
+        "named, no manifest",
+        ["split", lambda f: f, "--manifest", work / "cut.json"],
+        2,
+        "IM-9999-0001.jpeg",
+        "cut short",
+        setup=cut_short,
+        after=lambda f, d: not (work / "cut.json").exists(),
+    )
+
+    def nested():
+        folder = kaggle("nested")
+        normal = folder / "train" / "NORMAL"
+        (normal / "batch2").mkdir()
+        for path in sorted(normal.glob("*.jpeg")):
+            path.rename(normal / "batch2" / path.name)
+        return folder
+
+    yield case(
+        "images in a sub-folder of a class folder",
+        "read, as predict reads them",
+        ["split", lambda f: f, "--manifest", work / "nested.json"],
+        0,
+        "manifest written",
+        setup=nested,
+        after=lambda f, d: _manifest_count(work / "nested.json", "batch2/") == 16,
+    )
+
+    def dangling():
+        folder = kaggle("dangling")
+        (folder / "train" / "NORMAL" / "gone.jpeg").symlink_to(folder / "nowhere.jpeg")
+        return folder
+
+    yield case(
+        "a link to nothing in a class folder",
+        "named in a warning",
+        ["split", lambda f: f, "--manifest", work / "dangling.json"],
+        0,
+        "link(s) to nothing: gone.jpeg",
+        setup=dangling,
+    )
+
+    def both_classes():
+        import shutil
+
+        folder = kaggle("both")
+        shutil.copy(folder / "train" / "NORMAL" / "IM-0115-0001.jpeg", folder / "train" / "PNEUMONIA" / "copy.jpeg")
+        return folder
+
+    yield case(
+        "one image under both classes",
+        "clear error naming it",
+        ["split", lambda f: f, "--manifest", work / "both.json"],
+        2,
+        "NORMAL/IM-0115-0001.jpeg = PNEUMONIA/copy.jpeg",
+        setup=both_classes,
+    )
+
+    def no_normal():
+        folder = kaggle("nonormal")
+        for path in (folder / "train" / "NORMAL").iterdir():
+            path.unlink()
+        return folder
+
+    yield case(
+        "an empty class folder",
+        "clear error listing every suffix read",
+        ["split", lambda f: f, "--manifest", work / "nonormal.json"],
+        2,
+        ".tiff, .webp, .gif, .dcm",
+        setup=no_normal,
+    )
+    gradient = np.stack(
+        [*np.meshgrid(np.linspace(0, 255, 300), np.linspace(255, 0, 300)), np.full((300, 300), 90.0)], axis=-1
+    ).astype(np.uint8)
+    Image.fromarray(gradient).save(work / "gradient.png")
+    x = xray()
+    Image.fromarray(np.stack([x, np.abs(2 * x.astype(int) - 255), 255 - x], axis=-1).astype(np.uint8)).save(
+        work / "false_colour.png"
+    )
+    yield case("a colour gradient", "answer + warning", ["predict", work / "gradient.png"], 0, "colour image")
+    yield case("a false-colour X-ray", "answer + warning", ["predict", work / "false_colour.png"], 0, "colour image")
+    pages = [Image.fromarray(x), Image.fromarray(255 - x)]
+    pages[0].save(work / "pages.tiff", save_all=True, append_images=pages[1:])
+    pages[0].save(work / "frames.gif", save_all=True, append_images=pages[1:])
+    yield case(
+        "a multi-page TIFF", "first page, said", ["predict", work / "pages.tiff"], 0, "only the first is read", "NORMAL"
+    )
+    yield case("an animated GIF", "first frame, said", ["predict", work / "frames.gif"], 0, "only the first is read")
+    odd = _mkdir(work / "odd")
+    Image.fromarray(x).save(odd / "two\nlines.png")
+    yield case(
+        "a line break in a file name",
+        "one line per result",
+        ["predict", odd],
+        0,
+        "two\\nlines.png': NORMAL",
+        stream="stdout",
+    )
+    yield case(
+        "predict --json --output r.jsonl",
+        "a JSON summary on stdout",
+        ["predict", XRAY, "--json", "--output", work / "r.jsonl"],
+        0,
+        '"written": 1',
+        stream="stdout",
+        after=lambda _, d: __import__("json").loads(d.stdout)["images"] == 1,
+    )
+    yield "two predict runs writing one CSV", "the second refused, no row twice", lambda: _two_predicts(work)
+    yield case(
+        "train --image-size 100000",
+        "clear error, nothing allocated",
+        ["train", DATA / "chest_xray", "-o", work / "huge_run", "--image-size", "100000"],
+        2,
+        "at most 1024 pixels",
+        after=lambda _, d: not (work / "huge_run").exists(),
+    )
+    yield case(
+        "KERAS_BACKEND=nonsense",
+        "clear error",
+        ["predict", XRAY],
+        2,
+        "Keras could not load its backend (KERAS_BACKEND=nonsense)",
+        env={"KERAS_BACKEND": "nonsense"},
+    )
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        yield case(
+            "KERAS_BACKEND=jax without jax installed",
+            "clear error",
+            ["predict", XRAY],
+            2,
+            "No module named 'jax'",
+            env={"KERAS_BACKEND": "jax"},
+        )
+    yield case(
+        "a training that fails before writing",
+        "no folder left behind",
+        ["train", _mkdir(work / "notkaggle"), "-o", work / "failed_run", "--epochs", "1"],
+        2,
+        "",
+        after=lambda _, d: not (work / "failed_run").exists(),
+    )
+    yield "SIGTERM while TensorFlow loads", "exit 143 with a message", lambda: _sigterm_early(work)
+    yield "--json while the model downloads", "only JSON on stdout", lambda: _json_during_download(work)
+    for name, code, message in _API_CASES:
+        yield f"Python API: {name}", "clear ValueError", _api_check(code, message)
+
+
+# The Python API with inputs the model would answer for wrongly: (name, code, expected message).
+_API_CASES = [
+    ("a 320x320 image", "np.full((1, 320, 320, 1), 100.0)", "are 320x320"),
+    ("a 64x64 image", "np.full((1, 64, 64, 1), 100.0)", "are 64x64"),
+    ("an (H, W) array", "np.full((160, 160), 100.0)", "x[None, ..., None]"),
+    ("an unbatched (H, W, 1) array", "np.full((160, 160, 1), 100.0)", "x[None]"),
+    ("3 channels into a grayscale model", "np.full((1, 160, 160, 3), 100.0)", "with 3 channel"),
+    ("an empty batch", "np.zeros((0, 160, 160, 1))", "The batch is empty"),
+    ("a NaN pixel", "np.where(np.arange(160)[:, None, None] == 5, np.nan, np.full((1, 160, 160, 1), 9.0))", "NaN"),
+]
+
+
+def _manifest_count(manifest: Path, part: str) -> int:
+    import json
+
+    data = json.loads(manifest.read_text())
+    return sum(part in entry["path"] for split in ("train", "val", "test") for entry in data.get(split, []))
+
+
+def _api_check(code: str, message: str):
+    def check():
+        script = (
+            "import numpy as np, keras_pneumonia as kp\n"
+            "m = kp.PneumoniaCNN.from_pretrained(compile=False)\n"
+            f"try:\n    m.predict({code}, verbose=0)\nexcept ValueError as e:\n    print('ValueError:', e)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
+        ok = done.returncode == 0 and "ValueError:" in done.stdout and message in done.stdout
+        return ok, (done.stdout.strip() or done.stderr.strip().splitlines()[-1])[:120]
+
+    return check
+
+
+def _two_predicts(work: Path):
+    folder = _mkdir(work / "many")
+    for i in range(2000):  # hard links: a run that lasts, for no disk
+        os.link(XRAY, folder / f"IM-{i:04d}-0001.jpeg")
+    out = work / "shared.csv"
+    first = subprocess.Popen([*CLI, "predict", str(folder), "--output", str(out)], env=ENV, stderr=subprocess.PIPE)
+    start = time.time()
+    while not out.exists() or out.stat().st_size < 200:  # the header and a first row
+        if first.poll() is not None or time.time() - start > 240:
+            return False, "the first run ended before the second started"
+        time.sleep(0.05)
+    code, text = run(["predict", folder, "--output", out])
+    first.wait()
+    rows = out.read_text().splitlines()[1:]
+    ok = code == 2 and "being written by another run" in text and len(rows) == len(set(rows)) == 2000
+    return ok, f"second run exit {code}; {len(rows)} rows, {len(set(rows))} distinct"
+
+
+def _sigterm_early(work: Path):
+    process = subprocess.Popen([*CLI, "predict", str(XRAY)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)  # TensorFlow takes seconds to import
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    ok = process.returncode == 143 and "terminated (SIGTERM)" in err.decode()
+    return ok, f"exit {process.returncode}: {err.decode().strip().splitlines()[-1][-90:] if err.strip() else ''}"
+
+
+def _json_during_download(work: Path):
+    import http.server
+    import json
+    import threading
+    from functools import partial
+
+    import keras_pneumonia as kp
+
+    served = _mkdir(work / "served")
+    kp.PneumoniaCNN(image_size=32, filters=(8,), dense_units=()).save(served / "m.keras")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/m.keras"
+        env = {**ENV, "KERAS_PNEUMONIA_OFFLINE": "0", "KERAS_HOME": str(work / "keras_home")}
+        done = subprocess.run(
+            [*CLI, "predict", str(XRAY), "--weights", url, "--json"], capture_output=True, text=True, env=env
+        )
+    finally:
+        server.shutdown()
+    try:
+        json.loads(done.stdout)
+        clean = True
+    except ValueError:
+        clean = False
+    ok = done.returncode == 0 and clean and "Downloading data from" in done.stderr
+    return ok, f"exit {done.returncode}; stdout {'is' if clean else 'is NOT'} JSON; progress on stderr"
 
 
 def _mkdir(path: Path) -> Path:
@@ -339,10 +613,13 @@ def _interrupt(work: Path, sig):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown here")
+    parser.add_argument("--only", help="run only the cases whose name holds this text")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, expected, check in cases(Path(tmp)):
+        for name, expected, check in itertools.chain(cases(Path(tmp)), more_cases(Path(tmp))):
+            if args.only and args.only not in name:
+                continue
             started = time.time()
             try:
                 ok, observed = check()
