@@ -168,3 +168,21 @@ def test_the_robustness_report_counts_flagged_images_for_a_model_with_the_flag(f
     assert all(0.0 <= r["ood_flagged"] <= 1.0 for r in report.results.values())
     assert "flagged out of population" in report.to_markdown()
     assert "ood_flagged" not in evaluate_robustness(plain, KAGGLE / "test", ["flip"]).results["flip"]
+
+
+def test_grid_features_are_the_quarter_means_and_travel_with_the_file(tmp_path):
+    model = kp.PneumoniaCNN(image_size=32, filters=(8, 16), dense_units=(), convs_per_block=1)
+    x = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 1)).astype("float32")
+    layer = "block1_relu1"
+    maps = np.asarray(keras.Model(model.inputs, model.get_layer(layer).output).predict(x, verbose=0))
+    expected = np.concatenate([maps[:, :16, :16].mean((1, 2)), maps[:, :16, 16:].mean((1, 2)),
+                               maps[:, 16:, :16].mean((1, 2)), maps[:, 16:, 16:].mean((1, 2))], axis=1)  # fmt: skip
+    got = ood.pooled_features(model, x, layers=[layer], grid_layers=[layer])
+    np.testing.assert_allclose(got[:, 16:], expected, rtol=1e-5, atol=1e-6)
+    labels = np.array([0, 1] * 3)
+    fitted = ood.fit(model, (x, labels), (x, labels), grid_layers=[layer], quantile=0.9, shrinkage=0.5)
+    assert fitted.ood["grid_layers"] == [layer] and fitted.ood["dims"] == 2 * 8 + 2 * 16 + 4 * 8
+    fitted.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.ood_scores(x), fitted.ood_scores(x), rtol=1e-5)
+    assert "2 x 2 grid of block1_relu1" in ood.describe(loaded.ood)

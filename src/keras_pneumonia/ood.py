@@ -78,6 +78,11 @@ def default_layers(model) -> list[str]:
     return [f"block{b}_relu{model.convs_per_block}" for b in range(1, len(model.filters) + 1)]
 
 
+def default_grid_layers(model) -> list[str]:
+    """The layers whose 2 x 2 grid means (`pool_grid`) the detector also reads by default: none yet."""
+    return []
+
+
 def pool(feature_map):
     """Mean and standard deviation over height and width of each channel, concatenated: ``(n, 2c)``."""
     import keras
@@ -88,13 +93,33 @@ def pool(feature_map):
     )
 
 
-def feature_model(model, layers: Sequence[str]):
-    """A Keras model from ``model``'s input to the pooled (`pool`), concatenated ``layers`` (``(n, d)``)."""
+def pool_grid(feature_map):
+    """The mean of each channel over each quarter of the image (2 x 2 grid): ``(n, 4c)``; where things are."""
+    import keras
+
+    feature_map = keras.ops.cast(feature_map, "float32")
+    h, w = feature_map.shape[1] // 2, feature_map.shape[2] // 2
+    quarters = [feature_map[:, i * h : (i + 1) * h, j * w : (j + 1) * w, :] for i in (0, 1) for j in (0, 1)]
+    return keras.ops.concatenate([keras.ops.mean(q, axis=(1, 2)) for q in quarters], axis=-1)
+
+
+def feature_model(model, layers: Sequence[str], grid_layers: Sequence[str] = ()):
+    """A Keras model from ``model``'s input to its pooled features (``(n, d)``).
+
+    The features are `pool` of each of ``layers`` then `pool_grid` of each of
+    ``grid_layers``, concatenated.
+    """
     import keras
 
     pooled = [pool(model.get_layer(name).output) for name in layers]
+    pooled += [pool_grid(model.get_layer(name).output) for name in grid_layers]
     outputs = pooled[0] if len(pooled) == 1 else keras.ops.concatenate(pooled, axis=-1)
     return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+def _spec(model) -> tuple[list[str], list[str]]:
+    """``(layers, grid_layers)`` of a model's flag (files from before grid features have none)."""
+    return list(model.ood["layers"]), list(model.ood.get("grid_layers", []))
 
 
 _JOINT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -108,27 +133,30 @@ def joint_model(model):
     import keras
 
     if model not in _JOINT:
-        features = feature_model(model, model.ood["layers"])
+        features = feature_model(model, *_spec(model))
         _JOINT[model] = keras.Model(model.inputs, [model.outputs[0], features.outputs[0]], name=f"{model.name}_joint")
     return _JOINT[model]
 
 
-def pooled_features(model, images, layers: Sequence[str] | None = None, batch_size: int = 64) -> np.ndarray:
+def pooled_features(
+    model, images, layers: Sequence[str] | None = None, batch_size: int = 64, grid_layers: Sequence[str] = ()
+) -> np.ndarray:
     """The pooled features of ``images`` (model-input ``uint8`` ``(n, h, w, c)``, or a batched dataset).
 
     Args:
         model: A `~keras_pneumonia.PneumoniaCNN`.
         images: The images, or a ``tf.data`` dataset of ``(images, labels)`` batches.
-        layers: Layer names (default: `default_layers`).
+        layers: Layers pooled by `pool` (default: `default_layers`).
         batch_size: Prediction batch size for arrays.
+        grid_layers: Layers pooled by `pool_grid`.
 
     Returns:
         ``float32`` ``(n, d)``.
     """
     layers = list(layers or default_layers(model))
     if not isinstance(images, np.ndarray):
-        return _features_and_labels(model, images, layers)[0]
-    extractor = feature_model(model, layers)
+        return _features_and_labels(model, images, layers, grid_layers)[0]
+    extractor = feature_model(model, layers, grid_layers)
     return np.asarray(extractor.predict(images, batch_size=batch_size, verbose=0), np.float32)
 
 
@@ -229,6 +257,7 @@ def fit(
     validation,
     *,
     layers: Sequence[str] | None = None,
+    grid_layers: Sequence[str] | None = None,
     quantile: float = DEFAULT_QUANTILE,
     shrinkage: float = DEFAULT_SHRINKAGE,
     description: str = "",
@@ -241,7 +270,8 @@ def fit(
             the images whose feature statistics define the population.
         validation: The same for held-out images of the same population (other
             patients), whose ``quantile`` sets the threshold.
-        layers: Layer names (default: `default_layers`).
+        layers: Layers pooled by `pool` (default: `default_layers`).
+        grid_layers: Layers pooled by `pool_grid` too (default: `default_grid_layers`).
         quantile: Share of validation images left unflagged.
         shrinkage: Covariance shrinkage (`fit_mahalanobis`).
         description: What the data was, recorded in the config.
@@ -255,8 +285,9 @@ def fit(
     if not 0.0 < shrinkage < 1.0:
         raise ValueError(f"`shrinkage` must be in (0, 1); received {shrinkage!r}.")
     layers = list(layers or default_layers(model))
-    train_features, train_labels = _features_and_labels(model, train, layers)
-    val_features, _ = _features_and_labels(model, validation, layers)
+    grid_layers = list(default_grid_layers(model) if grid_layers is None else grid_layers)
+    train_features, train_labels = _features_and_labels(model, train, layers, grid_layers)
+    val_features, _ = _features_and_labels(model, validation, layers, grid_layers)
     if len(train_features) == 0 or len(val_features) == 0:
         raise ValueError("Fitting the out-of-distribution flag needs training and validation images.")
     if len(train_features) <= train_features.shape[1]:
@@ -273,6 +304,7 @@ def fit(
     config = {
         "method": "mahalanobis",
         "layers": layers,
+        "grid_layers": grid_layers,
         "threshold": threshold,
         "quantile": quantile,
         "shrinkage": shrinkage,
@@ -289,13 +321,13 @@ def fit(
     return new
 
 
-def _features_and_labels(model, data, layers) -> tuple[np.ndarray, np.ndarray]:
+def _features_and_labels(model, data, layers, grid_layers=()) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features and labels of ``(images, labels)`` arrays or of a dataset of such batches."""
     if isinstance(data, tuple):
         images, labels = data[0], data[1]
-        return pooled_features(model, np.asarray(images), layers), np.asarray(labels)
+        return pooled_features(model, np.asarray(images), layers, grid_layers=grid_layers), np.asarray(labels)
     features, labels = [], []
-    extractor = feature_model(model, layers)  # one model for every batch (traced once)
+    extractor = feature_model(model, layers, grid_layers)  # one model for every batch (traced once)
     for batch in data:
         features.append(np.asarray(extractor.predict_on_batch(np.asarray(batch[0])), np.float32))
         labels.append(np.asarray(batch[1]))
@@ -312,7 +344,7 @@ def scores(model, data) -> np.ndarray:
         data = data[0]
     if isinstance(data, np.ndarray):
         return model.ood_scores(data)
-    features, _ = _features_and_labels(model, data, model.ood["layers"])
+    features, _ = _features_and_labels(model, data, *_spec(model))
     return np.asarray(model.ood_detector(features))
 
 
@@ -390,4 +422,6 @@ def describe(config: dict[str, Any] | None) -> str:
     if not config:
         return "no out-of-distribution flag"
     layers = ", ".join(config["layers"])
-    return f"Mahalanobis on pooled {layers}; flagged above {config['threshold']:.3g}"
+    grid = config.get("grid_layers") or []
+    where = f" and the 2 x 2 grid of {', '.join(grid)}" if grid else ""
+    return f"Mahalanobis on pooled {layers}{where}; flagged above {config['threshold']:.3g}"
