@@ -91,3 +91,31 @@ def test_a_backend_that_cannot_load_is_a_one_line_error(backend, why, tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"Keras could not load its backend (KERAS_BACKEND={backend})" in done.stderr and why in done.stderr
+
+
+def test_every_choice_list_is_declared_once_in_config():
+    """The modules and the command line read their choices from config: they cannot drift."""
+    import importlib
+
+    from keras_pneumonia import backbones, export, models
+    from keras_pneumonia.config import CLASS_NAMES, MODEL_CHOICES
+
+    gradcam = importlib.import_module("keras_pneumonia.gradcam")  # the package exports a function of that name
+
+    assert tuple(sorted(backbones.BACKBONES)) == tuple(sorted(MODEL_CHOICES["backbone"]))
+    assert models.HEADS is MODEL_CHOICES["head"] and models.NORMALIZATIONS is MODEL_CHOICES["normalization"]
+    assert export.FORMATS is MODEL_CHOICES["export_format"] and gradcam.METHODS is MODEL_CHOICES["gradcam_method"]
+    assert models.DEFAULT_CLASS_NAMES is CLASS_NAMES
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    by_flag = {
+        ("train", "--head"): "head",
+        ("train", "--normalization"): "normalization",
+        ("train", "--backbone"): "backbone",
+        ("train", "--channels"): "channels",
+        ("predict", "--method"): "gradcam_method",
+        ("export", "--format"): "export_format",
+    }
+    for (command, flag), key in by_flag.items():
+        action = next(a for a in commands[command]._actions if flag in a.option_strings)
+        assert tuple(action.choices) == MODEL_CHOICES[key], (command, flag)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_pneumonia._version import __version__
-from keras_pneumonia.config import CHOICES
+from keras_pneumonia.config import CHOICES, MODEL_CHOICES
 from keras_pneumonia.config import DEFAULTS as D
 
 logger = logging.getLogger("keras_pneumonia")
@@ -119,16 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate", type=float, default=D.learning_rate, help=f"initial learning rate ({D.learning_rate})"
     )
     train.add_argument("--callbacks", choices=CHOICES["callbacks"], default=D.callbacks, help="callback preset")
-    train.add_argument("--channels", type=int, choices=(1, 3), default=1, help="1 grayscale, 3 RGB (1)")
+    train.add_argument(
+        "--channels", type=int, choices=MODEL_CHOICES["channels"], default=1, help="1 grayscale, 3 RGB (1)"
+    )
     train.add_argument("--filters", type=_int_list, help="filters per block, e.g. 16,32,64,128,256")
     train.add_argument("--convs-per-block", type=_positive_int, help="convolutions per block")
     train.add_argument("--dense-units", type=_int_list, help="hidden dense units, e.g. 64")
     train.add_argument("--dropout", type=float, help="dropout rate")
-    train.add_argument("--head", choices=("flatten", "avg", "max"), help="flatten or global pooling")
-    train.add_argument("--normalization", choices=("per_image", "rescale"), help="input normalisation")
+    train.add_argument("--head", choices=MODEL_CHOICES["head"], help="flatten or global pooling")
+    train.add_argument("--normalization", choices=MODEL_CHOICES["normalization"], help="input normalisation")
     train.add_argument(
         "--backbone",
-        choices=("densenet121", "efficientnet_b0", "resnet50"),
+        choices=MODEL_CHOICES["backbone"],
         help="an ImageNet backbone from keras.applications in place of the convolutional blocks",
     )
     train.add_argument(
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     predict.add_argument("--threshold", type=_fraction, help="override the model's decision threshold")
     predict.add_argument("--gradcam", type=Path, metavar="OUT_DIR", help="write one Grad-CAM overlay PNG per image")
-    predict.add_argument("--method", choices=("gradcam", "gradcam++", "scorecam"), default="gradcam")
+    predict.add_argument("--method", choices=MODEL_CHOICES["gradcam_method"], default="gradcam")
     predict.add_argument("--json", action="store_true", help="print one JSON list at the end (instead of lines)")
 
     demo = commands.add_parser("demo", help="predict and explain the bundled sample X-rays (offline)")
@@ -287,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("model", help="preset name, .keras path or URL")
     export.add_argument("output", type=Path, help="SavedModel folder, .tflite file or .onnx file")
-    export.add_argument("--format", choices=("saved_model", "litert", "onnx"), required=True, help="export format")
+    export.add_argument("--format", choices=MODEL_CHOICES["export_format"], required=True, help="export format")
     export.add_argument(
         "--any-size",
         action="store_true",
@@ -644,7 +646,8 @@ def _shown_path(path) -> str:
 def _result_line(r: dict) -> str:
     if r["error"]:
         return f"{_shown_path(r['path'])}: ERROR {r['error']}"
-    line = f"{_shown_path(r['path'])}: {r['decision']}  P(pneumonia)={r['probability']:.3f}  threshold={r['threshold']:.3f}"
+    line = f"{_shown_path(r['path'])}: {r['decision']}  P(pneumonia)={r['probability']:.3f}"
+    line += f"  threshold={r['threshold']:.3f}"
     if "gradcam" in r:
         line += f"  -> {r['gradcam']}"
     if r.get("warning"):

@@ -29,6 +29,19 @@ DEFAULT_SEED = 1337
 #: The largest training input size accepted: above it one batch no longer fits a
 #: workstation's memory. (The smallest depends on the architecture, which checks it.)
 MAX_IMAGE_SIZE = 1024
+#: The allowed values of each model, explanation and export choice (the modules and the
+#: command line read them here, so the two cannot drift).
+MODEL_CHOICES: dict[str, tuple] = {
+    "head": ("flatten", "avg", "max"),
+    "normalization": ("per_image", "rescale"),
+    "backbone": ("densenet121", "efficientnet_b0", "resnet50"),
+    "channels": (1, 3),
+    "dtype": ("float32", "mixed_bfloat16", "mixed_float16"),
+    "gradcam_method": ("gradcam", "gradcam++", "scorecam"),
+    "export_format": ("saved_model", "litert", "onnx"),
+}
+#: The class names of the released models, in label order.
+CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 #: The allowed values of each training choice (and of the command line's flags).
 CHOICES: dict[str, tuple[str, ...]] = {
     "kaggle_val": ("pool", "keep"),

@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from keras_pneumonia._io import staging_dir
+from keras_pneumonia.config import MODEL_CHOICES
 
 logger = logging.getLogger(__name__)
 
 #: The export formats, TensorFlow SavedModel, LiteRT (TFLite) and ONNX.
-FORMATS = ("saved_model", "litert", "onnx")
+FORMATS = MODEL_CHOICES["export_format"]
 TOLERANCE = 1e-4
 _SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}
 _EXTRA = "pip install 'keras-pneumonia[export]'"

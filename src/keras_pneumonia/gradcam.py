@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_pneumonia.config import MODEL_CHOICES
+
 logger = logging.getLogger(__name__)
 
-METHODS = ("gradcam", "gradcam++", "scorecam")
+METHODS = MODEL_CHOICES["gradcam_method"]
 
 
 def _require_tensorflow() -> None:

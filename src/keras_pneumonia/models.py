@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_pneumonia.config import DEFAULT_IMAGE_SIZE
+from keras_pneumonia.config import CLASS_NAMES, DEFAULT_IMAGE_SIZE, MODEL_CHOICES
 from keras_pneumonia.images import RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import PerImageStandardization
@@ -16,11 +16,11 @@ from keras_pneumonia.metrics import SparseAUC
 
 #: The layers' dtype policies a `PneumoniaCNN` takes (``dtype=``): float32, or mixed
 #: precision with 16-bit computation and float32 weights.
-DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+DTYPE_POLICIES = MODEL_CHOICES["dtype"]
 
-HEADS = ("flatten", "avg", "max")
-NORMALIZATIONS = ("per_image", "rescale")
-DEFAULT_CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+HEADS = MODEL_CHOICES["head"]
+NORMALIZATIONS = MODEL_CHOICES["normalization"]
+DEFAULT_CLASS_NAMES = CLASS_NAMES
 
 
 class classproperty:  # noqa: N801  (named like the built-in decorators)

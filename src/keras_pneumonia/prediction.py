@@ -100,8 +100,8 @@ def predict_files(
     """
     from keras_pneumonia import ood
     from keras_pneumonia._version import __version__
-    from keras_pneumonia.evaluation import decide
     from keras_pneumonia.dicom import is_dicom
+    from keras_pneumonia.evaluation import decide
     from keras_pneumonia.images import chroma, input_config_of, original_size
     from keras_pneumonia.input_check import check_input
 
