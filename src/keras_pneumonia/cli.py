@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_pneumonia._version import __version__
-from keras_pneumonia.config import CHOICES, MODEL_CHOICES
+from keras_pneumonia.config import CHOICES, CLASS_NAMES, MODEL_CHOICES
 from keras_pneumonia.config import DEFAULTS as D
 
 logger = logging.getLogger("keras_pneumonia")
@@ -628,7 +628,7 @@ def _add_gradcam(model, result: dict, folder: Path, used: set[str], method: str)
 
     path = Path(result["path"])
     original = load_image(path, None, "grayscale")
-    class_names = list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"]))
+    class_names = list(getattr(model, "class_names", CLASS_NAMES))
     heatmap = gradcam(model, original, method=method, class_index=class_names.index(result["decision"]))
     out = _gradcam_file(path, folder, used)
     explanation_figure(

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from keras_pneumonia.config import CHOICES, DEFAULT_IMAGE_SIZE, DEFAULT_SEED
+from keras_pneumonia.config import CHOICES, CLASS_NAMES, DEFAULT_IMAGE_SIZE, DEFAULT_SEED
 from keras_pneumonia.images import COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
 
 logger = logging.getLogger(__name__)
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 
 _PATIENT_PATTERNS = (

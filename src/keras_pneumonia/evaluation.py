@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia.config import CLASS_NAMES
+
 POSITIVE = 1  # label of PNEUMONIA
 
 
@@ -194,7 +196,7 @@ class EvaluationReport:
         y_true: Sequence[int],
         probabilities: Sequence[float],
         threshold: float = 0.5,
-        class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"),
+        class_names: Sequence[str] = CLASS_NAMES,
     ) -> EvaluationReport:
         """Builds the report from labels and predicted probabilities of PNEUMONIA.
 
@@ -324,5 +326,5 @@ def evaluate(model, data, threshold: float | None = None) -> EvaluationReport:
     if threshold is None:
         threshold = float(getattr(model, "threshold", 0.5))
     y_true, probabilities = predict_proba(model, data)
-    class_names = getattr(model, "class_names", ("NORMAL", "PNEUMONIA"))
+    class_names = getattr(model, "class_names", CLASS_NAMES)
     return EvaluationReport.from_predictions(y_true, probabilities, threshold, class_names)

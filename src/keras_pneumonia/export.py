@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from keras_pneumonia._io import staging_dir
-from keras_pneumonia.config import MODEL_CHOICES
+from keras_pneumonia.config import CLASS_NAMES, MODEL_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def export_model(
             "file": path.name,
             "model": model.name,
             "keras_pneumonia_version": __version__,
-            "class_names": list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"])),
+            "class_names": list(getattr(model, "class_names", CLASS_NAMES)),
             "threshold": float(getattr(model, "threshold", 0.5)),
             "decision": "the last class when its probability >= threshold, else the first",
             "input": {

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_pneumonia.config import CLASS_NAMES
+
 
 def _figure(width: float, height: float, ncols: int = 1):
     from matplotlib.figure import Figure
@@ -125,9 +127,7 @@ def plot_reliability(
     return _save(figure, path)
 
 
-def plot_confusion_matrix(
-    confusion_matrix, class_names: Sequence[str] = ("NORMAL", "PNEUMONIA"), path: str | Path | None = None
-):
+def plot_confusion_matrix(confusion_matrix, class_names: Sequence[str] = CLASS_NAMES, path: str | Path | None = None):
     """The confusion matrix as a heatmap with counts and row percentages."""
     matrix = np.asarray(confusion_matrix)
     figure, ax = _figure(4.4, 3.8)

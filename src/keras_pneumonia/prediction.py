@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from keras_pneumonia._io import close_durably, lock_open_file
+from keras_pneumonia.config import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def predict_files(
         raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
     paths = [Path(p) for p in paths]
     threshold = float(getattr(model, "threshold", 0.5) if threshold is None else threshold)
-    class_names = list(getattr(model, "class_names", ["NORMAL", "PNEUMONIA"]))
+    class_names = list(getattr(model, "class_names", CLASS_NAMES))
     spec = input_config_of(model)
     (height, width), channels = spec.image_size, spec.channels
     base = {"threshold": threshold, "model": model.name, "version": __version__}

@@ -64,6 +64,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia.config import CLASS_NAMES
+
 logger = logging.getLogger(__name__)
 
 
@@ -342,7 +344,7 @@ def evaluate_robustness(
     unknown = [n for n in names if n not in PERTURBATIONS]
     if unknown:
         raise ValueError(f"Unknown perturbation(s) {unknown}; choose from {', '.join(PERTURBATIONS)}.")
-    class_names = list(class_names or getattr(model, "class_names", ("NORMAL", "PNEUMONIA")))
+    class_names = list(class_names or getattr(model, "class_names", CLASS_NAMES))
     threshold = float(getattr(model, "threshold", 0.5) if threshold is None else threshold)
     spec = input_config_of(model)
     directory = Path(directory)
