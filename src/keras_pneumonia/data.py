@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from keras_pneumonia.config import CHOICES, CLASS_NAMES, DEFAULT_IMAGE_SIZE, DEFAULT_SEED
-from keras_pneumonia.images import COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
+from keras_pneumonia.images import CHANNELS, COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def _decode_many(paths: Sequence[str], image_size, color_mode: str, resize: str,
     import tensorflow as tf
 
     height, width = as_size(image_size)
-    channels = 1 if color_mode == "grayscale" else 3
+    channels = CHANNELS[color_mode]
 
     def decode(batch):
         images, problems = _decode_chunk(batch, height, width, channels, color_mode, resize)
@@ -505,7 +505,7 @@ def _stream_dataset(
     import tensorflow as tf
 
     height, width = image_size
-    channels = 1 if color_mode == "grayscale" else 3
+    channels = CHANNELS[color_mode]
 
     def decode(batch):
         images, problems = _decode_chunk(batch, height, width, channels, color_mode, resize)
@@ -756,7 +756,7 @@ def load_chest_xray(
 
     splits = {"train": train_entries, "val": val_entries, "test": test_entries}
     splits = {split: entries for split, entries in splits.items() if entries is not None}
-    channels = 1 if color_mode == "grayscale" else 3
+    channels = CHANNELS[color_mode]
     pixels = sum(len(entries) for entries in splits.values()) * size[0] * size[1] * channels
     streaming = pipeline == "stream" or (pipeline == "auto" and (pixels > AUTO_STREAM_BYTES or cache is not None))
     options = {

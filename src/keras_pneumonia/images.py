@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".dcm", ".dicom")
 RESIZE_MODES = CHOICES["resize"]
 COLOR_MODES = ("grayscale", "rgb")
+#: Channels of each colour mode, and back.
+CHANNELS = {"grayscale": 1, "rgb": 3}
+COLOR_MODE_OF = {channels: mode for mode, channels in CHANNELS.items()}
 
 
 def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -308,7 +311,7 @@ class InputConfig:
     @property
     def channels(self) -> int:
         """1 for grayscale, 3 for RGB."""
-        return 1 if self.color_mode == "grayscale" else 3
+        return CHANNELS[self.color_mode]
 
     def load(self, path: str | Path) -> np.ndarray:
         """One file read for the model: `load_image` with this size, colour mode and resize."""
@@ -328,7 +331,7 @@ def input_config_of(model) -> InputConfig:
     if isinstance(config, InputConfig):
         return config
     height, width, channels = model.input_shape[1:4]
-    return InputConfig((height, width), "grayscale" if channels == 1 else "rgb")
+    return InputConfig((height, width), COLOR_MODE_OF[channels])
 
 
 def check_batch(model, images) -> None:

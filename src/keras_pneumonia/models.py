@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from keras_pneumonia.config import CLASS_NAMES, DEFAULT_IMAGE_SIZE, MODEL_CHOICES
-from keras_pneumonia.images import RESIZE_MODES, InputConfig, as_size, check_batch
+from keras_pneumonia.images import COLOR_MODE_OF, RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
@@ -423,7 +423,7 @@ class PneumoniaCNN(keras.Model):
     @property
     def color_mode(self) -> str:
         """``"grayscale"`` or ``"rgb"``: how images must be decoded for this model."""
-        return "grayscale" if self.channels == 1 else "rgb"
+        return COLOR_MODE_OF[self.channels]
 
     @property
     def backbone_blocks(self) -> tuple[tuple[str, ...], ...]:

@@ -199,7 +199,7 @@ def plot_perturbations(image, path: str | Path | None = None, perturbations: Seq
         path: Where to save the PNG (optional).
         perturbations: Names (default: all of `keras_pneumonia.robustness.PERTURBATIONS`).
     """
-    from keras_pneumonia.images import InputConfig
+    from keras_pneumonia.images import COLOR_MODE_OF, InputConfig
     from keras_pneumonia.robustness import PERTURBATIONS, _resize, perturb
 
     names = ["clean", *(perturbations or PERTURBATIONS)]
@@ -210,7 +210,7 @@ def plot_perturbations(image, path: str | Path | None = None, perturbations: Seq
     figure = Figure(figsize=(2.2 * columns, 2.4 * rows), layout="constrained")
     axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
     # Each perturbed image squashed back to the original's size, as a model's reader would.
-    spec = InputConfig(image.shape[:2], "grayscale" if image.shape[-1] == 1 else "rgb")
+    spec = InputConfig(image.shape[:2], COLOR_MODE_OF[image.shape[-1]])
     for ax, name in zip(axes, names):
         shown = image if name == "clean" else _resize(perturb(image, name), spec)
         ax.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray", vmin=0, vmax=255)
