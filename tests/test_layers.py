@@ -57,3 +57,36 @@ def test_squash_resize_round_trips_its_config():
     assert (clone.height, clone.width, clone.channels, clone.name) == (120, 90, 3, "r")
     with pytest.raises(ValueError, match="`channels` must be 1 or 3"):
         SquashResize(10, 10, channels=2)
+
+
+def _xray(size=160):
+    return load_image(Path(__file__).parent / "data" / "chest_xray" / "test" / "NORMAL" / "IM-0131-0001.jpeg", size)
+
+
+@pytest.mark.parametrize(("side", "value"), [("top", 0), ("left", 255), ("right", 0), ("bottom", 255)])
+def test_crop_uniform_borders_takes_off_a_bar_and_restores_the_framing(side, value):
+    from keras_pneumonia.layers import CropUniformBorders
+
+    x = _xray(128).astype("float32")
+    barred = x.copy()
+    bar = {"top": np.s_[:16], "bottom": np.s_[-16:], "left": np.s_[:, :16], "right": np.s_[:, -16:]}[side]
+    barred[bar] = value
+    kept = {"top": np.s_[16:], "bottom": np.s_[:-16], "left": np.s_[:, 16:], "right": np.s_[:, :-16]}[side]
+    expected = np.asarray(Image.fromarray(x[kept][..., 0].astype("uint8")).resize((128, 128), Image.BILINEAR))
+    out = keras.ops.convert_to_numpy(CropUniformBorders()(barred[None]))[0, ..., 0]
+    assert np.abs(out - expected).mean() < 2.0  # bilinear resampling either way
+    assert np.abs(barred[..., 0] - expected).mean() > 20  # the bar made a real difference
+
+
+def test_crop_uniform_borders_leaves_an_image_without_borders_alone_and_caps_the_cut():
+    from keras_pneumonia.layers import CropUniformBorders
+
+    rng = np.random.default_rng(0)
+    textured = rng.uniform(0, 255, (2, 64, 64, 1)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(CropUniformBorders()(textured)), textured, atol=1e-3)
+    mostly_black = textured.copy()
+    mostly_black[:, :48] = 0  # 75% of the height uniform: at most a quarter is cut
+    layer = CropUniformBorders(max_fraction=0.25)
+    out = keras.ops.convert_to_numpy(layer(mostly_black))
+    assert (out[:, :20] == 0).all() and out[:, -8:].std() > 30
+    assert CropUniformBorders.from_config(layer.get_config()).max_fraction == 0.25

@@ -192,3 +192,22 @@ def test_right_inputs_still_predict_as_arrays_tensors_and_datasets():
     np.testing.assert_allclose(model.predict(dataset, verbose=0), expected, atol=1e-5)
     with pytest.raises(ValueError, match="are 16x16"):
         model.predict(tf.data.Dataset.from_tensor_slices(np.zeros((2, 16, 16, 1), "float32")).batch(2))
+
+
+def test_a_model_that_crops_borders_answers_a_padded_film_as_the_plain_one(tmp_path):
+    from keras_pneumonia.images import load_image
+
+    model = kp.PneumoniaCNN(crop_borders=True, **{**TINY, "image_size": 64})
+    path = next((KAGGLE / "test" / "NORMAL").iterdir())
+    plain = load_image(path, 64).astype("float32")
+    padded = np.zeros((80, 80, 1), "uint8")
+    padded[8:72, 8:72] = load_image(path, 64)
+    padded = np.asarray(keras.ops.image.resize(padded.astype("float32"), (64, 64), interpolation="nearest"))
+    seen = keras.Model(model.inputs, model.get_layer("crop_borders").output).predict(np.stack([plain, padded]))
+    # The network sees the plain film again, up to resampling (a 64-px film shrunk into the frame and back).
+    assert np.abs(seen[1] - seen[0]).mean() < 0.25 * np.abs(padded - plain).mean()
+    both = model.predict(np.stack([plain, padded]), verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.crop_borders and loaded.get_layer("crop_borders") is not None
+    np.testing.assert_allclose(loaded.predict(np.stack([plain, padded]), verbose=0), both, atol=1e-6)

@@ -126,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--convs-per-block", type=_positive_int, help="convolutions per block")
     train.add_argument("--dense-units", type=_int_list, help="hidden dense units, e.g. 64")
     train.add_argument("--dropout", type=float, help="dropout rate")
+    train.add_argument(
+        "--crop-borders", action="store_true", help="cut uniform borders off each image inside the model"
+    )
     train.add_argument("--head", choices=MODEL_CHOICES["head"], help="flatten or global pooling")
     train.add_argument("--normalization", choices=MODEL_CHOICES["normalization"], help="input normalisation")
     train.add_argument(
@@ -350,7 +353,7 @@ def _cmd_split(args) -> int:
 def _cmd_train(args) -> int:
     from keras_pneumonia.training import train
 
-    model_kwargs = {"channels": args.channels}
+    model_kwargs = {"channels": args.channels, "crop_borders": args.crop_borders}
     for key in ("filters", "convs_per_block", "dense_units", "dropout", "head", "normalization", "backbone"):
         value = getattr(args, key)
         if value is not None:

@@ -173,3 +173,71 @@ class SquashResize(keras.layers.Layer):
         config = super().get_config()
         config.update({"height": self.height, "width": self.width, "channels": self.channels})
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_pneumonia")
+class CropUniformBorders(keras.layers.Layer):
+    """Cuts uniform bars off each side of an image and stretches the rest back to the full size.
+
+    Films come with collimation borders, scanner margins and padding, black or white,
+    of any width on any side; a model that sees them can learn them as a cue (the
+    robustness report's ``pad`` and ``collimation`` perturbations). Inside the model,
+    this layer removes them before anything else looks at the image, so the model, its
+    exports and every input path see the same framing. Written by hand because Keras
+    has no such layer; the resampling is `keras.ops.image.affine_transform`, so it runs
+    on every backend.
+
+    A row counts as border when the pixel values across the middle half of the image
+    vary by less than ``tolerance`` (standard deviation, grey levels); the border of a
+    side is the run of such rows (or columns) from its edge, at most ``max_fraction``
+    of the image. The rest is resampled bilinearly to the input size.
+
+    Args:
+        tolerance: Largest standard deviation of a border row or column (0-255 scale).
+        max_fraction: Largest share of the height or width cut from one side.
+        **kwargs: Passed to `keras.layers.Layer`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_pneumonia.layers import CropUniformBorders
+    >>> image = np.zeros((1, 8, 8, 1), "float32")
+    >>> image[0, 2:, :, 0] = np.arange(8) * 30.0  # a 2-row black bar on top of a gradient
+    >>> out = keras.ops.convert_to_numpy(CropUniformBorders()(image))
+    >>> bool(out[0, 0].std() > 50)  # the first row is now image, not bar
+    True
+    """
+
+    def __init__(self, tolerance: float = 2.0, max_fraction: float = 0.25, **kwargs):
+        super().__init__(**kwargs)
+        self.tolerance = float(tolerance)
+        self.max_fraction = float(max_fraction)
+
+    def _runs(self, uniform, limit):
+        """Length of the run of uniform lines from each end: ``(start, end)`` of ``(n, L)`` flags."""
+        start = ops.sum(ops.cumprod(uniform, axis=1), axis=1)
+        end = ops.sum(ops.cumprod(ops.flip(uniform, axis=1), axis=1), axis=1)
+        return ops.minimum(start, limit), ops.minimum(end, limit)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        height, width = x.shape[1], x.shape[2]
+        grey = ops.mean(x, axis=-1)  # (n, h, w)
+        middle_rows = grey[:, height // 4 : height - height // 4, :]
+        middle_cols = grey[:, :, width // 4 : width - width // 4]
+        rows_uniform = ops.cast(ops.std(middle_cols, axis=2) < self.tolerance, "float32")
+        cols_uniform = ops.cast(ops.std(middle_rows, axis=1) < self.tolerance, "float32")
+        top, bottom = self._runs(rows_uniform, float(int(self.max_fraction * height)))
+        left, right = self._runs(cols_uniform, float(int(self.max_fraction * width)))
+        # Output pixel (u, v) samples the kept box at x = left + (u + 0.5) * sx - 0.5.
+        sx = (width - left - right) / width
+        sy = (height - top - bottom) / height
+        zeros = ops.zeros_like(sx)
+        transform = ops.stack([sx, zeros, left + 0.5 * sx - 0.5, zeros, sy, top + 0.5 * sy - 0.5, zeros, zeros], axis=1)
+        return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "tolerance": self.tolerance, "max_fraction": self.max_fraction}

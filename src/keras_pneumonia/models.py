@@ -11,7 +11,7 @@ import numpy as np
 from keras_pneumonia.config import CLASS_NAMES, DEFAULT_IMAGE_SIZE, MODEL_CHOICES
 from keras_pneumonia.images import COLOR_MODE_OF, RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
-from keras_pneumonia.layers import PerImageStandardization
+from keras_pneumonia.layers import CropUniformBorders, PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 
 #: The layers' dtype policies a `PneumoniaCNN` takes (``dtype=``): float32, or mixed
@@ -102,6 +102,10 @@ class PneumoniaCNN(keras.Model):
             float32, so the output is float32 in every case. Saved with the
             model; ``compile`` wraps the optimizer in Keras' loss scaling for
             ``"mixed_float16"``.
+        crop_borders: Cut uniform bars (collimation borders, scanner margins,
+            padding) off each side of the input and stretch the rest back to the
+            input size, inside the graph (`keras_pneumonia.layers.CropUniformBorders`),
+            so borders cannot become a cue. Grad-CAM maps then cover the cropped area.
         **kwargs: Passed to `keras.Model` (``name``...).
 
     Examples:
@@ -137,6 +141,7 @@ class PneumoniaCNN(keras.Model):
         input_check: dict | None = None,
         ood: dict | None = None,
         dtype: str | None = None,
+        crop_borders: bool = False,
         **kwargs,
     ):
         from keras_pneumonia import backbones
@@ -216,6 +221,8 @@ class PneumoniaCNN(keras.Model):
         # === Functional Model ===
         inputs = keras.Input(shape=(*image_size, channels), name="image")
         x = keras.ops.cast(inputs, "float32")
+        if crop_borders:
+            x = CropUniformBorders(name="crop_borders", dtype="float32")(x)
         for layer in aug_layers:
             # Recorded with training=False: `fit` overrides it with an explicit
             # training=True; a plain `model(x)` (training=None) keeps it off.
@@ -262,6 +269,7 @@ class PneumoniaCNN(keras.Model):
         self.resize = resize
         self.input_check = {**LIMITS, **(input_check or {})}
         self.ood = dict(ood) if ood else None
+        self.crop_borders = bool(crop_borders)
         self._feature_layers = feature_layers
 
     def get_config(self):
@@ -293,6 +301,7 @@ class PneumoniaCNN(keras.Model):
             "input_check": dict(self.input_check),
             "ood": self.ood,
             "dtype": self.dtype_policy.name,
+            "crop_borders": self.crop_borders,
         }
         # [position, name] pairs: the position finds the layer again, because layers that
         # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.
