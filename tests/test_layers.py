@@ -90,3 +90,16 @@ def test_crop_uniform_borders_leaves_an_image_without_borders_alone_and_caps_the
     out = keras.ops.convert_to_numpy(layer(mostly_black))
     assert (out[:, :20] == 0).all() and out[:, -8:].std() > 30
     assert CropUniformBorders.from_config(layer.get_config()).max_fraction == 0.25
+
+
+def test_crop_uniform_borders_runs_where_height_and_width_are_unknown():
+    """As in a training pipeline whose batches have no static size."""
+    import tensorflow as tf
+
+    from keras_pneumonia.layers import CropUniformBorders
+
+    layer = CropUniformBorders()
+    x = _xray(64).astype("float32")[None]
+    x[:, :, :8] = 0
+    traced = tf.function(layer.call, input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+    np.testing.assert_allclose(traced(tf.constant(x)).numpy(), keras.ops.convert_to_numpy(layer(x)), atol=1e-4)
