@@ -22,6 +22,7 @@ _EXPORTS = {
     "Augmentation": "keras_pneumonia.augmentation",
     "BadImageError": "keras_pneumonia.data",
     "ChestXrayData": "keras_pneumonia.data",
+    "CropUniformBorders": "keras_pneumonia.layers",
     "EvaluationReport": "keras_pneumonia.evaluation",
     "LayoutError": "keras_pneumonia.data",
     "PerImageStandardization": "keras_pneumonia.layers",

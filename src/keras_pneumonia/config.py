@@ -26,8 +26,8 @@ DEFAULT_IMAGE_SIZE = 160
 #: The seed of the patient split, the initialisation, the augmentation and the shuffling.
 #: 1337 is the value the project has used since its first script, so runs stay comparable.
 DEFAULT_SEED = 1337
-#: The largest training input size accepted: above it one batch no longer fits a
-#: workstation's memory. (The smallest depends on the architecture, which checks it.)
+#: The largest training input size accepted, in pixels; above it one batch no longer fits
+#: a workstation's memory. The smallest depends on the architecture, which checks it.
 MAX_IMAGE_SIZE = 1024
 #: The allowed values of each model, explanation and export choice (the modules and the
 #: command line read them here, so the two cannot drift).

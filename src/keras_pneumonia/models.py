@@ -104,7 +104,7 @@ class PneumoniaCNN(keras.Model):
             ``"mixed_float16"``.
         crop_borders: Cut uniform bars (collimation borders, scanner margins,
             padding) off each side of the input and stretch the rest back to the
-            input size, inside the graph (`keras_pneumonia.layers.CropUniformBorders`),
+            input size, inside the graph (`~keras_pneumonia.CropUniformBorders`),
             so borders cannot become a cue. Grad-CAM maps then cover the cropped area.
         **kwargs: Passed to `keras.Model` (``name``...).
 
