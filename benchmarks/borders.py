@@ -19,6 +19,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("top", "bottom", "left", "right")
 
 
 def border_widths(images: np.ndarray, layer) -> np.ndarray:
@@ -57,7 +58,7 @@ def main(argv=None) -> dict:
             row = {
                 "n": int(len(w)),
                 "with_border": float((w.sum(axis=1) > 0).mean()),
-                "mean_width_px": dict(zip(("top", "bottom", "left", "right"), w.mean(axis=0).astype(float).round(2).tolist())),
+                "mean_width_px": dict(zip(SIDES, w.mean(axis=0).astype(float).round(2).tolist())),
             }
             result["splits"].setdefault(split, {})[name] = row
             print(f"{split:9s} {name:9s} n={row['n']:5d}  with a uniform border: {row['with_border']:.1%}  "
