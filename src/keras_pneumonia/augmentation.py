@@ -1,8 +1,8 @@
 """Training-time augmentation, applied in the ``tf.data`` pipeline (never in the model).
 
-The released 0.1.0 model learned shortcuts: how tightly a film is framed and
-how it is exposed decided its answer on X-rays from other batches. The
-augmentation here breaks those shortcuts by varying, per image:
+A model trained on one hospital's films can learn shortcuts: how tightly a film
+is framed and how it is exposed can decide its answer on X-rays from other
+batches. The augmentation here breaks those shortcuts by varying, per image:
 
 * **framing**: zoom in (a border crop) or out (a black border, as when a film
   is letterboxed), aspect ratio, translation and a small rotation;
@@ -53,7 +53,7 @@ _NONE: dict[str, Any] = {
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 0.1.0's in-graph augmentation (rotation 0.04 turn, shift 6%, zoom 10%), for comparison runs.
+    # The first release's in-graph augmentation (rotation 0.04 turn, shift 6%, zoom 10%), for comparison runs.
     "light": {**_NONE, "zoom": (0.9, 1.1), "translate": 0.06, "rotate_deg": 14.4},
     "strong": {},  # the dataclass defaults: every image reframed
     # As "strong", but half of the images keep their framing (no border, no rotation).
@@ -148,7 +148,8 @@ class Augmentation:
 
     @classmethod
     def preset(cls, name: str) -> Augmentation:
-        """``"strong"`` (the default), ``"mixed"``, ``"robust"`` (v3's), ``"light"`` (0.1.0's) or ``"none"``."""
+        """A preset by name: ``"strong"`` (the default), ``"mixed"``, ``"robust"``, ``"robust_no_flip"``,
+        ``"robust_reframe"``, ``"light"`` or ``"none"`` (``PRESETS`` gives their settings)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**PRESETS[name])

@@ -497,9 +497,9 @@ def _stream_dataset(
     The decoder is `~keras_pneumonia.images.load_image` (Pillow) in a
     ``tf.numpy_function``, one call per chunk of paths: TensorFlow's
     ``decode_jpeg(dct_method="INTEGER_ACCURATE")`` gives the same pixels as Pillow
-    (measured on the training set) but TensorFlow's resize does not (16% of pixels
-    differ at 160 px; ``benchmarks/decoders.py``), and the formats `load_image` reads (16-bit PNG by
-    their bit depth, EXIF orientation, DICOM) have no TensorFlow decoder; Pillow
+    but TensorFlow's resize does not (``benchmarks/decoders.py`` compares them), and
+    the formats `load_image` reads (16-bit PNG by their bit depth, EXIF orientation,
+    DICOM) have no TensorFlow decoder; Pillow
     releases the GIL while it decodes and resizes, so the map runs in parallel.
     """
     import tensorflow as tf

@@ -1,7 +1,7 @@
 """Is this plausibly a chest X-ray? A warning flag instead of a confident answer.
 
 A classifier answers whatever it is given: a blank image, noise, a 1x1 file or
-an inverted X-ray all got P(pneumonia) near 1.000 from 0.1.0. `check_input` measures
+an inverted X-ray can all get P(pneumonia) near 1.000. `check_input` measures
 a few properties of the image the model sees (its model-input pixels, and its
 size on disk) and names each one that no real X-ray of the training data shows.
 The answer is still given, with the flag beside it in every output

@@ -113,8 +113,8 @@ class SquashResize(keras.layers.Layer):
     Written by hand because the library resizes cannot be exported, or give
     other pixels: ``keras.layers.Resizing(antialias=True)`` becomes
     TensorFlow's ``ScaleAndTranslate`` op, which neither LiteRT nor ONNX can
-    run, and it differs from Pillow in 16% of the pixels of the training X-rays
-    at 160 px (``python benchmarks/decoders.py``);
+    run, and its pixels differ from Pillow's (``python benchmarks/decoders.py``
+    measures by how much);
     without ``antialias`` a bilinear shrink samples only 4 pixels per output
     pixel. Each pass here is a few float32 matrix products, which every
     runtime supports.

@@ -499,7 +499,7 @@ class PneumoniaCNN(keras.Model):
 
     # --- Keras 3 with tf.distribute.MultiWorkerMirroredStrategy -------------------------
     # Keras 3's `fit` fails under MultiWorkerMirroredStrategy in two places
-    # (keras-team/keras#20585, open as of Keras 3.15): it averages the batch it peeks to
+    # (keras-team/keras#20585): it averages the batch it peeks to
     # build the model with `strategy.reduce`, which that strategy cannot do for a batch
     # of images, and it averages the scalar logs of each step over `axis=0`, which a
     # scalar lacks. Written by hand because no released Keras fixes it: only the peeked
