@@ -420,6 +420,165 @@ def more_cases(work: Path):
     yield "--json while the model downloads", "only JSON on stdout", lambda: _json_during_download(work)
     for name, code, message in _API_CASES:
         yield f"Python API: {name}", "clear ValueError", _api_check(code, message)
+    yield from web_cases(work)
+
+
+def web_cases(work: Path):
+    """The web app (``keras-pneumonia serve``, a real server process) under bad and hostile requests."""
+    import importlib.util
+
+    if importlib.util.find_spec("fastapi") is None:
+        return
+    server = _WebServer(work)
+    xray_bytes = XRAY.read_bytes()
+
+    def status(expected, *texts, **request):
+        def check():
+            code, body = server.post(**request)
+            ok = code == expected and all(t in body for t in texts) and server.healthy()
+            return ok, f"HTTP {code}: {body[:100]}; still serving: {server.healthy()}"
+
+        return check
+
+    yield "web: a text file as an X-ray", "422 naming it", status(422, "notes.png", files=[("notes.png", b"text")])
+    yield "web: an empty upload", "400 naming it", status(400, "empty.png", files=[("empty.png", b"")])
+    yield "web: an upload over the limit", "413", status(413, "too large", files=[("big.png", b"0" * 3_000_000)])
+    yield "web: no file field", "400", status(400, "No file", files=[], fields={"other": "x"})
+    yield "web: 16 uploads at once", "all answered alike", lambda: server.concurrent(xray_bytes, 16)
+    yield "web: a client gone mid-upload", "server unharmed", lambda: server.disconnect_mid_upload()
+    yield (
+        "web: the server killed (-9) in a request",
+        "its uploads removed at restart",
+        lambda: server.killed(xray_bytes),
+    )
+    yield "web: stopped (SIGTERM)", "exits 0, nothing left", lambda: server.stop_cleanly()
+
+
+class _WebServer:
+    """A ``keras-pneumonia serve`` process on a free port of 127.0.0.1 (1 MB upload limit, no Grad-CAM)."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.process = None
+
+    def start(self):
+        import socket
+        import urllib.request
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        args = ["serve", "--port", str(self.port), "--no-gradcam", "--max-upload-mb", "1"]
+        self.process = subprocess.Popen([*CLI, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url("/api/health"), timeout=2).read()
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(self.process.stderr.read().decode()[-300:]) from None
+                time.sleep(0.2)
+        raise RuntimeError("the server did not start in 120 s")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def ensure(self):
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+
+    def healthy(self) -> bool:
+        import urllib.request
+
+        try:
+            return urllib.request.urlopen(self.url("/api/health"), timeout=10).status == 200
+        except OSError:
+            return False
+
+    def post(self, files, fields=None):
+        import urllib.error
+        import urllib.request
+
+        self.ensure()
+        body, content_type = _multipart(files, fields or {})
+        request = urllib.request.Request(self.url("/api/predict"), data=body, headers={"Content-Type": content_type})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def concurrent(self, data: bytes, n: int):
+        import json
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ensure()
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(lambda i: self.post([(f"x{i}.jpeg", data)]), range(n)))
+        probabilities = {json.loads(body)["results"][0]["probability"] for code, body in answers if code == 200}
+        ok = all(code == 200 for code, _ in answers) and len(probabilities) == 1
+        return (
+            ok,
+            f"{sum(code == 200 for code, _ in answers)} of {n} answered 200; {len(probabilities)} distinct answer(s)",
+        )
+
+    def disconnect_mid_upload(self):
+        import socket
+
+        self.ensure()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as raw:
+            head = (
+                "POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 500000\r\n"
+                "Content-Type: multipart/form-data; boundary=XyZ\r\n\r\n--XyZ\r\n"
+                'Content-Disposition: form-data; name="file"; filename="half.jpeg"\r\n\r\n'
+            )
+            raw.sendall(head.encode() + XRAY.read_bytes()[:20000])
+        time.sleep(1.0)
+        code, _ = self.post([("x.jpeg", XRAY.read_bytes())])
+        leftovers = _uploads_of(self.process.pid)
+        return code == 200 and not leftovers, f"next request HTTP {code}; {len(leftovers)} upload folder(s) left"
+
+    def killed(self, data: bytes):
+        import threading
+
+        self.ensure()
+        dead = self.process.pid
+        threading.Thread(target=lambda: self.post([(f"x{i}.jpeg", data) for i in range(3)]), daemon=True).start()
+        deadline = time.time() + 60
+        while not _uploads_of(dead) and time.time() < deadline:  # the request's folder exists
+            time.sleep(0.005)
+        during = len(_uploads_of(dead))
+        self.process.kill()
+        self.process.wait()
+        self.start()  # the next server removes what the killed one left
+        left = _uploads_of(dead)
+        return during > 0 and not left, f"{during} upload folder(s) when killed, {len(left)} after the restart"
+
+    def stop_cleanly(self):
+        self.ensure()
+        pid = self.process.pid
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        left = _uploads_of(pid)
+        return code == 0 and not left, f"exit {code}; {len(left)} upload folder(s) left"
+
+
+def _uploads_of(pid: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f".keras-pneumonia-serve.{pid}.*"))
+
+
+def _multipart(files, fields):
+    """A multipart/form-data body by hand: the standard library has no encoder for it."""
+    boundary = "keras-pneumonia-faults"
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for filename, data in files:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        parts.append(head.encode() + b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 # The Python API with inputs the model would answer for wrongly: (name, code, expected message).

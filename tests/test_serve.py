@@ -149,12 +149,12 @@ def test_a_full_queue_answers_503_with_retry_after(model):
 
 
 def test_uploads_leave_nothing_behind_and_cors_only_when_asked(model):
-    before = set(Path(tempfile.gettempdir()).glob("keras-pneumonia-serve-*"))
+    before = set(Path(tempfile.gettempdir()).glob(".keras-pneumonia-serve.*"))
     with running(create_app(model, gradcam=False, cors_origins=["http://example.test"])) as url:
         response = _post(url, SAMPLES[0], headers={"Origin": "http://example.test"})
         assert response.status_code == 200 and response.json()["results"][0]["gradcam"] is None
         assert response.headers["access-control-allow-origin"] == "http://example.test"
-    assert set(Path(tempfile.gettempdir()).glob("keras-pneumonia-serve-*")) == before
+    assert set(Path(tempfile.gettempdir()).glob(".keras-pneumonia-serve.*")) == before
 
 
 def test_the_overlay_is_a_picture_of_the_film(server):

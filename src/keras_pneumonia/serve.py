@@ -34,6 +34,7 @@ import base64
 import concurrent.futures
 import io
 import logging
+import os
 import queue
 import re
 import tempfile
@@ -44,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia._io import remove_stale
+
 logger = logging.getLogger(__name__)
 
 #: Largest accepted request (all its files), in MB (``--max-upload-mb``).
@@ -51,6 +54,8 @@ DEFAULT_MAX_UPLOAD_MB = 50
 #: Requests waiting for the model before new ones get 503 (``--max-queue``).
 DEFAULT_MAX_QUEUE = 32
 _EXTRA = "pip install 'keras-pneumonia[serve]'"
+#: The name of the private temporary folders that hold a request's uploads.
+_UPLOADS = "keras-pneumonia-serve"
 
 
 class QueueFull(RuntimeError):
@@ -282,7 +287,8 @@ def create_app(
             if not data:
                 return error(400, f"{upload.filename}: the file is empty.", file=upload.filename)
             contents.append((upload.filename or f"file{len(contents)}", data))
-        with tempfile.TemporaryDirectory(prefix="keras-pneumonia-serve-") as folder:  # mode 0700
+        # Mode 0700, named by this process: a server killed mid-request leaves it, the next one removes it.
+        with tempfile.TemporaryDirectory(prefix=f".{_UPLOADS}.{os.getpid()}.") as folder:
             paths = []
             for i, (_, data) in enumerate(contents):
                 path = Path(folder) / f"{i}{_safe_suffix(contents[i][0])}"
@@ -341,6 +347,7 @@ def serve(
         import uvicorn
     except ImportError:
         raise ImportError(f"The web app needs FastAPI and uvicorn: {_EXTRA}") from None
+    remove_stale(Path(tempfile.gettempdir()), _UPLOADS)  # what a killed server's requests left
     app = create_app(model, **app_kwargs)
     logger.info("Serving %s on http://%s:%d (API docs at /docs)", model.name, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")
