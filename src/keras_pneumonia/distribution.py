@@ -162,3 +162,50 @@ def _tf_config() -> dict[str, Any]:
     if task["type"] not in workers:
         raise ValueError(f"TF_CONFIG's task type {task['type']!r} is not in its cluster {sorted(workers)}.")
     return config
+
+
+class MultiWorkerFit:
+    """Lets a `keras.Model` subclass ``fit`` under ``tf.distribute.MultiWorkerMirroredStrategy``.
+
+    Keras 3's ``fit`` fails under that strategy in two places (keras-team/keras#20585):
+    it averages the batch it peeks to build the model with ``strategy.reduce``, which
+    that strategy cannot do for a batch of images, and it averages the scalar logs of
+    each step over ``axis=0``, which a scalar lacks. Written by hand because no released
+    Keras fixes it: only the peeked batch's shapes matter (one replica's part will do),
+    and logs of shape ``(1,)`` average to the same scalar. Nothing changes without that
+    strategy. Put it before `keras.Model` in the bases.
+    """
+
+    def _is_multi_worker(self) -> bool:
+        strategy = getattr(self, "_distribute_strategy", None)
+        if strategy is None:
+            return False
+        import tensorflow as tf
+
+        return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not (self._is_multi_worker() and iterator is not None):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        import keras
+
+        strategy = self._distribute_strategy
+        for _, _, batches in iterator:
+            batch = next(batches)
+            break
+        local = keras.tree.map_structure(lambda value: strategy.experimental_local_results(value)[0], batch)
+        with strategy.scope():
+            self._symbolic_build(data_batch=local)
+
+    def _logs_for_all_workers(self, logs):
+        if not self._is_multi_worker():
+            return logs
+        import keras
+
+        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
+
+    def train_step(self, *args, **kwargs):
+        return self._logs_for_all_workers(super().train_step(*args, **kwargs))
+
+    def test_step(self, *args, **kwargs):
+        return self._logs_for_all_workers(super().test_step(*args, **kwargs))

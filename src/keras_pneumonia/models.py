@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from keras_pneumonia.config import CLASS_NAMES, DEFAULT_IMAGE_SIZE, MODEL_CHOICES
+from keras_pneumonia.distribution import MultiWorkerFit
 from keras_pneumonia.images import COLOR_MODE_OF, RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import CropUniformBorders, PerImageStandardization
@@ -35,7 +36,7 @@ class classproperty:  # noqa: N801  (named like the built-in decorators)
 
 
 @keras.saving.register_keras_serializable(package="keras_pneumonia")
-class PneumoniaCNN(keras.Model):
+class PneumoniaCNN(MultiWorkerFit, keras.Model):
     """A small convolutional network that classifies chest X-rays.
 
     The network is the design of the original Keras script this package grew from,
@@ -496,45 +497,6 @@ class PneumoniaCNN(keras.Model):
             in_top = self._block_index(name) >= total - n_blocks
             is_bn = isinstance(layer, keras.layers.BatchNormalization)
             layer.trainable = in_top and (batch_norm or not is_bn)
-
-    # --- Keras 3 with tf.distribute.MultiWorkerMirroredStrategy -------------------------
-    # Keras 3's `fit` fails under MultiWorkerMirroredStrategy in two places
-    # (keras-team/keras#20585): it averages the batch it peeks to
-    # build the model with `strategy.reduce`, which that strategy cannot do for a batch
-    # of images, and it averages the scalar logs of each step over `axis=0`, which a
-    # scalar lacks. Written by hand because no released Keras fixes it: only the peeked
-    # batch's shapes matter (one replica's part will do), and logs of shape (1,) average
-    # to the same scalar. Nothing changes without that strategy.
-
-    def _is_multi_worker(self) -> bool:
-        strategy = getattr(self, "_distribute_strategy", None)
-        if strategy is None:
-            return False
-        import tensorflow as tf
-
-        return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if not (self._is_multi_worker() and iterator is not None):
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-        strategy = self._distribute_strategy
-        for _, _, batches in iterator:
-            batch = next(batches)
-            break
-        local = keras.tree.map_structure(lambda value: strategy.experimental_local_results(value)[0], batch)
-        with strategy.scope():
-            self._symbolic_build(data_batch=local)
-
-    def _logs_for_all_workers(self, logs):
-        if not self._is_multi_worker():
-            return logs
-        return {name: keras.ops.reshape(value, (1,)) for name, value in logs.items()}
-
-    def train_step(self, *args, **kwargs):
-        return self._logs_for_all_workers(super().train_step(*args, **kwargs))
-
-    def test_step(self, *args, **kwargs):
-        return self._logs_for_all_workers(super().test_step(*args, **kwargs))
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Configures the model for training, with the original script's defaults.
