@@ -78,7 +78,7 @@ def test_other_image_formats_are_read_and_nothing_is_skipped_without_a_word(tmp_
     source = Image.open(XRAYS / "IM-0314-0001.jpeg").convert("L").resize((300, 250))
     for suffix in (".bmp", ".tif", ".webp", ".gif", ".png"):
         source.save(folder / "NORMAL" / f"x{suffix}")
-    source.save(folder / "PNEUMONIA" / "y.png")
+    source.transpose(Image.FLIP_LEFT_RIGHT).save(folder / "PNEUMONIA" / "y.png")  # another image
     source.save(folder / "COVID" / "z.png")
     (folder / "PNEUMONIA" / "notes.txt").write_text("not an image")
     with caplog.at_level("WARNING"):

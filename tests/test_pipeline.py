@@ -1,10 +1,12 @@
 """The streaming pipeline: the in-memory pipeline's pixels in its order, caches, bad files, header checks."""
 
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import keras_pneumonia as kp
 from conftest import TINY
@@ -76,36 +78,49 @@ def _break(folder: Path):
     (folder / "notes.png").write_text("this is not an image")
     good = (folder / "IM-0115-0001.jpeg").read_bytes()
     (folder / "IM-9999-0001.jpeg").write_bytes(good[: len(good) // 2])  # a header, then nothing
+    # Whole, with its end marker, but its pixel data broken: only decoding finds it.
+    buffer = io.BytesIO()
+    Image.open(folder / "IM-0115-0001.jpeg").save(buffer, "PNG")
+    broken = bytearray(buffer.getvalue())
+    start = broken.find(b"IDAT") + 2000
+    broken[start : start + 200] = bytes(200)
+    (folder / "IM-9998-0001.png").write_bytes(bytes(broken))
 
 
 def test_headers_are_checked_without_decoding(kaggle_dir):
     folder = kaggle_dir / "train" / "NORMAL"
     _break(folder)
     problems = dict(check_headers(sorted(folder.iterdir())))
-    assert {Path(p).name for p in problems} == {"empty.jpeg", "notes.png"}
+    # The file cut short is found by its missing end marker; the broken PNG only by decoding.
+    assert {Path(p).name for p in problems} == {"empty.jpeg", "notes.png", "IM-9999-0001.jpeg"}
     # Refused up front by the streaming pipeline with the in-memory pipeline's error, one
     # error listing the bad files of every split (here one more in test/).
     (kaggle_dir / "test" / "PNEUMONIA" / "blank.png").write_bytes(b"")
     with pytest.raises(kp.BadImageError) as info:
         kp.load_chest_xray(kaggle_dir, pipeline="stream", **KW)
-    assert sorted(Path(p).name for p, _ in info.value.problems) == ["blank.png", "empty.jpeg", "notes.png"]
+    assert sorted(Path(p).name for p, _ in info.value.problems) == [
+        "IM-9999-0001.jpeg",
+        "blank.png",
+        "empty.jpeg",
+        "notes.png",
+    ]
     assert "empty file" in str(info.value)
 
 
-def test_a_file_cut_short_is_named_when_streaming_reaches_it(kaggle_dir, tmp_path, caplog):
+def test_a_file_broken_inside_is_named_when_streaming_reaches_it(kaggle_dir, tmp_path, caplog):
     _break(kaggle_dir / "train" / "NORMAL")
     data = kp.load_chest_xray(kaggle_dir, pipeline="stream", on_bad_file="skip", **KW)
     with caplog.at_level(logging.WARNING):
         seen = sum(len(y) for _, y in data.train) + sum(len(y) for _, y in data.val)
-    assert "IM-9999-0001.jpeg" in caplog.text and "truncated" in caplog.text
+    assert "IM-9998-0001.png" in caplog.text and "data stream" in caplog.text
     assert seen == len(data.files["train"]) + len(data.files["val"]) - 1
     # With on_bad_file="raise", training stops with the file's name, not TensorFlow's traceback.
-    (kaggle_dir / "train" / "NORMAL" / "empty.jpeg").unlink()
-    (kaggle_dir / "train" / "NORMAL" / "notes.png").unlink()
+    for name in ("empty.jpeg", "notes.png", "IM-9999-0001.jpeg"):
+        (kaggle_dir / "train" / "NORMAL" / name).unlink()
     with pytest.raises(kp.BadImageError) as info:
         train(kaggle_dir, tmp_path / "run", epochs=1, pipeline="stream", augmentation="none", **_tiny(), verbose=0)
-    assert [Path(p).name for p, _ in info.value.problems] == ["IM-9999-0001.jpeg"]
-    assert "truncated" in info.value.problems[0][1]
+    assert [Path(p).name for p, _ in info.value.problems] == ["IM-9998-0001.png"]
+    assert "data stream" in info.value.problems[0][1]
     assert bad_image_error_from(RuntimeError("something else")) is None
 
 

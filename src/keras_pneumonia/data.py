@@ -158,11 +158,11 @@ def _list_class_dir(class_dir: Path) -> list[Path]:
     skipped = [p.relative_to(class_dir).as_posix() for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if skipped:
         logger.warning(
-            "%s: skipping %d file(s) that are not images by suffix (%s): %s",
+            "%s: skipping %d file(s) that are not images by suffix: %s (read: %s)",
             class_dir,
             len(skipped),
-            " ".join(sorted(IMAGE_EXTENSIONS)),
             _shown(skipped),
+            " ".join(IMAGE_EXTENSIONS),
         )
     return [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
 
