@@ -565,7 +565,7 @@ class _WebServer:
 
 
 def _uploads_of(pid: int) -> list[Path]:
-    return list(Path(tempfile.gettempdir()).glob(f".keras-pneumonia-serve.{pid}.*"))
+    return list(Path(tempfile.gettempdir()).glob(f".keras-pneumonia-serve.{pid}@*"))
 
 
 def _multipart(files, fields):

@@ -336,8 +336,10 @@ def test_what_a_killed_download_left_is_removed_by_the_next_one(served, tmp_path
     (left / "tiny_test.keras").write_bytes(model_bytes[:100])
     alive = cache / f".tiny_test.keras.{os.getppid()}.def456"  # a running process (pytest's parent)
     alive.mkdir()
+    elsewhere = cache / f".tiny_test.keras.{int(dead.stdout)}@another-host.ghi789"  # a shared cache's
+    elsewhere.mkdir()
     weights.get_file("tiny_test", cache_dir=cache)
-    assert _cache_entries(cache) == [alive.name, "tiny_test.keras"]
+    assert set(_cache_entries(cache)) == {elsewhere.name, alive.name, "tiny_test.keras"}
 
 
 def test_what_a_killed_atomic_write_left_is_removed_by_the_next_one(tmp_path):

@@ -11,6 +11,7 @@ import contextlib
 import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,21 +27,29 @@ def _running(pid: int) -> bool:
     return True
 
 
+def owner() -> str:
+    """``PID@HOST``: what temporary names carry, so that only this machine judges whether their writer runs."""
+    return f"{os.getpid()}@{socket.gethostname().split('.')[0]}"
+
+
 def remove_stale(parent: Path, name: str) -> None:
     """Removes what killed writers of ``parent/name`` left behind.
 
-    Temporary files and folders are named ``.NAME.PID.*``: an interruption
-    removes its own, but ``kill -9`` (or a power cut) cannot; the next writer
-    removes those whose process no longer runs.
+    Temporary files and folders are named ``.NAME.PID@HOST.*`` (`owner`): an
+    interruption removes its own, but ``kill -9`` (or a power cut) cannot; the next
+    writer on the same machine removes those whose process no longer runs. Another
+    machine's (a cache shared over the network) are left alone.
     """
     prefix = f".{name}."
+    here = owner().split("@", 1)[1]
     for leftover in parent.glob(glob.escape(prefix) + "*"):
-        pid = leftover.name[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+        pid, _, host = leftover.name[len(prefix) :].split(".", 1)[0].partition("@")
+        if not pid.isdigit() or int(pid) == os.getpid() or (host and host != here) or _running(int(pid)):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -49,7 +58,7 @@ def staging_dir(destination: str | Path) -> Iterator[Path]:
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(destination.parent, destination.name)
-    folder = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{os.getpid()}."))
+    folder = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{owner()}."))
     try:
         yield folder
     finally:
@@ -67,7 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=f"{path.suffix}.part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner()}.", suffix=f"{path.suffix}.part")
     os.close(fd)
     # mkstemp makes the file private (0600); give it the permissions a plain open() would.
     umask = os.umask(0)

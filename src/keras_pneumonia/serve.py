@@ -34,7 +34,6 @@ import base64
 import concurrent.futures
 import io
 import logging
-import os
 import queue
 import re
 import tempfile
@@ -45,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_pneumonia._io import remove_stale
+from keras_pneumonia._io import owner, remove_stale
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +287,7 @@ def create_app(
                 return error(400, f"{upload.filename}: the file is empty.", file=upload.filename)
             contents.append((upload.filename or f"file{len(contents)}", data))
         # Mode 0700, named by this process: a server killed mid-request leaves it, the next one removes it.
-        with tempfile.TemporaryDirectory(prefix=f".{_UPLOADS}.{os.getpid()}.") as folder:
+        with tempfile.TemporaryDirectory(prefix=f".{_UPLOADS}.{owner()}.") as folder:
             paths = []
             for i, (_, data) in enumerate(contents):
                 path = Path(folder) / f"{i}{_safe_suffix(contents[i][0])}"

@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
 
-from keras_pneumonia._io import remove_stale
+from keras_pneumonia._io import owner, remove_stale
 from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def download(url: str, destination: str | Path, sha256: str | None = None, timeo
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(destination.parent, destination.name)
-        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{os.getpid()}."))
+        staging = Path(tempfile.mkdtemp(dir=destination.parent, prefix=f".{destination.name}.{owner()}."))
     except OSError as error:
         raise WeightsError(
             f"Cannot write to the weights cache {destination.parent} ({error.strerror or error}). "
