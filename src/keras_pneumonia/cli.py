@@ -284,7 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print one JSON list at the end (instead of lines)")
 
     demo = commands.add_parser("demo", help="predict and explain the bundled sample X-rays (offline)")
-    demo.add_argument("--output", "-o", type=Path, default=Path("keras_pneumonia_demo"), help="overlay folder")
+    demo.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("keras_pneumonia_demo"),
+        help="folder for predictions.json and overlays",
+    )
     demo.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
 
     export = commands.add_parser(
@@ -730,15 +736,17 @@ def _cmd_demo(args) -> int:
 
     import keras
 
+    from keras_pneumonia._io import atomic_write_text
     from keras_pneumonia.models import load_model
     from keras_pneumonia.prediction import predict_files
 
     samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
+    args.output.mkdir(parents=True, exist_ok=True)  # an output that cannot be written fails first, on any backend
     model = load_model(args.weights, compile=False)
     print(f"Model: {model.name}, input {model.input_shape[1:]}, threshold {model.threshold:.3f}")
     print("Sample X-rays (training images of Kermany et al. 2018, CC BY 4.0; the file name gives the true class):")
     explain = keras.backend.backend() == "tensorflow"
-    failed, used = [], set()
+    failed, used, results = [], set(), []
     for result in predict_files(model, samples):
         if result["error"]:
             failed.append(result)
@@ -746,6 +754,9 @@ def _cmd_demo(args) -> int:
             _add_gradcam(model, result, args.output, used, "gradcam")
         result["path"] = Path(result["path"]).name
         print(_result_line(result), flush=True)
+        results.append(result)
+    atomic_write_text(args.output / "predictions.json", json.dumps(results, indent=1) + "\n")
+    print(f"Predictions written to {args.output / 'predictions.json'}")
     for result in failed:
         print(f"keras-pneumonia demo: error: {result['path']}: {result['error']}", file=sys.stderr)
     if explain:
