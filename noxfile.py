@@ -160,8 +160,8 @@ def build(session: nox.Session) -> None:
 
 @nox.session
 def faults(session: nox.Session) -> None:
-    """The fault-injection suite: the real CLI through hostile inputs and faults, as a table."""
-    session.install("-e", ".")
+    """The fault-injection suite: the real CLI and web app through hostile inputs and faults, as a table."""
+    session.install("-e", ".[serve]")
     session.run("python", "tests/faults.py", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
