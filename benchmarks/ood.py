@@ -62,6 +62,34 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     return float(EvaluationReport.from_predictions(labels, scores, 0.5, ["in", "out"]).auc)
 
 
+def flag_row(model, scores, probs, labels, layers, dims, quantile) -> dict:
+    """Flag rates (and accuracy on flagged / unflagged images) of one score, thresholded on validation."""
+    threshold = float(np.quantile(scores["validation"], quantile))
+    row = {"layers": layers, "dims": dims, "threshold": threshold}
+    for name in scores:
+        flagged = scores[name] > threshold
+        correct = model.decide(np.c_[1 - probs[name], probs[name]]) == labels[name]
+        row[name] = {
+            "n": int(len(flagged)),
+            "flagged": float(flagged.mean()),
+            "accuracy_flagged": float(correct[flagged].mean()) if flagged.any() else None,
+            "accuracy_unflagged": float(correct[~flagged].mean()) if (~flagged).any() else None,
+        }
+    # Seen, not chosen by: how the flag rates move with the quantile.
+    row["by_quantile"] = {
+        str(q): {n: float(np.mean(scores[n] > np.quantile(scores["validation"], q))) for n in scores}
+        for q in (0.95, 0.97, 0.98, 0.99, 0.995)
+    }
+    row["auroc_test_dev_vs_external_dev"] = auroc(scores["test_dev"], scores["external_dev"])
+    print(
+        f"{row['dims']:5d} dims  flagged: train {row['train']['flagged']:.1%}  val {row['validation']['flagged']:.1%}  "
+        f"test_dev {row['test_dev']['flagged']:.1%}  external_dev {row['external_dev']['flagged']:.1%}  "
+        f"AUROC {row['auroc_test_dev_vs_external_dev']:.3f}",
+        flush=True,
+    )
+    return row
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
@@ -119,30 +147,9 @@ def main(argv=None) -> dict:
         }
         for method, score in scorers.items():
             scores = {name: score(a) for name, a in f.items()}
-            threshold = float(np.quantile(scores["validation"], QUANTILE))
-            row = {"layers": layers, "dims": int(f["train"].shape[1]), "threshold": threshold}
-            for name in f:
-                flagged = scores[name] > threshold
-                correct = model.decide(np.c_[1 - probs[name], probs[name]]) == labels[name]
-                row[name] = {
-                    "n": int(len(flagged)),
-                    "flagged": float(flagged.mean()),
-                    "accuracy_flagged": float(correct[flagged].mean()) if flagged.any() else None,
-                    "accuracy_unflagged": float(correct[~flagged].mean()) if (~flagged).any() else None,
-                }
-            # Seen, not chosen by: how the flag rates move with the quantile.
-            row["by_quantile"] = {
-                str(q): {n: float(np.mean(scores[n] > np.quantile(scores["validation"], q))) for n in scores}
-                for q in (0.95, 0.97, 0.98, 0.99, 0.995)
-            }
-            row["auroc_test_dev_vs_external_dev"] = auroc(scores["test_dev"], scores["external_dev"])
+            print(f"{method}/{depth}: ", end="")
+            row = flag_row(model, scores, probs, labels, layers, int(f["train"].shape[1]), QUANTILE)
             results["methods"][f"{method}/{depth}"] = row
-            print(
-                f"{method:12s} {depth:6s} d={row['dims']:4d}  flagged: train {row['train']['flagged']:.1%}  "
-                f"val {row['validation']['flagged']:.1%}  test_dev {row['test_dev']['flagged']:.1%}  "
-                f"external_dev {row['external_dev']['flagged']:.1%}  AUROC {row['auroc_test_dev_vs_external_dev']:.3f}",
-                flush=True,
-            )
     # One Mahalanobis distance per block, each divided by its own validation median, combined
     # by the sum or the maximum: an image far from the training images at one depth is not
     # averaged away by the other depths' 992 - d dimensions.
@@ -156,31 +163,10 @@ def main(argv=None) -> dict:
         "mahalanobis_block_sum": {n: np.sum([per_block[b][n] for b in per_block], axis=0) for n in feats},
         "mahalanobis_block_max": {n: np.max([per_block[b][n] for b in per_block], axis=0) for n in feats},
     }
+    dims = int(sum(feats["train"][b].shape[1] for b in per_block))
     for method, scores in combined.items():
-        threshold = float(np.quantile(scores["validation"], QUANTILE))
-        row = {"layers": all_layers, "dims": int(sum(feats["train"][b].shape[1] for b in per_block))}
-        row["threshold"] = threshold
-        for name in feats:
-            flagged = scores[name] > threshold
-            correct = model.decide(np.c_[1 - probs[name], probs[name]]) == labels[name]
-            row[name] = {
-                "n": int(len(flagged)),
-                "flagged": float(flagged.mean()),
-                "accuracy_flagged": float(correct[flagged].mean()) if flagged.any() else None,
-                "accuracy_unflagged": float(correct[~flagged].mean()) if (~flagged).any() else None,
-            }
-        row["by_quantile"] = {
-            str(q): {n: float(np.mean(scores[n] > np.quantile(scores["validation"], q))) for n in scores}
-            for q in (0.95, 0.97, 0.98, 0.99, 0.995)
-        }
-        row["auroc_test_dev_vs_external_dev"] = auroc(scores["test_dev"], scores["external_dev"])
-        results["methods"][f"{method}/all"] = row
-        print(
-            f"{method:22s} all  flagged: train {row['train']['flagged']:.1%}  val {row['validation']['flagged']:.1%}  "
-            f"test_dev {row['test_dev']['flagged']:.1%}  external_dev {row['external_dev']['flagged']:.1%}  "
-            f"AUROC {row['auroc_test_dev_vs_external_dev']:.3f}",
-            flush=True,
-        )
+        print(f"{method}/all: ", end="")
+        results["methods"][f"{method}/all"] = flag_row(model, scores, probs, labels, all_layers, dims, QUANTILE)
     results["seconds"] = round(time.time() - started, 1)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
