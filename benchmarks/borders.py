@@ -23,17 +23,11 @@ SIDES = ("top", "bottom", "left", "right")
 
 
 def border_widths(images: np.ndarray, layer) -> np.ndarray:
-    """``(n, 4)``: rows or columns cut at the top, bottom, left and right of each image."""
+    """``(n, 4)``: rows or columns the layer cuts at the top, bottom, left and right of each image."""
     from keras import ops
 
-    x = ops.cast(images, "float32")
-    height, width = x.shape[1], x.shape[2]
-    grey = ops.mean(x, axis=-1)
-    rows = ops.cast(ops.std(grey[:, :, width // 4 : width - width // 4], axis=2) < layer.tolerance, "float32")
-    cols = ops.cast(ops.std(grey[:, height // 4 : height - height // 4, :], axis=1) < layer.tolerance, "float32")
-    top, bottom = layer._runs(rows, float(int(layer.max_fraction * height)))
-    left, right = layer._runs(cols, float(int(layer.max_fraction * width)))
-    return np.stack([ops.convert_to_numpy(v) for v in (top, bottom, left, right)], axis=1)
+    sides = layer.borders(ops.cast(images, "float32"))
+    return np.stack([ops.convert_to_numpy(v) for v in sides], axis=1)
 
 
 def main(argv=None) -> dict:

@@ -258,92 +258,49 @@ def more_cases(work: Path):
 
         return name, expected, check
 
-    def kaggle(name):
+    def split_case(name, expected, expect_code, text, damage, after=None):
+        """``split`` on a copy of the committed Kaggle-layout folder that ``damage(folder)`` changed."""
         import shutil
 
-        folder = work / name
-        shutil.copytree(DATA / "chest_xray", folder)
-        return folder
+        stem = name.split(":")[-1].strip().replace(" ", "_")
+        manifest = work / f"{stem}.json"
 
-    def cut_short():
-        folder = kaggle("cut")
-        good = (folder / "train" / "NORMAL" / "IM-0115-0001.jpeg").read_bytes()
-        (folder / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(good[: len(good) // 2])
-        return folder
+        def setup():
+            folder = work / stem
+            shutil.copytree(DATA / "chest_xray", folder)
+            damage(folder / "train")
+            return folder
 
-    yield case(
-        "split: a JPEG cut short after its header",
-        "named, no manifest",
-        ["split", lambda f: f, "--manifest", work / "cut.json"],
-        2,
-        "IM-9999-0001.jpeg",
-        "cut short",
-        setup=cut_short,
-        after=lambda f, d: not (work / "cut.json").exists(),
-    )
+        check_after = (lambda f, d: after(manifest)) if after else (lambda f, d: True)
+        return case(name, expected, ["split", lambda f: f, "--manifest", manifest], expect_code, text,
+                    setup=setup, after=check_after)  # fmt: skip
 
-    def nested():
-        folder = kaggle("nested")
-        normal = folder / "train" / "NORMAL"
-        (normal / "batch2").mkdir()
-        for path in sorted(normal.glob("*.jpeg")):
-            path.rename(normal / "batch2" / path.name)
-        return folder
+    def cut_short(train):
+        good = (train / "NORMAL" / "IM-0115-0001.jpeg").read_bytes()
+        (train / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(good[: len(good) // 2])
 
-    yield case(
-        "images in a sub-folder of a class folder",
-        "read, as predict reads them",
-        ["split", lambda f: f, "--manifest", work / "nested.json"],
-        0,
-        "manifest written",
-        setup=nested,
-        after=lambda f, d: _manifest_count(work / "nested.json", "batch2/") == 16,
-    )
+    def nested(train):
+        (train / "NORMAL" / "batch2").mkdir()
+        for path in sorted((train / "NORMAL").glob("*.jpeg")):
+            path.rename(train / "NORMAL" / "batch2" / path.name)
 
-    def dangling():
-        folder = kaggle("dangling")
-        (folder / "train" / "NORMAL" / "gone.jpeg").symlink_to(folder / "nowhere.jpeg")
-        return folder
+    def both_classes(train):
+        (train / "PNEUMONIA" / "copy.jpeg").write_bytes((train / "NORMAL" / "IM-0115-0001.jpeg").read_bytes())
 
-    yield case(
-        "a link to nothing in a class folder",
-        "named in a warning",
-        ["split", lambda f: f, "--manifest", work / "dangling.json"],
-        0,
-        "link(s) to nothing: gone.jpeg",
-        setup=dangling,
-    )
-
-    def both_classes():
-        import shutil
-
-        folder = kaggle("both")
-        shutil.copy(folder / "train" / "NORMAL" / "IM-0115-0001.jpeg", folder / "train" / "PNEUMONIA" / "copy.jpeg")
-        return folder
-
-    yield case(
-        "one image under both classes",
-        "clear error naming it",
-        ["split", lambda f: f, "--manifest", work / "both.json"],
-        2,
-        "NORMAL/IM-0115-0001.jpeg = PNEUMONIA/copy.jpeg",
-        setup=both_classes,
-    )
-
-    def no_normal():
-        folder = kaggle("nonormal")
-        for path in (folder / "train" / "NORMAL").iterdir():
+    def no_normal(train):
+        for path in (train / "NORMAL").iterdir():
             path.unlink()
-        return folder
 
-    yield case(
-        "an empty class folder",
-        "clear error listing every suffix read",
-        ["split", lambda f: f, "--manifest", work / "nonormal.json"],
-        2,
-        ".tiff, .webp, .gif, .dcm",
-        setup=no_normal,
-    )
+    yield split_case("split: a JPEG cut short after its header", "named, no manifest", 2, "IM-9999-0001.jpeg: JPEG file cut short", cut_short,
+                     after=lambda manifest: not manifest.exists())  # fmt: skip
+    yield split_case("images in a sub-folder of a class folder", "read, as predict reads them", 0, "manifest written",
+                     nested, after=lambda manifest: _manifest_count(manifest, "batch2/") == 16)  # fmt: skip
+    yield split_case("a link to nothing in a class folder", "named in a warning", 0, "link(s) to nothing: gone.jpeg",
+                     lambda train: (train / "NORMAL" / "gone.jpeg").symlink_to(train / "nowhere.jpeg"))  # fmt: skip
+    yield split_case("one image under both classes", "clear error naming it", 2,
+                     "NORMAL/IM-0115-0001.jpeg = PNEUMONIA/copy.jpeg", both_classes)  # fmt: skip
+    yield split_case("an empty class folder", "clear error listing every suffix read", 2, ".tiff, .webp, .gif, .dcm",
+                     no_normal)  # fmt: skip
     gradient = np.stack(
         [*np.meshgrid(np.linspace(0, 255, 300), np.linspace(255, 0, 300)), np.full((300, 300), 90.0)], axis=-1
     ).astype(np.uint8)

@@ -219,8 +219,8 @@ class CropUniformBorders(keras.layers.Layer):
         end = ops.sum(ops.cumprod(ops.flip(uniform, axis=1), axis=1), axis=1)
         return ops.minimum(start, limit), ops.minimum(end, limit)
 
-    def call(self, inputs):
-        x = ops.cast(inputs, "float32")
+    def borders(self, x):
+        """``(top, bottom, left, right)``: the rows or columns this layer cuts from each side of ``x``."""
         shape = ops.shape(x)  # dynamic: a training pipeline may leave height and width unknown
         height, width = shape[1], shape[2]
         grey = ops.mean(x, axis=-1)  # (n, h, w)
@@ -231,6 +231,13 @@ class CropUniformBorders(keras.layers.Layer):
         h, w = ops.cast(height, "float32"), ops.cast(width, "float32")
         top, bottom = self._runs(rows_uniform, ops.floor(self.max_fraction * h))
         left, right = self._runs(cols_uniform, ops.floor(self.max_fraction * w))
+        return top, bottom, left, right
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        shape = ops.shape(x)
+        h, w = ops.cast(shape[1], "float32"), ops.cast(shape[2], "float32")
+        top, bottom, left, right = self.borders(x)
         # Output pixel (u, v) samples the kept box at x = left + (u + 0.5) * sx - 0.5.
         sx = (w - left - right) / w
         sy = (h - top - bottom) / h
