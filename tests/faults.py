@@ -291,8 +291,14 @@ def more_cases(work: Path):
         for path in (train / "NORMAL").iterdir():
             path.unlink()
 
-    yield split_case("split: a JPEG cut short after its header", "named, no manifest", 2, "IM-9999-0001.jpeg: JPEG file cut short", cut_short,
-                     after=lambda manifest: not manifest.exists())  # fmt: skip
+    yield split_case(
+        "split: a JPEG cut short after its header",
+        "named, no manifest",
+        2,
+        "IM-9999-0001.jpeg: JPEG file cut short",
+        cut_short,
+        after=lambda manifest: not manifest.exists(),
+    )
     yield split_case("images in a sub-folder of a class folder", "read, as predict reads them", 0, "manifest written",
                      nested, after=lambda manifest: _manifest_count(manifest, "batch2/") == 16)  # fmt: skip
     yield split_case("a link to nothing in a class folder", "named in a warning", 0, "link(s) to nothing: gone.jpeg",
