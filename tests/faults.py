@@ -406,7 +406,7 @@ def web_cases(work: Path):
 
     yield "web: a text file as an X-ray", "422 naming it", status(422, "notes.png", files=[("notes.png", b"text")])
     yield "web: an empty upload", "400 naming it", status(400, "empty.png", files=[("empty.png", b"")])
-    yield "web: an upload over the limit", "413", status(413, "too large", files=[("big.png", b"0" * 3_000_000)])
+    yield "web: an upload over the limit", "413", status(413, "too large", files=[("big.png", b"0" * 20_000_000)])
     yield "web: no file field", "400", status(400, "No file", files=[], fields={"other": "x"})
     yield "web: 16 uploads at once", "all answered alike", lambda: server.concurrent(xray_bytes, 16)
     yield "web: a client gone mid-upload", "server unharmed", lambda: server.disconnect_mid_upload()

@@ -32,6 +32,7 @@ Example:
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import io
 import logging
 import queue
@@ -270,10 +271,12 @@ def create_app(
         """One or more files in the multipart field ``file``; one result per file, in order."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
+            await _drain(request)
             return error(413, f"Upload too large: {int(declared)} bytes (at most {max_upload_mb:g} MB a request).")
         try:
             form = await _read_form(request, limit)
         except _TooLarge:
+            await _drain(request)
             return error(413, f"Upload too large (at most {max_upload_mb:g} MB a request).")
         except MultiPartException as exc:
             return error(400, f"Could not read the upload as multipart form data: {exc}")
@@ -307,8 +310,31 @@ def create_app(
     return app
 
 
+_DRAIN_BYTES = 64 * 1024 * 1024
+
+
 class _TooLarge(Exception):
     pass
+
+
+async def _drain(request, cap: int = _DRAIN_BYTES, seconds: float = 10.0) -> None:
+    """Reads and drops the rest of a refused request's body (at most ``cap`` bytes or ``seconds``).
+
+    A server that answers 413 and closes while the client is still sending makes clients
+    (browsers, urllib, requests) report a broken pipe instead of the answer; nginx's
+    "lingering close" reads the rest for the same reason. Past the cap the connection closes.
+    """
+    from starlette.requests import ClientDisconnect
+
+    async def read():
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > cap:
+                return
+
+    with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect):
+        await asyncio.wait_for(read(), timeout=seconds)
 
 
 async def _read_form(request, limit: int):
