@@ -83,6 +83,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_prob": 0.3,
         "downsample_prob": 0.2,
     },
+    # "robust_reframe" with half of the images mirrored (a film scanned back to front).
+    "robust_reframe_flip": {
+        "rotate_deg": 10.0,
+        "border_prob": 0.35,
+        "text_prob": 0.3,
+        "downsample_prob": 0.2,
+        "flip_prob": 0.5,
+    },
     "none": _NONE,
 }
 
@@ -149,7 +157,8 @@ class Augmentation:
     @classmethod
     def preset(cls, name: str) -> Augmentation:
         """A preset by name: ``"strong"`` (the default), ``"mixed"``, ``"robust"``, ``"robust_no_flip"``,
-        ``"robust_reframe"``, ``"light"`` or ``"none"`` (``PRESETS`` gives their settings)."""
+        ``"robust_reframe"``, ``"robust_reframe_flip"``, ``"light"`` or ``"none"`` (``PRESETS`` gives
+        their settings)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**PRESETS[name])

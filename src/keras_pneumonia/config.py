@@ -46,7 +46,16 @@ CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 CHOICES: dict[str, tuple[str, ...]] = {
     "kaggle_val": ("pool", "keep"),
     "callbacks": ("default", "fine_tune"),
-    "augmentation": ("strong", "mixed", "robust", "robust_no_flip", "robust_reframe", "light", "none"),
+    "augmentation": (
+        "strong",
+        "mixed",
+        "robust",
+        "robust_no_flip",
+        "robust_reframe",
+        "robust_reframe_flip",
+        "light",
+        "none",
+    ),
     "schedule": ("plateau", "cosine"),
     "resize": ("squash", "crop", "pad"),
     "pipeline": ("auto", "memory", "stream"),
