@@ -8,7 +8,9 @@ training split only, split by patient as training splits it
 neighbours) on its train part, the threshold at the 98% quantile of its validation
 part (``keras_pneumonia.ood.DEFAULT_QUANTILE``; the rates at other quantiles are
 recorded too). Features: the mean and standard deviation of each channel
-(``keras_pneumonia.ood.pool``) of the last block, the last three, or all five.
+(``keras_pneumonia.ood.pool``) of the last block, the last three, all five, or every
+ReLU (both of each block); and all five with the 2 x 2 grid means
+(``keras_pneumonia.ood.pool_grid``) of the last two blocks or of all five.
 Then each method's flag rate is measured on train, validation, test_dev
 (used for choices) and external_dev (used for choices; adults from other hospitals,
 many of them figures from papers), with the model's accuracy on flagged and
@@ -44,14 +46,15 @@ def knn_scores(train: np.ndarray, query: np.ndarray, k: int = 10) -> np.ndarray:
     return np.concatenate(out)
 
 
-def joint_features(model, layers):
-    """One Keras model: ``[probabilities, pooled layer 1, pooled layer 2, ...]``."""
+def joint_features(model, pooled, grid):
+    """One Keras model: ``[probabilities, pool(layer) for pooled..., pool_grid(layer) for grid...]``."""
     import keras
 
-    from keras_pneumonia.ood import pool
+    from keras_pneumonia.ood import pool, pool_grid
 
-    pooled = [pool(model.get_layer(name).output) for name in layers]
-    return keras.Model(model.inputs, [model.outputs[0], *pooled])
+    outputs = [pool(model.get_layer(name).output) for name in pooled]
+    outputs += [pool_grid(model.get_layer(name).output) for name in grid]
+    return keras.Model(model.inputs, [model.outputs[0], *outputs])
 
 
 def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
@@ -115,31 +118,44 @@ def main(argv=None) -> dict:
         images[name] = (x, y)
 
     blocks = len(model.filters)
-    all_layers = [f"block{b}_relu{model.convs_per_block}" for b in range(1, blocks + 1)]
-    # One pass over every set: the pooled features of every block and the probabilities.
-    extractor = joint_features(model, all_layers)
+    last_relus = [f"block{b}_relu{model.convs_per_block}" for b in range(1, blocks + 1)]
+    every_relu = [f"block{b}_relu{c}" for b in range(1, blocks + 1) for c in range(1, model.convs_per_block + 1)]
+    # One pass over every set: the probabilities, `pool` of every ReLU, `pool_grid` of each block's last.
+    keys = [("pool", name) for name in every_relu] + [("grid", name) for name in last_relus]
+    extractor = joint_features(model, every_relu, last_relus)
     feats, labels, probs = {}, {}, {}
     for name, dataset in sets.items():
         chunks, ys = [], []
         for batch in dataset:
             chunks.append([np.asarray(a) for a in extractor.predict_on_batch(np.asarray(batch[0]))])
             ys.append(np.asarray(batch[1]))
-        feats[name] = [np.concatenate([c[i] for c in chunks]) for i in range(blocks + 1)]
+        feats[name] = [np.concatenate([c[i] for c in chunks]) for i in range(len(keys) + 1)]
         labels[name] = np.concatenate(ys)
     for name, (x, y) in images.items():
         feats[name] = [np.asarray(a) for a in extractor.predict(x, batch_size=64, verbose=0)]
         labels[name] = y
     for name in feats:
         probs[name] = feats[name][0][:, -1]
+        feats[name] = dict(zip(keys, feats[name][1:]))
+    pooled = {
+        name: [("pool", layer) for layer in layers]
+        for name, layers in (
+            ("last", last_relus[-1:]),
+            ("three", last_relus[-3:]),
+            ("all", last_relus),
+            ("every_relu", every_relu),
+        )
+    }
     depths = {
-        "last": [blocks],
-        "three": list(range(blocks - 2, blocks + 1)),
-        "all": list(range(1, blocks + 1)),
+        **pooled,
+        "all+grid_last_two": pooled["all"] + [("grid", layer) for layer in last_relus[-2:]],
+        "all+grid_all": pooled["all"] + [("grid", layer) for layer in last_relus],
+        "every_relu+grid_all": pooled["every_relu"] + [("grid", layer) for layer in last_relus],
     }
     results: dict = {"model": args.model, "quantile": QUANTILE, "methods": {}}
     for depth, chosen in depths.items():
-        layers = [all_layers[i - 1] for i in chosen]
-        f = {name: np.concatenate([feats[name][i] for i in chosen], axis=1) for name in feats}
+        layers = [f"{kind}:{layer}" for kind, layer in chosen]
+        f = {name: np.concatenate([feats[name][key] for key in chosen], axis=1) for name in feats}
         means, whitening = fit_mahalanobis(f["train"], labels["train"])
         scorers = {
             "mahalanobis": lambda a, means=means, whitening=whitening: mahalanobis_scores(a, means, whitening),
@@ -155,18 +171,19 @@ def main(argv=None) -> dict:
     # averaged away by the other depths' 992 - d dimensions.
     per_block = {}
     for b in range(1, blocks + 1):
-        means, whitening = fit_mahalanobis(feats["train"][b], labels["train"])
-        raw = {name: mahalanobis_scores(feats[name][b], means, whitening) for name in feats}
+        key = ("pool", last_relus[b - 1])
+        means, whitening = fit_mahalanobis(feats["train"][key], labels["train"])
+        raw = {name: mahalanobis_scores(feats[name][key], means, whitening) for name in feats}
         scale = float(np.median(raw["validation"]))
         per_block[b] = {name: r / scale for name, r in raw.items()}
     combined = {
         "mahalanobis_block_sum": {n: np.sum([per_block[b][n] for b in per_block], axis=0) for n in feats},
         "mahalanobis_block_max": {n: np.max([per_block[b][n] for b in per_block], axis=0) for n in feats},
     }
-    dims = int(sum(feats["train"][b].shape[1] for b in per_block))
+    dims = int(sum(feats["train"][("pool", layer)].shape[1] for layer in last_relus))
     for method, scores in combined.items():
         print(f"{method}/all: ", end="")
-        results["methods"][f"{method}/all"] = flag_row(model, scores, probs, labels, all_layers, dims, QUANTILE)
+        results["methods"][f"{method}/all"] = flag_row(model, scores, probs, labels, last_relus, dims, QUANTILE)
     results["seconds"] = round(time.time() - started, 1)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
