@@ -16,13 +16,24 @@ def _train_action(dest):
 
 def test_the_cli_defaults_are_the_config_defaults():
     args = build_parser().parse_args(["train", "data", "--output", "run"])
-    from_cli = {
-        field.name: getattr(args, field.name)
-        for field in dataclasses.fields(TrainConfig)
-        if field.name not in ("class_weight",)
-    }
-    from_cli["class_weight"] = not args.no_class_weight
-    assert TrainConfig(**from_cli) == DEFAULTS
+    assert TrainConfig.from_namespace(args) == DEFAULTS
+
+
+def test_the_cli_builds_the_config_from_its_arguments_alone():
+    argv = ["train", "data", "-o", "run", "--epochs", "3", "--no-class-weight", "--no-augmentation", "--ema"]
+    config = TrainConfig.from_namespace(build_parser().parse_args(argv))
+    assert config == dataclasses.replace(DEFAULTS, epochs=3, class_weight=False, augmentation="none", ema=True)
+
+
+def test_train_takes_a_config_and_refuses_unknown_settings(tmp_path):
+    from keras_pneumonia.training import resolve_config, train
+
+    assert resolve_config(TrainConfig(epochs=4), {"seed": 7}) == TrainConfig(epochs=4, seed=7)
+    with pytest.raises(TypeError, match="epoch_count"):
+        train(tmp_path, tmp_path / "run", epoch_count=3)
+    with pytest.raises(ValueError, match="epochs"):
+        train(tmp_path, tmp_path / "run", TrainConfig(), epochs=0)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name", sorted(CHOICES))
@@ -39,10 +50,10 @@ def test_one_default_input_size_everywhere():
     import inspect
 
     import keras_pneumonia as kp
-    from keras_pneumonia.training import train
 
-    for function in (kp.PneumoniaCNN.__init__, kp.load_chest_xray, train):
+    for function in (kp.PneumoniaCNN.__init__, kp.load_chest_xray):
         assert inspect.signature(function).parameters["image_size"].default == DEFAULT_IMAGE_SIZE, function
+    assert TrainConfig().image_size == DEFAULT_IMAGE_SIZE
     assert _train_action("image_size").default == DEFAULT_IMAGE_SIZE
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_pneumonia._version import __version__
-from keras_pneumonia.config import CHOICES, CLASS_NAMES, MODEL_CHOICES
+from keras_pneumonia.config import CHOICES, CLASS_NAMES, MODEL_CHOICES, TrainConfig
 from keras_pneumonia.config import DEFAULTS as D
 
 logger = logging.getLogger("keras_pneumonia")
@@ -147,7 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=D.augmentation,
         help="training augmentation (strong: framing, exposure, blur, noise; robust: + borders, text, flips, low res)",
     )
-    train.add_argument("--no-augmentation", action="store_true", help="same as --augmentation none")
+    train.add_argument(
+        "--no-augmentation",
+        dest="augmentation",
+        action="store_const",
+        const="none",
+        default=argparse.SUPPRESS,
+        help="same as --augmentation none",
+    )
     train.add_argument(
         "--schedule",
         choices=CHOICES["schedule"],
@@ -168,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="labelled folder scored after every epoch, for the record only (never chooses epoch or threshold)",
     )
-    train.add_argument("--no-class-weight", action="store_true", help="do not balance the classes in the loss")
+    train.add_argument(
+        "--no-class-weight",
+        dest="class_weight",
+        action="store_false",
+        default=D.class_weight,
+        help="do not balance the classes in the loss",
+    )
     train.add_argument(
         "--ood-flag",
         action=argparse.BooleanOptionalAction,
@@ -369,29 +382,10 @@ def _cmd_train(args) -> int:
     report = train(
         args.data_dir,
         args.output,
-        epochs=args.epochs,
-        image_size=args.image_size,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        seed=args.seed,
-        split_seed=args.split_seed,
-        kaggle_val=args.kaggle_val,
-        learning_rate=args.learning_rate,
-        callbacks=args.callbacks,
-        augmentation="none" if args.no_augmentation else args.augmentation,
-        schedule=args.schedule,
-        weight_decay=args.weight_decay,
-        ema=args.ema,
+        TrainConfig.from_namespace(args),
         monitor_dir=args.monitor,
-        threshold=args.threshold,
         model_kwargs=model_kwargs,
-        class_weight=not args.no_class_weight,
-        pipeline=args.pipeline,
         cache=args.cache,
-        distribute=args.distribute,
-        mixed_precision=args.mixed_precision,
-        ood_flag=args.ood_flag,
         deterministic=args.deterministic,
         tensorboard=args.tensorboard,
         overwrite=args.overwrite,
@@ -403,7 +397,7 @@ def _cmd_train(args) -> int:
         if split in report:
             print(f"\n{split} ({report[split]['n']} images), threshold {report['threshold']:.4f}:")
             print(EvaluationReport.from_dict(report[split]).to_markdown())
-    if "worker" in report:  # a multi-worker run's other workers: worker 0 writes the folder
+    if not report["chief"]:  # a multi-worker run's other workers: worker 0 writes the folder
         print(f"Worker {report['worker']} finished; worker 0 writes {args.output}")
     else:
         print(f"\nRun written to {args.output}")

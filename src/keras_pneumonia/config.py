@@ -119,6 +119,11 @@ class TrainConfig:
     mixed_precision: str = "none"
     ood_flag: bool = True
 
+    @classmethod
+    def from_namespace(cls, namespace: Any) -> TrainConfig:
+        """The settings of an object with one attribute per field (``keras-pneumonia train``'s parsed arguments)."""
+        return cls(**{field.name: getattr(namespace, field.name) for field in dataclasses.fields(cls)})
+
     def __post_init__(self):
         for name, allowed in CHOICES.items():
             value = getattr(self, name)

@@ -12,9 +12,9 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from keras_pneumonia.config import CHOICES, DEFAULTS, TrainConfig
+from keras_pneumonia.config import CHOICES, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -52,286 +52,312 @@ def clone_without_optimizer(model):
     return clone
 
 
+class TrainReport(TypedDict, total=False):
+    """What `train` returns, on every worker (the chief's is also ``report.json``).
+
+    ``worker``, ``chief`` and ``epochs_run`` are always there; the rest only on the
+    chief (the worker that writes the run folder; the only worker of a run that is
+    not multi-worker).
+    """
+
+    worker: int
+    chief: bool
+    epochs_run: int
+    threshold: float
+    threshold_rule: str
+    ood: dict[str, Any] | None
+    counts: dict[str, dict[str, int]]
+    val: dict[str, Any]
+    test: dict[str, Any]
+    monitor: dict[str, Any]
+
+
 def train(
     data_dir: str | Path,
     output: str | Path,
+    config: TrainConfig | None = None,
     *,
-    epochs: int = DEFAULTS.epochs,
-    image_size: int = DEFAULTS.image_size,
-    resize: str = DEFAULTS.resize,
-    batch_size: int = DEFAULTS.batch_size,
-    validation_split: float = DEFAULTS.validation_split,
-    seed: int = DEFAULTS.seed,
-    split_seed: int | None = DEFAULTS.split_seed,
-    kaggle_val: str = DEFAULTS.kaggle_val,
-    learning_rate: float = DEFAULTS.learning_rate,
-    callbacks: str = DEFAULTS.callbacks,
-    augmentation: str = DEFAULTS.augmentation,
-    schedule: str = DEFAULTS.schedule,
-    weight_decay: float = DEFAULTS.weight_decay,
-    ema: bool = DEFAULTS.ema,
     monitor_dir: str | Path | None = None,
-    threshold: float | str = DEFAULTS.threshold,
     model_kwargs: Mapping[str, Any] | None = None,
-    class_weight: bool = DEFAULTS.class_weight,
-    pipeline: str = DEFAULTS.pipeline,
     cache: str | Path | None = None,
-    distribute: str = DEFAULTS.distribute,
-    mixed_precision: str = DEFAULTS.mixed_precision,
-    ood_flag: bool = DEFAULTS.ood_flag,
     deterministic: bool = False,
     tensorboard: bool = False,
     overwrite: bool = False,
     command: Sequence[str] | None = None,
     verbose: int | str = "auto",
-) -> dict[str, Any]:
+    **settings: Any,
+) -> TrainReport:
     """Trains a `~keras_pneumonia.PneumoniaCNN` on a Kaggle-layout folder and writes a run folder.
 
-    The settings and their defaults are those of `keras_pneumonia.config.TrainConfig`
-    (checked before any data is read); ``run.json`` records them.
-
-    The run folder ends up holding ``model.keras`` (best weights on validation,
-    the validation-chosen threshold inside), ``history.csv``, ``history.png``,
-    ``roc_val.png``, ``confusion_val.png`` (and ``*_test.png`` with a test split),
-    ``report.json``, ``split.json`` and ``run.json`` (command, package versions,
-    wall time). Each file is written atomically. Starting the same command
-    again after an interruption resumes after the last finished epoch.
+    The run folder ends up holding ``model.keras`` (the last or best weights, the
+    decision threshold and the out-of-distribution flag inside), ``history.csv``,
+    ``history.png``, ``roc_val.png``, ``confusion_val.png`` (and ``*_test.png``,
+    ``*_monitor.png`` for those splits), ``report.json``, ``split.json`` and
+    ``run.json`` (the command, the resolved settings, package versions, wall
+    time). Each file is written atomically. Starting the same command again after
+    an interruption resumes after the last finished epoch.
 
     Args:
         data_dir: Kaggle root, see `~keras_pneumonia.load_chest_xray`.
         output: The run folder.
-        epochs: Maximum number of epochs (early stopping may end sooner).
-        image_size: Square input size in pixels.
-        resize: How images are brought to ``image_size`` (``"squash"``, ``"crop"``,
-            ``"pad"``); saved with the model, so every reader resizes the same way.
-        batch_size: Batch size.
-        validation_split: Fraction of the training data (by patient) for validation.
-        kaggle_val: ``"pool"`` or ``"keep"``: what to do with a ``val/`` folder
-            (see `~keras_pneumonia.load_chest_xray`).
-        seed: Seeds the split, the initialisation, the augmentation and the shuffling.
-        split_seed: Seeds the split (and the shuffling) instead of ``seed``: to
-            retrain with another initialisation on the same validation split.
-        learning_rate: Adam's initial learning rate.
-        callbacks: Callback preset, ``"default"`` or ``"fine_tune"`` (with
-            ``schedule="plateau"``); a cosine schedule always uses ``"fixed"``.
-        augmentation: Augmentation preset of the training pipeline, ``"strong"``,
-            ``"light"`` or ``"none"`` (see `keras_pneumonia.augmentation`).
-        schedule: ``"plateau"`` (halve the learning rate when validation loss
-            stalls, stop early, keep the best epoch) or ``"cosine"`` (cosine decay
-            to zero over ``epochs``, no early stopping, keep the last epoch).
-        weight_decay: Decoupled weight decay (AdamW) when above 0.
-        ema: Keep an exponential moving average of the weights (Keras'
-            ``use_ema``) and finish with it.
+        config: The run's settings (`keras_pneumonia.config.TrainConfig`, whose
+            docstring lists them); ``None``: the defaults.
         monitor_dir: A labelled folder (one sub-folder per class) scored after
             every epoch and at the end, for the record only: it never chooses the
             epoch or the threshold. Logged as ``monitor_*`` in ``history.csv`` and
-            as ``"monitor"`` in ``report.json``.
-        threshold: ``"youden"`` chooses the decision threshold on the validation
-            split (Youden's J with the one-standard-error rule, see
-            `keras_pneumonia.evaluation.youden_threshold`); a number fixes it
-            (the release recipe of v2 uses 0.5, see the model card for why).
-        model_kwargs: More `~keras_pneumonia.PneumoniaCNN` arguments (filters, head, dropout...).
-        class_weight: Weight the loss by balanced class weights of the train part.
-        pipeline: ``"auto"``, ``"memory"`` or ``"stream"``: how images reach the
-            model (see `~keras_pneumonia.load_chest_xray`); ``"auto"`` streams
-            data sets too large to hold in memory.
-        cache: With streaming: ``None``, ``"memory"`` or a folder for a cache of
-            the decoded images (see `~keras_pneumonia.load_chest_xray`).
-        distribute: ``"none"``, ``"mirrored"`` (all GPUs of this machine),
-            ``"multi-worker"`` (several machines, ``TF_CONFIG``) or
-            ``"data-parallel"`` (JAX): see `keras_pneumonia.distribution`.
-            ``batch_size`` is the global batch.
-        mixed_precision: ``"none"``, ``"bfloat16"`` or ``"float16"``: the
-            model's ``dtype`` policy (``"mixed_bfloat16"``...), saved with it.
-        deterministic: Ask TensorFlow for deterministic ops (slower; see the docs).
+            as ``"monitor"`` in the report.
+        model_kwargs: More `~keras_pneumonia.PneumoniaCNN` arguments (filters, head,
+            dropout, ``crop_borders``...).
+        cache: With streaming: ``None``, ``"memory"`` or a folder for a cache of the
+            decoded images (see `~keras_pneumonia.load_chest_xray`).
+        deterministic: Ask TensorFlow for deterministic ops (slower).
         tensorboard: Also log to ``output/tensorboard``.
         overwrite: Allow writing over a finished run in ``output``.
         command: The command line to record in ``run.json``.
         verbose: Keras' ``fit`` verbosity.
+        **settings: `TrainConfig` fields, overriding ``config``'s
+            (``train(data, out, epochs=5)``).
 
     Returns:
-        The report dictionary also written to ``report.json``.
+        A `TrainReport`.
+
+    Raises:
+        TypeError: A keyword that is not a `TrainConfig` field.
+        ValueError: A setting out of range (checked before any data is read).
+        FileExistsError: ``output`` holds a finished run and ``overwrite`` is off.
     """
-    import keras
-
-    from keras_pneumonia import callbacks as callback_presets
-    from keras_pneumonia import plots
-    from keras_pneumonia._io import atomic_save_model, atomic_write_text, exclusive_lock
-    from keras_pneumonia.augmentation import Augmentation
-    from keras_pneumonia.data import bad_image_error_from, load_chest_xray
+    from keras_pneumonia._io import exclusive_lock
     from keras_pneumonia.distribution import Distribution
-    from keras_pneumonia.evaluation import EvaluationReport, choose_threshold, predict_proba
-    from keras_pneumonia.models import PneumoniaCNN
 
-    # Arguments are checked before minutes of decoding and hours of training.
-    settings = locals()  # the arguments (and the imports above), by name
-    config = TrainConfig(**{field.name: settings[field.name] for field in dataclasses.fields(TrainConfig)})
-    augment = None if augmentation == "none" else Augmentation.preset(augmentation)
+    config = resolve_config(config, settings)  # checked before minutes of decoding and hours of training
     output = Path(output)
     # Before anything else touches TensorFlow: a multi-worker strategy must come first.
-    distribution = Distribution.create(distribute)
+    distribution = Distribution.create(config.distribute)
     try:
-        distribution.check_batch_size(batch_size)
+        distribution.check_batch_size(config.batch_size)
         run_dir = distribution.run_dir(output)  # the chief's is `output`; other workers keep their own checkpoints
-        if (run_dir / "model.keras").exists() and not (run_dir / "backup").exists() and not overwrite:
-            raise FileExistsError(
-                f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
-            )
+        _check_output(output, run_dir, overwrite)
         # One run per folder: a second one exits at once, naming the holder's PID.
         with exclusive_lock(run_dir):
-            if overwrite and not (run_dir / "backup").exists():
-                # A fresh start over a finished run: its history and checkpoints go.
-                (run_dir / "history.csv").unlink(missing_ok=True)
-                for old in (run_dir / "checkpoints").glob("*.keras"):
-                    old.unlink()
             started = time.time()
-
-            keras.utils.set_random_seed(seed)
-            if deterministic:
-                import tensorflow as tf
-
-                tf.config.experimental.enable_op_determinism()
-
-            model_kwargs = dict(model_kwargs or {})
-            if mixed_precision != "none":
-                model_kwargs["dtype"] = f"mixed_{mixed_precision}"
-            # The model first: a size or an architecture it cannot take fails here, not after
-            # minutes of decoding, and the data is read the way the model says (its input config).
-            with distribution.scope():
-                model = PneumoniaCNN(image_size=image_size, resize=resize, **model_kwargs)
-            data = load_chest_xray(
-                data_dir,
-                **model.input_config.dataset_kwargs(),
-                class_names=model.class_names,
-                batch_size=batch_size,
-                validation_split=validation_split,
-                seed=seed if split_seed is None else split_seed,
-                kaggle_val=kaggle_val,
-                pipeline=pipeline,
-                cache=cache,
-            )
-            if distribution.is_chief:
-                data.save_manifest(output / "split.json")
-            logger.info("Split: %s", data.counts)
-
-            monitor = None
-            if monitor_dir is not None:
-                from keras_pneumonia.data import load_image_folder
-
-                reading = model.input_config.dataset_kwargs()
-                monitor = load_image_folder(monitor_dir, **reading, class_names=model.class_names)[:2]
-
-            lr = learning_rate
-            if schedule == "cosine":
-                steps = epochs * -(-len(data.files["train"]) // batch_size)
-                lr = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps)
-                callbacks = "fixed"
-            optimizer_kwargs = {"learning_rate": lr, "use_ema": ema}
-            with distribution.scope():
-                if weight_decay > 0:
-                    optimizer = keras.optimizers.AdamW(weight_decay=weight_decay, **optimizer_kwargs)
-                else:
-                    optimizer = keras.optimizers.Adam(**optimizer_kwargs)
-                model.compile(optimizer=optimizer)
-            callback_list = callback_presets.preset(callbacks, run_dir=run_dir, tensorboard=tensorboard)
-            if monitor is not None:
-                callback_list.insert(0, callback_presets.MonitorFolder(*monitor, prefix="monitor_"))
-            train_data = data.train if augment is None else augment.apply_to_dataset(data.train, seed=seed)
-            train_data = distribution.even_batches(train_data, len(data.files["train"]), batch_size)
-            try:
-                history = model.fit(
-                    train_data,
-                    validation_data=distribution.even_batches(data.val, len(data.files["val"]), batch_size),
-                    epochs=epochs,
-                    shuffle=False,  # data.train already reshuffles every epoch
-                    class_weight=data.class_weight if class_weight else None,
-                    callbacks=callback_list,
-                    verbose=verbose,
-                )
-            except Exception as error:  # a streamed file that fails to decode: name it, not TensorFlow
-                bad_file = bad_image_error_from(error)
-                if bad_file is None:
-                    raise
-                raise bad_file from None
-            distribution.close()  # from here on plain models (on failure, the outer `finally` closes it)
-            if distribution.kind != "none":
-                # Evaluate and save a plain copy: a model built in a strategy's scope splits
-                # each batch it predicts over the replicas of *every* worker.
-                model = clone_without_optimizer(model)
+            run = _Run(config, Path(data_dir), output, run_dir, distribution, dict(model_kwargs or {}))
+            run.build(monitor_dir, cache, deterministic)
+            history = run.fit(tensorboard, verbose)
             if not distribution.is_chief:
-                # This worker's share is done and the chief writes the run folder: the
-                # worker's own checkpoints (kept for a resume) go, so the run holds one model.
-                epochs_run = _epochs_in(run_dir / "history.csv")
-                shutil.rmtree(run_dir, ignore_errors=True)
-                logger.info("Worker %d finished; the chief writes %s", distribution.worker, output)
-                return {"worker": distribution.worker, "epochs_run": epochs_run}
-
-            # The threshold is chosen on validation data only, then stored in the model.
-            y_val, p_val = predict_proba(model, data.val)
-            chosen = choose_threshold(model, scores=(y_val, p_val), apply=threshold == "youden")
-            if threshold == "youden":
-                threshold_rule = "Youden's J with the one-standard-error rule on the validation split"
-            else:
-                model.threshold = float(threshold)
-                threshold_rule = f"fixed at {float(threshold)} by the caller (validation would choose {chosen:.4f})"
-            if ood_flag:
+                return run.leave()
+            threshold_rule = run.set_threshold()
+            if config.ood_flag:
                 from keras_pneumonia import ood
 
-                model = ood.fit(model, data.train, data.val, description=f"{data_dir} (train / validation parts)")
-            reports = {"val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names)}
-            predictions = {"val": (y_val, p_val)}
-            if data.test is not None:
-                predictions["test"] = predict_proba(model, data.test)
-                reports["test"] = EvaluationReport.from_predictions(
-                    *predictions["test"], model.threshold, data.class_names
+                run.model = ood.fit(
+                    run.model, run.data.train, run.data.val, description=f"{data_dir} (train / validation parts)"
                 )
-            if monitor is not None:
-                predictions["monitor"] = predict_proba(model, monitor)
-                reports["monitor"] = EvaluationReport.from_predictions(
-                    *predictions["monitor"], model.threshold, data.class_names
-                )
-
-            atomic_save_model(clone_without_optimizer(model), output / "model.keras")
-            if (output / "history.csv").exists():
-                plots.plot_history(output / "history.csv", output / "history.png")
-            for split, (y, p) in predictions.items():
-                plots.plot_roc(y, p, output / f"roc_{split}.png", threshold=model.threshold)
-                plots.plot_confusion_matrix(
-                    reports[split].confusion_matrix, data.class_names, output / f"confusion_{split}.png"
-                )
-
-            report = {
-                "threshold": model.threshold,
-                "threshold_rule": threshold_rule,
-                "ood": _ood_summary(model, {"val": data.val, "test": data.test, "monitor": monitor}),
-                # Every epoch of the run, those before an interruption too (history.csv appends).
-                "epochs_run": _epochs_in(output / "history.csv") or len(history.history.get("loss", [])),
-                "counts": data.counts,
-                **{split: r.to_dict() for split, r in reports.items()},
-            }
-            atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
-            run = {
-                "command": shlex.join(command) if command else None,
-                "arguments": {
-                    "data_dir": str(data_dir),
-                    **config.to_dict(),
-                    "monitor_dir": None if monitor_dir is None else str(monitor_dir),
-                    "model_kwargs": model_kwargs,
-                    "cache": None if cache is None else str(cache),
-                    "deterministic": deterministic,
-                },
-                "distribution": distribution.to_dict(),
-                "pipeline": data.options["pipeline"],
-                "versions": package_versions(),
-                "platform": platform.platform(),
-                "argv": sys.argv,
-                "wall_time_s": round(time.time() - started, 1),
-                "model_params": model.count_params(),
-            }
-            atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
+            report = run.score(threshold_rule, history)
+            run.write(report, monitor_dir, cache, deterministic, command, time.time() - started)
             return report
     finally:
         distribution.close()  # JAX's distribution is global: later models in this process are plain
+
+
+def resolve_config(config: TrainConfig | None, settings: Mapping[str, Any]) -> TrainConfig:
+    """``config`` (default: `TrainConfig()`) with ``settings`` replacing its fields; unknown names are a TypeError."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise TypeError(f"train() got unknown setting(s) {unknown}; the settings are TrainConfig's: {sorted(fields)}.")
+    return dataclasses.replace(config or TrainConfig(), **settings)
+
+
+def _check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
+    """Refuses a folder that holds a finished run; with ``overwrite``, forgets that run's history and checkpoints."""
+    resuming = (run_dir / "backup").exists()
+    if (run_dir / "model.keras").exists() and not resuming and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
+        )
+    if overwrite and not resuming:
+        (run_dir / "history.csv").unlink(missing_ok=True)
+        for old in (run_dir / "checkpoints").glob("*.keras"):
+            old.unlink()
+
+
+class _Run:
+    """One training run's state, taken through its steps by `train`: build, fit, threshold, score, write."""
+
+    def __init__(self, config, data_dir, output, run_dir, distribution, model_kwargs):
+        self.config, self.data_dir, self.output, self.run_dir = config, data_dir, output, run_dir
+        self.distribution = distribution
+        self.model_kwargs = model_kwargs
+        if config.mixed_precision != "none":
+            self.model_kwargs["dtype"] = f"mixed_{config.mixed_precision}"
+        self.model = self.data = self.monitor = None
+        self.scores: dict[str, tuple] = {}
+
+    def build(self, monitor_dir, cache, deterministic) -> None:
+        """Seeds, builds and compiles the model, then reads the data the way the model says (its input config)."""
+        import keras
+
+        from keras_pneumonia.data import load_chest_xray, load_image_folder
+        from keras_pneumonia.models import PneumoniaCNN
+
+        c = self.config
+        keras.utils.set_random_seed(c.seed)
+        if deterministic:
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
+        # The model first: a size or an architecture it cannot take fails here, not after minutes of decoding.
+        with self.distribution.scope():
+            self.model = PneumoniaCNN(image_size=c.image_size, resize=c.resize, **self.model_kwargs)
+        reading = self.model.input_config.dataset_kwargs()
+        self.data = load_chest_xray(
+            self.data_dir,
+            **reading,
+            class_names=self.model.class_names,
+            batch_size=c.batch_size,
+            validation_split=c.validation_split,
+            seed=c.seed if c.split_seed is None else c.split_seed,
+            kaggle_val=c.kaggle_val,
+            pipeline=c.pipeline,
+            cache=cache,
+        )
+        if self.distribution.is_chief:
+            self.data.save_manifest(self.output / "split.json")
+        logger.info("Split: %s", self.data.counts)
+        if monitor_dir is not None:
+            self.monitor = load_image_folder(monitor_dir, **reading, class_names=self.model.class_names)[:2]
+        with self.distribution.scope():
+            self.model.compile(optimizer=self._optimizer())
+
+    def _optimizer(self):
+        """Adam (AdamW with weight decay) at the configured learning rate or cosine schedule, with EMA if asked."""
+        import keras
+
+        c = self.config
+        lr = c.learning_rate
+        if c.schedule == "cosine":
+            steps = c.epochs * -(-len(self.data.files["train"]) // c.batch_size)
+            lr = keras.optimizers.schedules.CosineDecay(c.learning_rate, decay_steps=steps)
+        if c.weight_decay > 0:
+            return keras.optimizers.AdamW(learning_rate=lr, use_ema=c.ema, weight_decay=c.weight_decay)
+        return keras.optimizers.Adam(learning_rate=lr, use_ema=c.ema)
+
+    def fit(self, tensorboard, verbose):
+        """``model.fit`` with the callback preset (``"fixed"`` under a cosine schedule) and the augmentation."""
+        from keras_pneumonia import callbacks as callback_presets
+        from keras_pneumonia.augmentation import Augmentation
+        from keras_pneumonia.data import bad_image_error_from
+
+        c, data, distribution = self.config, self.data, self.distribution
+        preset = "fixed" if c.schedule == "cosine" else c.callbacks
+        callback_list = callback_presets.preset(preset, run_dir=self.run_dir, tensorboard=tensorboard)
+        if self.monitor is not None:
+            callback_list.insert(0, callback_presets.MonitorFolder(*self.monitor, prefix="monitor_"))
+        train_data = data.train
+        if c.augmentation != "none":
+            train_data = Augmentation.preset(c.augmentation).apply_to_dataset(data.train, seed=c.seed)
+        try:
+            history = self.model.fit(
+                distribution.even_batches(train_data, len(data.files["train"]), c.batch_size),
+                validation_data=distribution.even_batches(data.val, len(data.files["val"]), c.batch_size),
+                epochs=c.epochs,
+                shuffle=False,  # data.train already reshuffles every epoch
+                class_weight=data.class_weight if c.class_weight else None,
+                callbacks=callback_list,
+                verbose=verbose,
+            )
+        except Exception as error:  # a streamed file that fails to decode: name it, not TensorFlow
+            bad_file = bad_image_error_from(error)
+            if bad_file is None:
+                raise
+            raise bad_file from None
+        distribution.close()  # from here on plain models (on failure, train's `finally` closes it)
+        if distribution.kind != "none":
+            # Evaluate and save a plain copy: a model built in a strategy's scope splits
+            # each batch it predicts over the replicas of *every* worker.
+            self.model = clone_without_optimizer(self.model)
+        return history
+
+    def leave(self) -> TrainReport:
+        """A non-chief worker's end: its checkpoints (kept for a resume until now) go; the chief writes the run."""
+        epochs_run = _epochs_in(self.run_dir / "history.csv")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        logger.info("Worker %d finished; the chief writes %s", self.distribution.worker, self.output)
+        return TrainReport(worker=self.distribution.worker, chief=False, epochs_run=epochs_run)
+
+    def set_threshold(self) -> str:
+        """Chooses the threshold on validation data only (or fixes it) and stores it in the model; returns the rule."""
+        from keras_pneumonia.evaluation import choose_threshold, predict_proba
+
+        self.scores["val"] = predict_proba(self.model, self.data.val)
+        youden = self.config.threshold == "youden"
+        chosen = choose_threshold(self.model, scores=self.scores["val"], apply=youden)
+        if youden:
+            return "Youden's J with the one-standard-error rule on the validation split"
+        self.model.threshold = float(self.config.threshold)
+        return f"fixed at {self.model.threshold} by the caller (validation would choose {chosen:.4f})"
+
+    def score(self, threshold_rule, history) -> TrainReport:
+        """The report: every split (validation, the Kaggle test folder, the monitor folder) scored once."""
+        from keras_pneumonia.evaluation import EvaluationReport, predict_proba
+
+        splits = {"val": self.data.val, "test": self.data.test, "monitor": self.monitor}
+        reports = {}
+        for name, data in splits.items():
+            if data is None:
+                continue
+            if name not in self.scores:
+                self.scores[name] = predict_proba(self.model, data)
+            reports[name] = EvaluationReport.from_predictions(
+                *self.scores[name], self.model.threshold, self.data.class_names
+            )
+        self.reports = reports
+        return TrainReport(
+            worker=self.distribution.worker,
+            chief=True,
+            threshold=self.model.threshold,
+            threshold_rule=threshold_rule,
+            ood=_ood_summary(self.model, splits),
+            # Every epoch of the run, those before an interruption too (history.csv appends).
+            epochs_run=_epochs_in(self.output / "history.csv") or len(history.history.get("loss", [])),
+            counts=self.data.counts,
+            **{name: r.to_dict() for name, r in reports.items()},
+        )
+
+    def write(self, report, monitor_dir, cache, deterministic, command, seconds) -> None:
+        """The run folder's files: the model, the plots, ``report.json`` and ``run.json``."""
+        from keras_pneumonia import plots
+        from keras_pneumonia._io import atomic_save_model, atomic_write_text
+
+        output, model = self.output, self.model
+        atomic_save_model(clone_without_optimizer(model), output / "model.keras")
+        if (output / "history.csv").exists():
+            plots.plot_history(output / "history.csv", output / "history.png")
+        for name, (y, p) in self.scores.items():
+            plots.plot_roc(y, p, output / f"roc_{name}.png", threshold=model.threshold)
+            plots.plot_confusion_matrix(
+                self.reports[name].confusion_matrix, self.data.class_names, output / f"confusion_{name}.png"
+            )
+        atomic_write_text(output / "report.json", json.dumps(report, indent=2) + "\n")
+        run = {
+            "command": shlex.join(command) if command else None,
+            "arguments": {
+                "data_dir": str(self.data_dir),
+                **self.config.to_dict(),
+                "monitor_dir": None if monitor_dir is None else str(monitor_dir),
+                "model_kwargs": self.model_kwargs,
+                "cache": None if cache is None else str(cache),
+                "deterministic": deterministic,
+            },
+            "distribution": self.distribution.to_dict(),
+            "pipeline": self.data.options["pipeline"],
+            "versions": package_versions(),
+            "platform": platform.platform(),
+            "argv": sys.argv,
+            "wall_time_s": round(seconds, 1),
+            "model_params": model.count_params(),
+        }
+        atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
 
 
 def _ood_summary(model, splits: Mapping[str, Any]) -> dict[str, Any] | None:
