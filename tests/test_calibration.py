@@ -15,6 +15,7 @@ from keras_pneumonia.calibration import (
     negative_log_likelihood,
     predict_logits,
     probabilities,
+    summary_markdown,
 )
 from keras_pneumonia.cli import main
 from keras_pneumonia.data import load_image_folder
@@ -76,6 +77,14 @@ def test_calibrate_keeps_decisions_and_auc_and_is_idempotent(xrays):
     assert again.previous_temperature == pytest.approx(result.temperature)
     _, curves, summary = compare(model, (x, y))
     assert len(curves) == 2 and set(summary) == {"temperature", "uncalibrated", "calibrated"}
+    table = summary_markdown(summary)
+    assert table.startswith(f"Calibration (temperature {result.temperature:.3f})") and table.count("\n| at ") == 2
+    labels, logits = predict_logits(model, (x, y))  # at the fitted temperature
+    refit = calibrate(model, scores=(labels, logits), apply=False)
+    before_after = refit.curves(logits)
+    np.testing.assert_allclose(before_after["before"], probabilities(logits)[:, -1], rtol=1e-6)
+    np.testing.assert_allclose(before_after["after"], after, atol=2e-3)  # refit on the same data: the same T
+    assert "temperature" in refit.to_text() and "(same decisions)" in refit.to_text()
 
 
 def test_calibrate_and_evaluate_cli(tmp_path, capsys, kaggle_dir):

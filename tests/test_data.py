@@ -111,6 +111,18 @@ def test_extracted_zip_layout_with_macosx_junk(tmp_path):
     assert sum(sum(c.values()) for s, c in data.counts.items() if s != "test") == 32
 
 
+def test_evaluation_folder_is_the_folder_or_a_roots_test(tmp_path):
+    from keras_pneumonia.data import LayoutError, evaluation_folder
+
+    assert evaluation_folder(KAGGLE / "test") == KAGGLE / "test"
+    assert evaluation_folder(KAGGLE) == KAGGLE / "test"
+    shutil.copytree(KAGGLE / "train", tmp_path / "root" / "train")
+    with pytest.raises(LayoutError, match="has no test/ folder with NORMAL/ and PNEUMONIA/"):
+        evaluation_folder(tmp_path / "root")
+    with pytest.raises(LayoutError, match="must hold NORMAL/ and PNEUMONIA/ folders"):
+        evaluation_folder(tmp_path)
+
+
 def test_root_with_only_train(tmp_path):
     shutil.copytree(KAGGLE / "train", tmp_path / "train")
     data = kp.load_chest_xray(tmp_path, image_size=8, validation_split=0.25)

@@ -179,6 +179,8 @@ def test_demo_runs_offline_with_the_released_weights(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert out.count("P(pneumonia)=") >= 2
     assert len(list((tmp_path / "demo").glob("*.png"))) >= 2
+    results = json.loads((tmp_path / "demo" / "predictions.json").read_text())
+    assert all("/" not in r["path"] and Path(r["gradcam"]).exists() for r in results)  # names; overlays made
 
 
 def test_non_tensorflow_backend_gets_a_clear_error(monkeypatch):

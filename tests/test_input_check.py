@@ -10,6 +10,7 @@ from PIL import Image
 import keras_pneumonia as kp
 from conftest import DATA
 from keras_pneumonia.cli import main
+from keras_pneumonia.images import load_image
 from keras_pneumonia.input_check import LIMITS, check_input
 from keras_pneumonia.prediction import ResultsFile, find_images, predict_files
 
@@ -89,6 +90,17 @@ def test_evaluate_counts_flagged_inputs(bad_files, capsys):
     assert check["n"] == 2 and check["flagged"] == 1 and check["reasons"] == {"noise-like texture": 1}
     assert main(["evaluate", str(bad_files / "folder")]) == 0
     assert "WARNING 1 of 2 images are not plausible chest X-rays" in capsys.readouterr().out
+
+
+def test_summarize_counts_flagged_images_by_kind():
+    from keras_pneumonia.input_check import summarize, summary_line
+
+    flat = np.full((64, 64, 1), 128, "uint8")
+    xray = load_image(DATA / "fullres" / "person909_virus_1565.jpeg", 160, "grayscale")
+    summary = summarize([flat, xray, flat])
+    assert summary == {"n": 3, "flagged": 2, "reasons": {"near-uniform image": 2}}
+    assert summary_line(summary).startswith("Input check: WARNING 2 of 3 images")
+    assert "none of the 1 images" in summary_line(summarize([xray]))
 
 
 def test_the_limits_travel_with_the_model(tmp_path):

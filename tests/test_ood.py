@@ -47,7 +47,7 @@ def fitted():
 def test_the_flag_travels_with_the_file_and_leaves_the_answers_alone(fitted, tmp_path):
     plain, model, (x, _) = fitted
     assert model.ood["method"] == "mahalanobis" and model.ood["quantile"] == 0.9
-    assert model.ood["layers"] == [f"block{b}_relu2" for b in range(1, 6)]
+    assert model.ood["layers"] == [f"block{b}_relu{c}" for b in range(1, 6) for c in (1, 2)]
     probabilities, scores = model.predict_with_ood(x)
     np.testing.assert_allclose(probabilities, plain.predict(x, verbose=0), atol=1e-6)
     # The threshold is the validation images' 90% quantile: about a tenth of them are flagged.

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,6 +116,25 @@ def test_gradcam_overlays_of_files_with_one_name_do_not_overwrite_each_other(fol
     cams = tmp_path / "cams"
     assert main(["predict", str(same), "--weights", str(model_file), "--gradcam", str(cams)]) == 0
     assert sorted(p.name for p in cams.iterdir()) == ["b_xray_gradcam.png", "c_xray_gradcam.png", "xray_gradcam.png"]
+
+
+def test_with_gradcam_adds_an_overlay_to_each_readable_file(folder, model_file, tmp_path):
+    import keras
+
+    from keras_pneumonia.prediction import with_gradcam
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("Grad-CAM needs TensorFlow")
+    from keras_pneumonia.models import load_model
+
+    model = load_model(model_file, compile=False)
+    good = next((folder / "test" / "NORMAL").iterdir())
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "cams").mkdir()
+    results = list(with_gradcam(model, predict_files(model, [good, tmp_path / "notes.png"]), tmp_path / "cams"))
+    assert results[0]["gradcam"] == str(tmp_path / "cams" / f"{good.stem}_gradcam.png")
+    assert Path(results[0]["gradcam"]).stat().st_size > 0
+    assert results[1]["error"] and "gradcam" not in results[1]
 
 
 def _predict_process(*args):

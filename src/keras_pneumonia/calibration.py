@@ -123,6 +123,27 @@ class CalibrationResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def curves(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        """P(PNEUMONIA) ``"before"`` and ``"after"`` the fit, from the logits it was fitted on (for a reliability plot).
+
+        Args:
+            logits: The ``(n, classes)`` logits `calibrate` was given (at the model's previous temperature).
+        """
+        raw = np.asarray(logits) * self.previous_temperature
+        return {
+            "before": probabilities(raw, self.previous_temperature)[:, -1],
+            "after": probabilities(raw, self.temperature)[:, -1],
+        }
+
+    def to_text(self) -> str:
+        """What changed, one line each: temperature, NLL, ECE and threshold."""
+        return (
+            f"temperature {self.previous_temperature:.3f} -> {self.temperature:.3f} on {self.n} validation images\n"
+            f"  NLL {self.nll_before:.4f} -> {self.nll_after:.4f}\n"
+            f"  ECE {self.ece_before:.4f} -> {self.ece_after:.4f}\n"
+            f"  threshold {self.threshold_before:.4f} -> {self.threshold_after:.4f} (same decisions)"
+        )
+
 
 def compare(model, data) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """P(PNEUMONIA) at temperature 1 and at the model's temperature, with ECE and NLL of each.
@@ -154,6 +175,16 @@ def compare(model, data) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, A
             "nll": negative_log_likelihood(logits, labels),
         }
     return labels, curves, summary
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """`compare`'s summary as a Markdown table of ECE and NLL."""
+    rows = [f"Calibration (temperature {summary['temperature']:.3f}):", "", "| | ECE | NLL |", "|---|---:|---:|"]
+    for key in ("uncalibrated", "calibrated"):
+        if key in summary:
+            label = "at T=1" if key == "uncalibrated" else "at the model's temperature"
+            rows.append(f"| {label} | {summary[key]['ece']:.4f} | {summary[key]['nll']:.4f} |")
+    return "\n".join(rows)
 
 
 def _moved_threshold(threshold: float, ratio: float) -> float:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_pneumonia._version import __version__
-from keras_pneumonia.config import CHOICES, CLASS_NAMES, MODEL_CHOICES, TrainConfig
+from keras_pneumonia.config import CHOICES, MODEL_CHOICES, TrainConfig
 from keras_pneumonia.config import DEFAULTS as D
 
 logger = logging.getLogger("keras_pneumonia")
@@ -404,55 +404,15 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _evaluation_folder(data_dir: Path) -> Path:
-    from keras_pneumonia.data import CLASS_NAMES, find_kaggle_root, has_class_dirs
-
-    folder = data_dir
-    if not has_class_dirs(folder, CLASS_NAMES):
-        try:
-            root = find_kaggle_root(data_dir)
-        except ValueError:
-            raise CLIError(
-                f"{data_dir} must hold NORMAL/ and PNEUMONIA/ folders, or be a Kaggle root with test/."
-            ) from None
-        folder = root / "test"
-        if not has_class_dirs(folder, CLASS_NAMES):
-            raise CLIError(f"{root} has no test/NORMAL and test/PNEUMONIA folders to evaluate on.")
-    return folder
-
-
 def _evaluation_data(data_dir: Path, model):
-    from keras_pneumonia.data import load_image_folder
+    from keras_pneumonia.data import evaluation_folder, load_image_folder
     from keras_pneumonia.images import input_config_of
 
-    folder = _evaluation_folder(data_dir)
+    folder = evaluation_folder(data_dir, model.class_names)
     images, labels, _ = load_image_folder(folder, **input_config_of(model).dataset_kwargs())
     if len(labels) == 0:
         raise CLIError(f"{folder} holds no images (.jpeg, .jpg or .png).")
     return images, labels
-
-
-def _flagged_inputs(model, images) -> dict:
-    """How many of the evaluated images are not plausibly chest X-rays, and why (`input_check`)."""
-    from keras_pneumonia.input_check import check_input
-
-    reasons: dict[str, int] = {}
-    flagged = 0
-    for image in images:
-        found = check_input(image, limits=getattr(model, "input_check", None))
-        flagged += bool(found)
-        for reason in found:
-            kind = reason.split(" (")[0]
-            reasons[kind] = reasons.get(kind, 0) + 1
-    return {"n": len(images), "flagged": flagged, "reasons": reasons}
-
-
-def _flagged_line(flagged: dict) -> str:
-    if not flagged["flagged"]:
-        return f"\nInput check: none of the {flagged['n']} images flagged as implausible chest X-rays."
-    kinds = ", ".join(f"{k}: {v}" for k, v in sorted(flagged["reasons"].items()))
-    n, count = flagged["n"], flagged["flagged"]
-    return f"\nInput check: WARNING {count} of {n} images are not plausible chest X-rays ({kinds})."
 
 
 def _calibration_summary(model, data, args) -> dict:
@@ -467,15 +427,6 @@ def _calibration_summary(model, data, args) -> dict:
     return summary
 
 
-def _calibration_markdown(calibration: dict) -> str:
-    rows = [f"\nCalibration (temperature {calibration['temperature']:.3f}):", "", "| | ECE | NLL |", "|---|---:|---:|"]
-    for key in ("uncalibrated", "calibrated"):
-        if key in calibration:
-            label = "at T=1" if key == "uncalibrated" else "at the model's temperature"
-            rows.append(f"| {label} | {calibration[key]['ece']:.4f} | {calibration[key]['nll']:.4f} |")
-    return "\n".join(rows)
-
-
 def _check_keras_output(path: Path, overwrite: bool) -> None:
     """A model output must be a ``.keras`` file, and not replace one unless asked."""
     if path.suffix != ".keras":
@@ -487,7 +438,7 @@ def _check_keras_output(path: Path, overwrite: bool) -> None:
 def _cmd_calibrate(args) -> int:
     from keras_pneumonia import plots
     from keras_pneumonia._io import atomic_write_text
-    from keras_pneumonia.calibration import calibrate, predict_logits, probabilities
+    from keras_pneumonia.calibration import calibrate, predict_logits
     from keras_pneumonia.data import load_chest_xray
     from keras_pneumonia.models import load_model
 
@@ -502,20 +453,11 @@ def _cmd_calibrate(args) -> int:
     )
     labels, logits = predict_logits(model, data.val)  # the one pass over the validation split
     result = calibrate(model, scores=(labels, logits))
-    print(
-        f"temperature {result.previous_temperature:.3f} -> {result.temperature:.3f} on {result.n} validation images\n"
-        f"  NLL {result.nll_before:.4f} -> {result.nll_after:.4f}\n"
-        f"  ECE {result.ece_before:.4f} -> {result.ece_after:.4f}\n"
-        f"  threshold {result.threshold_before:.4f} -> {result.threshold_after:.4f} (same decisions)"
-    )
+    print(result.to_text())
     if args.report_dir is not None:
         args.report_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.report_dir / "calibration.json", json.dumps(result.to_dict(), indent=2) + "\n")
-        raw = logits * result.previous_temperature
-        curves = {
-            "before": probabilities(logits)[:, -1],
-            "after": probabilities(raw, result.temperature)[:, -1],
-        }
+        curves = result.curves(logits)
         plots.plot_reliability(labels, curves, args.report_dir / "reliability.png", title="validation split")
         print(f"Report written to {args.report_dir}")
     if args.output is not None:
@@ -527,62 +469,67 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from keras_pneumonia import ood
+    from keras_pneumonia import input_check, ood
     from keras_pneumonia.evaluation import evaluate
     from keras_pneumonia.models import load_model
 
     model = load_model(args.weights, compile=False)
     images, labels = _evaluation_data(args.data_dir, model)
-    report = evaluate(model, (images, labels), threshold=args.threshold)
-    calibration = _calibration_summary(model, (images, labels), args) if args.calibration else None
-    flagged = _flagged_inputs(model, images)
-    outside = ood.summary(model, images, labels, threshold=args.threshold)
-    if not args.robustness:
-        if args.json:
-            extra = {"calibration": calibration} if calibration else {}
-            print(json.dumps({**report.to_dict(), "input_check": flagged, "ood": outside, **extra}, indent=2))
-        else:
-            print(report.to_markdown())
-            print(_flagged_line(flagged))
-            print(ood.summary_line(outside))
-            if calibration:
-                print(_calibration_markdown(calibration))
-        return 0
+    parts = {
+        "report": evaluate(model, (images, labels), threshold=args.threshold),
+        "input_check": input_check.summarize(images, limits=getattr(model, "input_check", None)),
+        "ood": ood.summary(model, images, labels, threshold=args.threshold),
+        "calibration": _calibration_summary(model, (images, labels), args) if args.calibration else None,
+        "robustness": None,
+    }
+    if args.robustness:
+        from keras_pneumonia.data import evaluation_folder
+        from keras_pneumonia.robustness import evaluate_robustness
 
-    from keras_pneumonia.robustness import evaluate_robustness
+        folder = evaluation_folder(args.data_dir, model.class_names)
+        parts["robustness"] = evaluate_robustness(model, folder, args.perturbations, threshold=args.threshold)
+        if args.report_dir is not None:
+            _write_robustness(parts["robustness"], args.report_dir, title=f"{model.name} on {args.data_dir}")
+    _print_evaluation(parts, args.json)
+    if parts["robustness"] is not None and args.report_dir is not None and not args.json:
+        print(f"\nRobustness report written to {args.report_dir}")
+    return 0
 
-    robustness = evaluate_robustness(
-        model, _evaluation_folder(args.data_dir), args.perturbations, threshold=args.threshold
-    )
-    if args.report_dir is not None:
-        from keras_pneumonia import plots
-        from keras_pneumonia._io import atomic_write_text
 
-        args.report_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.report_dir / "robustness.json", robustness.to_json() + "\n")
-        atomic_write_text(args.report_dir / "robustness.md", robustness.to_markdown() + "\n")
-        plots.plot_robustness(robustness, args.report_dir / "robustness.png", title=f"{model.name} on {args.data_dir}")
-    if args.json:
-        extra = {"calibration": calibration} if calibration else {}
-        body = {
-            "report": report.to_dict(),
-            "robustness": robustness.to_dict(),
-            "input_check": flagged,
-            "ood": outside,
-            **extra,
-        }
-        print(json.dumps(body, indent=2))
-    else:
-        print(report.to_markdown())
-        print(_flagged_line(flagged))
-        print(ood.summary_line(outside))
+def _write_robustness(robustness, folder: Path, title: str) -> None:
+    from keras_pneumonia import plots
+    from keras_pneumonia._io import atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "robustness.json", robustness.to_json() + "\n")
+    atomic_write_text(folder / "robustness.md", robustness.to_markdown() + "\n")
+    plots.plot_robustness(robustness, folder / "robustness.png", title=title)
+
+
+def _print_evaluation(parts: dict, as_json: bool) -> None:
+    """evaluate's output as text, or as JSON: the report's fields at the top (under ``"report"`` with robustness)."""
+    from keras_pneumonia import input_check, ood
+    from keras_pneumonia.calibration import summary_markdown
+
+    report, robustness, calibration = parts["report"], parts["robustness"], parts["calibration"]
+    if as_json:
+        body = {"input_check": parts["input_check"], "ood": parts["ood"]}
         if calibration:
-            print(_calibration_markdown(calibration))
+            body["calibration"] = calibration
+        if robustness is None:
+            body = {**report.to_dict(), **body}
+        else:
+            body = {"report": report.to_dict(), "robustness": robustness.to_dict(), **body}
+        print(json.dumps(body, indent=2))
+        return
+    print(report.to_markdown())
+    print("\n" + input_check.summary_line(parts["input_check"]))
+    print(ood.summary_line(parts["ood"]))
+    if calibration:
+        print("\n" + summary_markdown(calibration))
+    if robustness is not None:
         print()
         print(robustness.to_markdown())
-        if args.report_dir is not None:
-            print(f"\nRobustness report written to {args.report_dir}")
-    return 0
 
 
 class _Progress:
@@ -611,35 +558,6 @@ class _Progress:
             print(file=sys.stderr)
 
 
-def _gradcam_file(path: Path, folder: Path, used: set[str]) -> Path:
-    """A Grad-CAM file name for ``path`` that no other input of this run gets."""
-    name = f"{path.stem}_gradcam.png"
-    if name in used:
-        name = f"{path.parent.name}_{path.stem}_gradcam.png"
-        index = 2
-        while name in used:
-            name = f"{path.parent.name}_{path.stem}_{index}_gradcam.png"
-            index += 1
-    used.add(name)
-    return folder / name
-
-
-def _add_gradcam(model, result: dict, folder: Path, used: set[str], method: str) -> None:
-    from keras_pneumonia.gradcam import gradcam
-    from keras_pneumonia.images import load_image
-    from keras_pneumonia.plots import explanation_figure
-
-    path = Path(result["path"])
-    original = load_image(path, None, "grayscale")
-    class_names = list(getattr(model, "class_names", CLASS_NAMES))
-    heatmap = gradcam(model, original, method=method, class_index=class_names.index(result["decision"]))
-    out = _gradcam_file(path, folder, used)
-    explanation_figure(
-        original, heatmap, label=result["decision"], probability=result["probability"], title=path.name, path=out
-    )
-    result["gradcam"] = str(out)
-
-
 def _shown_path(path) -> str:
     """A file name on one line: one holding a line break or another control character is quoted."""
     text = str(path)
@@ -658,28 +576,36 @@ def _result_line(r: dict) -> str:
     return line
 
 
-def _run_predictions(model, paths, args, out=None) -> list[dict]:
-    """Streams results to stdout (or ``out``); returns the failed ones."""
-    from keras_pneumonia.prediction import predict_files
+def _run_predictions(model, paths, args, out=None, shown=None) -> tuple[list[dict], list[dict]]:
+    """Streams results to stdout (or ``out``); returns ``(results, failed)``, ``results`` kept only for ``shown``.
 
-    failed, collected, used = [], [], set()
-    progress = _Progress(len(paths), enabled=sys.stderr.isatty() and not getattr(args, "json", False))
-    for result in predict_files(model, paths, batch_size=args.batch_size, threshold=args.threshold):
+    ``shown`` (the demo's): how a result's path is printed; its results are kept and returned.
+    """
+    from keras_pneumonia.prediction import predict_files, with_gradcam
+
+    failed, collected = [], []
+    progress = _Progress(len(paths), enabled=sys.stderr.isatty() and not args.json and shown is None)
+    results = predict_files(model, paths, batch_size=args.batch_size, threshold=args.threshold)
+    if args.gradcam is not None:
+        results = with_gradcam(model, results, args.gradcam, args.method)
+    for result in results:
         if result["error"]:
             failed.append(result)
-        elif args.gradcam is not None:
-            _add_gradcam(model, result, args.gradcam, used, args.method)
+        if shown is not None:
+            result["path"] = shown(result["path"])
         if out is not None:
             out.write(result)
         elif args.json:
             collected.append(result)
         else:
             print(_result_line(result), flush=True)
+            if shown is not None:
+                collected.append(result)
         progress.update()
     progress.close()
     if args.json and out is None:
         print(json.dumps(collected, indent=1))
-    return failed
+    return collected, failed
 
 
 def _cmd_predict(args) -> int:
@@ -704,7 +630,7 @@ def _cmd_predict(args) -> int:
             )
             args.gradcam = None
     if args.output is None:
-        failed = _run_predictions(model, paths, args)
+        _, failed = _run_predictions(model, paths, args)
     else:
         with ResultsFile(args.output) as out:
             todo = [p for p in paths if str(p) not in out.done]
@@ -732,7 +658,6 @@ def _cmd_demo(args) -> int:
 
     from keras_pneumonia._io import atomic_write_text
     from keras_pneumonia.models import load_model
-    from keras_pneumonia.prediction import predict_files
 
     samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
     args.output.mkdir(parents=True, exist_ok=True)  # an output that cannot be written fails first, on any backend
@@ -740,15 +665,10 @@ def _cmd_demo(args) -> int:
     print(f"Model: {model.name}, input {model.input_shape[1:]}, threshold {model.threshold:.3f}")
     print("Sample X-rays (training images of Kermany et al. 2018, CC BY 4.0; the file name gives the true class):")
     explain = keras.backend.backend() == "tensorflow"
-    failed, used, results = [], set(), []
-    for result in predict_files(model, samples):
-        if result["error"]:
-            failed.append(result)
-        elif explain:
-            _add_gradcam(model, result, args.output, used, "gradcam")
-        result["path"] = Path(result["path"]).name
-        print(_result_line(result), flush=True)
-        results.append(result)
+    predict_args = argparse.Namespace(
+        batch_size=32, threshold=None, json=False, gradcam=args.output if explain else None, method="gradcam"
+    )
+    results, failed = _run_predictions(model, samples, predict_args, shown=lambda path: Path(path).name)
     atomic_write_text(args.output / "predictions.json", json.dumps(results, indent=1) + "\n")
     print(f"Predictions written to {args.output / 'predictions.json'}")
     for result in failed:

@@ -207,6 +207,25 @@ def find_kaggle_root(data_dir: str | Path, class_names: Sequence[str] = CLASS_NA
     )
 
 
+def evaluation_folder(data_dir: str | Path, class_names: Sequence[str] = CLASS_NAMES) -> Path:
+    """The labelled folder to evaluate on: ``data_dir`` itself (one sub-folder per class) or a Kaggle root's ``test/``.
+
+    Raises:
+        LayoutError: Neither; the message says what was expected.
+    """
+    data_dir = Path(data_dir)
+    if has_class_dirs(data_dir, class_names):
+        return data_dir
+    expected = " and ".join(f"{name}/" for name in class_names)
+    try:
+        root = find_kaggle_root(data_dir, class_names)
+    except LayoutError:
+        raise LayoutError(f"{data_dir} must hold {expected} folders, or be a Kaggle root with test/.") from None
+    if not has_class_dirs(root / "test", class_names):
+        raise LayoutError(f"{root} has no test/ folder with {expected} to evaluate on.")
+    return root / "test"
+
+
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
     """One image of a split: path relative to the data folder, label, patient id."""

@@ -44,7 +44,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -114,3 +115,32 @@ def check_input(
     if stats["polarity"] < limits["min_polarity"]:
         reasons.append(f"inverted polarity? (centre darker than the lung fields, {stats['polarity']:.2f})")
     return reasons
+
+
+def summarize(images: Iterable[np.ndarray], limits: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """How many of ``images`` (model inputs) are not plausibly chest X-rays, and why.
+
+    Returns:
+        ``{"n": images, "flagged": flagged images, "reasons": {kind: count}}``,
+        a reason's kind being its text before the figures ("tiny image").
+    """
+    reasons: dict[str, int] = {}
+    n = flagged = 0
+    for image in images:
+        found = check_input(image, limits=limits)
+        n += 1
+        flagged += bool(found)
+        for reason in found:
+            kind = reason.split(" (")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+    return {"n": n, "flagged": flagged, "reasons": reasons}
+
+
+def summary_line(summary: Mapping[str, Any]) -> str:
+    """`summarize`'s result as one sentence."""
+    if not summary["flagged"]:
+        return f"Input check: none of the {summary['n']} images flagged as implausible chest X-rays."
+    kinds = ", ".join(f"{k}: {v}" for k, v in sorted(summary["reasons"].items()))
+    return (
+        f"Input check: WARNING {summary['flagged']} of {summary['n']} images are not plausible chest X-rays ({kinds})."
+    )

@@ -152,65 +152,26 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
         dense_units = tuple(int(u) for u in dense_units)
         class_names = [str(c) for c in class_names]
         _validate(
-            image_size,
-            channels,
-            filters,
-            convs_per_block,
-            dropout,
-            head,
-            normalization,
-            class_names,
-            threshold,
-            float(temperature),
-            backbone,
-            resize,
+            image_size=image_size,
+            channels=channels,
+            filters=filters,
+            convs_per_block=convs_per_block,
+            dropout=dropout,
+            head=head,
+            normalization=normalization,
+            class_names=class_names,
+            threshold=threshold,
+            temperature=float(temperature),
+            backbone=backbone,
+            resize=resize,
         )
-
         policy = _dtype_policy(dtype)
 
         # === Layers ===
-        # The input statistics and the softmax in float32 whatever the policy: a per-image
-        # mean over 25,600 pixels in bfloat16 (8-bit mantissa) would be visibly off.
-        if normalization == "per_image":
-            norm_layer = PerImageStandardization(name="standardize", dtype="float32")
-        else:
-            norm_layer = keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype="float32")
-        aug_layers = []
-        if augmentation:
-            aug_layers = [
-                keras.layers.RandomRotation(0.04, fill_mode="constant", name="random_rotation"),
-                keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", name="random_translation"),
-                keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", name="random_zoom"),
-            ]
-        # Under a tf.distribute strategy, batch statistics over the global batch (as on one
-        # device), not over each replica's slice; without a strategy this changes nothing.
-        # JAX's DataParallel computes them over the global batch by itself.
-        sync_bn = keras.backend.backend() == "tensorflow"
-        conv_layers = []
-        for b, f in enumerate(filters, start=1):
-            block = []
-            for c in range(1, convs_per_block + 1):
-                block += [
-                    keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_conv{c}", dtype=policy),
-                    keras.layers.BatchNormalization(name=f"block{b}_bn{c}", dtype=policy, synchronized=sync_bn),
-                    keras.layers.ReLU(name=f"block{b}_relu{c}", dtype=policy),
-                ]
-            block.append(keras.layers.MaxPooling2D(2, name=f"block{b}_pool", dtype=policy))
-            conv_layers.append(block)
-        if head == "flatten":
-            head_layer = keras.layers.Flatten(name="flatten", dtype=policy)
-        elif head == "avg":
-            head_layer = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=policy)
-        else:
-            head_layer = keras.layers.GlobalMaxPooling2D(name="max_pool", dtype=policy)
-        dense_layers = []
-        for i, units in enumerate(dense_units, start=1):
-            dense_layers += [
-                keras.layers.Dropout(dropout, name=f"dropout{i}", dtype=policy),
-                keras.layers.Dense(units, activation="relu", name=f"dense{i}", dtype=policy),
-            ]
-        output_dropout = keras.layers.Dropout(dropout, name="output_dropout", dtype=policy)
-        output_layer = keras.layers.Dense(len(class_names), activation="softmax", dtype="float32", name="predictions")
+        norm_layer = _normalization_layer(normalization)
+        aug_layers = _legacy_augmentation_layers() if augmentation else []
+        conv_blocks = _conv_blocks(filters, convs_per_block, policy)
+        head_layers = _head_layers(head, dense_units, dropout, len(class_names), policy)
         # Outside the classification graph: its statistics are weights saved with the
         # model, read by `ood_scores` (keras_pneumonia.ood). None until `ood.fit`.
         self.ood_detector = None
@@ -230,20 +191,17 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
             x = layer(x, training=False)
         if backbone is None:
             x = norm_layer(x)
-            for block in conv_layers:
-                for layer in block:
-                    x = layer(x)
-            feature_layers = [layer.name for block in conv_layers for layer in block]
+            for layer in (layer for block in conv_blocks for layer in block):
+                x = layer(x)
+            feature_layers = [layer.name for block in conv_blocks for layer in block]
         else:
             if channels == 1:
                 x = keras.ops.repeat(x, 3, axis=-1)  # the backbone was trained on RGB
             weights = None if backbone_weights is None else str(backbone_weights)
             x, feature_layers = backbones.build(backbone, x, weights, dtype=policy)
-        x = head_layer(x)
-        for layer in dense_layers:
+        for layer in head_layers:
             x = layer(x)
-        outputs = output_layer(output_dropout(x))
-        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        super().__init__(inputs=inputs, outputs=x, **kwargs)
         # Functional drops a `dtype` argument; the policy is what `compile` reads to add
         # loss scaling for mixed_float16, and what `get_config` saves.
         try:
@@ -591,6 +549,61 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
         return cls.from_preset(name, **kwargs)
 
 
+def _normalization_layer(normalization: str):
+    """The input scaling, in float32 whatever the policy: a per-image mean over 25,600 pixels in
+    bfloat16 (8-bit mantissa) would be visibly off."""
+    if normalization == "per_image":
+        return PerImageStandardization(name="standardize", dtype="float32")
+    return keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype="float32")
+
+
+def _legacy_augmentation_layers() -> list:
+    """The first release's in-graph augmentation (``augmentation=True``), kept so its files load."""
+    return [
+        keras.layers.RandomRotation(0.04, fill_mode="constant", name="random_rotation"),
+        keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", name="random_translation"),
+        keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", name="random_zoom"),
+    ]
+
+
+def _conv_blocks(filters: Sequence[int], convs_per_block: int, policy: str) -> list[list]:
+    """The feature extractor: per block, ``convs_per_block`` x (convolution, batch norm, ReLU), then max-pooling."""
+    # Under a tf.distribute strategy, batch statistics over the global batch (as on one
+    # device), not over each replica's slice; without a strategy this changes nothing.
+    # JAX's DataParallel computes them over the global batch by itself.
+    sync_bn = keras.backend.backend() == "tensorflow"
+    blocks = []
+    for b, f in enumerate(filters, start=1):
+        block = []
+        for c in range(1, convs_per_block + 1):
+            block += [
+                keras.layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"block{b}_conv{c}", dtype=policy),
+                keras.layers.BatchNormalization(name=f"block{b}_bn{c}", dtype=policy, synchronized=sync_bn),
+                keras.layers.ReLU(name=f"block{b}_relu{c}", dtype=policy),
+            ]
+        block.append(keras.layers.MaxPooling2D(2, name=f"block{b}_pool", dtype=policy))
+        blocks.append(block)
+    return blocks
+
+
+def _head_layers(head: str, dense_units: Sequence[int], dropout: float, classes: int, policy: str) -> list:
+    """The classifier: flatten or global pooling, dense layers with dropout, a float32 softmax."""
+    if head == "flatten":
+        layers = [keras.layers.Flatten(name="flatten", dtype=policy)]
+    elif head == "avg":
+        layers = [keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=policy)]
+    else:
+        layers = [keras.layers.GlobalMaxPooling2D(name="max_pool", dtype=policy)]
+    for i, units in enumerate(dense_units, start=1):
+        layers += [
+            keras.layers.Dropout(dropout, name=f"dropout{i}", dtype=policy),
+            keras.layers.Dense(units, activation="relu", name=f"dense{i}", dtype=policy),
+        ]
+    layers.append(keras.layers.Dropout(dropout, name="output_dropout", dtype=policy))
+    layers.append(keras.layers.Dense(classes, activation="softmax", dtype="float32", name="predictions"))
+    return layers
+
+
 def _dtype_policy(dtype: str | None) -> str:
     """The policy name for ``dtype``; ``None`` is Keras' global policy. Unknown names fail here."""
     import keras
@@ -602,6 +615,7 @@ def _dtype_policy(dtype: str | None) -> str:
 
 
 def _validate(
+    *,
     image_size,
     channels,
     filters,

@@ -174,6 +174,61 @@ def predict_files(
                     }
 
 
+def with_gradcam(
+    model, results: Iterable[dict[str, Any]], folder: str | Path, method: str = "gradcam"
+) -> Iterator[dict[str, Any]]:
+    """Adds a Grad-CAM overlay to each of `predict_files`'s results whose file could be read.
+
+    The overlay (`keras_pneumonia.plots.explanation_figure` of `keras_pneumonia.gradcam`
+    for the decided class) is written to ``folder`` as ``<stem>_gradcam.png`` (prefixed
+    by the parent folder's name, then numbered, when two inputs share a stem), and its
+    path is added to the result as ``"gradcam"``. Needs the TensorFlow backend.
+
+    Args:
+        model: The model that made the decisions.
+        results: `predict_files`'s results.
+        folder: Where the overlays go (it must exist).
+        method: ``"gradcam"``, ``"gradcam++"`` or ``"scorecam"``.
+
+    Yields:
+        The results, in order, with ``"gradcam"`` added where there is an overlay.
+    """
+    used: set[str] = set()
+    for result in results:
+        if not result["error"]:
+            result["gradcam"] = str(_write_overlay(model, result, Path(folder), used, method))
+        yield result
+
+
+def _write_overlay(model, result: dict[str, Any], folder: Path, used: set[str], method: str) -> Path:
+    from keras_pneumonia.gradcam import gradcam
+    from keras_pneumonia.images import load_image
+    from keras_pneumonia.plots import explanation_figure
+
+    path = Path(result["path"])
+    original = load_image(path, None, "grayscale")
+    class_names = list(getattr(model, "class_names", CLASS_NAMES))
+    heatmap = gradcam(model, original, method=method, class_index=class_names.index(result["decision"]))
+    out = folder / _overlay_name(path, used)
+    explanation_figure(
+        original, heatmap, label=result["decision"], probability=result["probability"], title=path.name, path=out
+    )
+    return out
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    """A Grad-CAM file name for ``path`` that no other input of this run gets (recorded in ``used``)."""
+    name = f"{path.stem}_gradcam.png"
+    if name in used:
+        name = f"{path.parent.name}_{path.stem}_gradcam.png"
+        index = 2
+        while name in used:
+            name = f"{path.parent.name}_{path.stem}_{index}_gradcam.png"
+            index += 1
+    used.add(name)
+    return name
+
+
 class ResultsFile:
     """An append-only CSV or JSON-lines file of results that a later run can resume.
 
