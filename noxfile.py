@@ -208,7 +208,7 @@ def train_release(session: nox.Session) -> None:
         command += ["--monitor", str(data / "test_dev")]
     session.run(*command, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     export = (
-        "import json; from keras_pneumonia.training import export_preset; "
+        "import json; from keras_pneumonia.export import export_preset; "
         "print(json.dumps(export_preset('runs/release-v2/model.keras', 'pneumonia_cnn_v2'), indent=2))"
     )
     session.run("python", "-c", export)

@@ -13,8 +13,8 @@ import pytest
 import keras_pneumonia as kp
 from conftest import TINY
 from keras_pneumonia import presets, weights
+from keras_pneumonia.export import export_preset
 from keras_pneumonia.models import load_model
-from keras_pneumonia.training import export_preset
 
 
 @pytest.fixture(scope="module")

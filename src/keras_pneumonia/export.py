@@ -290,3 +290,39 @@ def export_model(
     atomic_write_text(sidecar_path(path), json.dumps(info, indent=2) + "\n")
     logger.info("Exported %s (%s), max |difference| %.1e", path, format, difference)
     return info
+
+
+def export_preset(model_path: str | Path, name: str | None = None, output_dir: str | Path | None = None) -> dict:
+    """Writes a trained model as a release file and returns its registry fields.
+
+    The file holds the model without optimizer state (a third of the size).
+    Copy the returned ``sha256`` and ``size`` into `keras_pneumonia.presets`, and
+    publish the file at the preset's ``url`` (see ``docs/weights.md``).
+
+    Args:
+        model_path: The trained ``.keras`` file (e.g. ``runs/release-v1/model.keras``).
+        name: The preset whose ``file_name`` to write (default: the default preset).
+        output_dir: Defaults to the package's ``assets/`` folder.
+    """
+
+    import keras
+
+    from keras_pneumonia._io import atomic_save_model
+    from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
+    from keras_pneumonia.weights import sha256sum
+
+    name = DEFAULT_PRESET if name is None else name
+    clean = keras.saving.load_model(model_path, compile=False, safe_mode=True)  # no optimizer state
+    folder = Path(output_dir) if output_dir else Path(str(resources.files("keras_pneumonia") / "assets"))
+    destination = folder / PRESETS[name]["file_name"]
+    atomic_save_model(clean, destination)
+    return {
+        "file": str(destination),
+        "sha256": sha256sum(destination),
+        "size": destination.stat().st_size,
+        "params": clean.count_params(),
+        "image_size": list(clean.image_size),
+        "channels": clean.channels,
+        "class_names": list(clean.class_names),
+        "threshold": clean.threshold,
+    }
