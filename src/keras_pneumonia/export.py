@@ -304,7 +304,6 @@ def export_preset(model_path: str | Path, name: str | None = None, output_dir: s
         name: The preset whose ``file_name`` to write (default: the default preset).
         output_dir: Defaults to the package's ``assets/`` folder.
     """
-
     import keras
 
     from keras_pneumonia._io import atomic_save_model
