@@ -129,6 +129,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on the package (settings: pyproject.toml, [tool.mypy])."""
+    session.install("-e", ".", "mypy==2.4.1")
+    session.run("mypy", "src/keras_pneumonia")
+
+
+@nox.session
 def build(session: nox.Session) -> None:
     """Builds wheel and sdist, installs the wheel in a fresh venv, loads the weights offline."""
     session.install("build")

@@ -781,8 +781,8 @@ def load_chest_xray(
         train_entries, val_entries = split_by_patient(pool + given_val, validation_split, seed)
     test_entries = _entries(root / "test", root, class_names) if has_class_dirs(root / "test", class_names) else None
 
-    splits = {"train": train_entries, "val": val_entries, "test": test_entries}
-    splits = {split: entries for split, entries in splits.items() if entries is not None}
+    found = {"train": train_entries, "val": val_entries, "test": test_entries}
+    splits: dict[str, list[FileEntry]] = {split: entries for split, entries in found.items() if entries is not None}
     channels = CHANNELS[color_mode]
     pixels = sum(len(entries) for entries in splits.values()) * size[0] * size[1] * channels
     streaming = pipeline == "stream" or (pipeline == "auto" and (pixels > AUTO_STREAM_BYTES or cache is not None))

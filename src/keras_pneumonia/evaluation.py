@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from keras_pneumonia.config import CLASS_NAMES
 
 POSITIVE = 1  # label of PNEUMONIA
 
 
-def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(y_true: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False positive rates, true positive rates and thresholds, from high to low.
 
     Each threshold ``t`` means "predict positive when score >= t"; the first
@@ -39,7 +40,7 @@ def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr, np.r_[np.inf, scores[distinct]]
 
 
-def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> float:
     """Area under the ROC curve (ties count one half); NaN when one class is absent."""
     y_true = np.asarray(y_true).astype(bool)
     n_pos, n_neg = int(y_true.sum()), int((~y_true).sum())
@@ -135,7 +136,7 @@ def choose_threshold(model, data=None, *, scores=None, one_standard_error: bool 
     return threshold
 
 
-def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> float:
+def expected_calibration_error(y_true: ArrayLike, probabilities: ArrayLike, bins: int = 10) -> float:
     """Expected calibration error of the predicted probability of PNEUMONIA.
 
     Equal-width bins on ``[0, 1]``; the weighted mean of ``|mean(p) - fraction positive|``.
@@ -193,8 +194,8 @@ class EvaluationReport:
     @classmethod
     def from_predictions(
         cls,
-        y_true: Sequence[int],
-        probabilities: Sequence[float],
+        y_true: ArrayLike,
+        probabilities: ArrayLike,
         threshold: float = 0.5,
         class_names: Sequence[str] = CLASS_NAMES,
     ) -> EvaluationReport:
@@ -205,11 +206,11 @@ class EvaluationReport:
         >>> r.accuracy, r.sensitivity, r.specificity, r.confusion_matrix
         (0.75, 1.0, 0.5, [[1, 1], [0, 2]])
         """
-        y_true = np.asarray(y_true, dtype=int).reshape(-1)
-        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
-        if y_true.shape != probabilities.shape:
-            raise ValueError(f"{len(y_true)} labels but {len(probabilities)} probabilities.")
-        y_pred = decide(probabilities, threshold)
+        labels = np.asarray(y_true, dtype=int).reshape(-1)
+        scores = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        if labels.shape != scores.shape:
+            raise ValueError(f"{len(labels)} labels but {len(scores)} probabilities.")
+        y_true, y_pred = labels, decide(scores, threshold)
         tp = int(np.sum((y_true == 1) & (y_pred == 1)))
         tn = int(np.sum((y_true == 0) & (y_pred == 0)))
         fp = int(np.sum((y_true == 0) & (y_pred == 1)))
@@ -226,8 +227,8 @@ class EvaluationReport:
             specificity=_ratio(tn, tn + fp),
             precision=precision,
             f1=f1,
-            auc=roc_auc(y_true, probabilities),
-            ece=expected_calibration_error(y_true, probabilities),
+            auc=roc_auc(labels, scores),
+            ece=expected_calibration_error(labels, scores),
             confusion_matrix=[[tn, fp], [fn, tp]],
             class_names=list(class_names),
             confidence_intervals={
@@ -240,7 +241,7 @@ class EvaluationReport:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
         """The inverse of ``to_dict`` (``None`` becomes NaN again)."""
-        return cls(**{k: float("nan") if v is None else v for k, v in values.items()})
+        return cls(**{k: float("nan") if v is None else v for k, v in values.items()})  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain Python values (NaN becomes ``None``)."""
@@ -296,16 +297,17 @@ def predict_proba(model, data) -> tuple[np.ndarray, np.ndarray]:
         check_batch(model, np.asarray(x))
         probabilities = model.predict(np.asarray(x), verbose=0)
         return np.asarray(y).reshape(-1), probabilities[:, -1]
-    labels, probabilities = [], []
+    labels: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
     for x, y in data:
         if not labels:
             check_batch(model, x)
         # NumPy, not the tf.data tensor: every Keras backend takes it (JAX cannot take a TF tensor).
-        probabilities.append(np.asarray(model.predict_on_batch(np.asarray(x)))[:, -1])
+        scores.append(np.asarray(model.predict_on_batch(np.asarray(x)))[:, -1])
         labels.append(np.asarray(y).reshape(-1))
     if not labels:
         return np.zeros(0, int), np.zeros(0)
-    return np.concatenate(labels), np.concatenate(probabilities)
+    return np.concatenate(labels), np.concatenate(scores)
 
 
 def evaluate(model, data, threshold: float | None = None) -> EvaluationReport:

@@ -66,8 +66,8 @@ def decode_as_is(path: str | Path) -> np.ndarray:
     ``any_size`` export takes (grayscale files give 1 channel, colour files 3)."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+    with Image.open(path) as file:
+        image = ImageOps.exif_transpose(file)
         if image.mode not in ("L", "RGB"):
             image = image.convert("RGB")
         array = np.asarray(image, dtype=np.float32)

@@ -238,9 +238,9 @@ def chroma(path: str | Path) -> float | None:
             if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "F"):
                 return 0.0
             image.draft("RGB", (128, 128))
-            image = image.convert("RGB")
-            image.thumbnail((64, 64))
-            pixels = np.asarray(image, dtype=np.int16)
+            small = image.convert("RGB")
+            small.thumbnail((64, 64))
+            pixels = np.asarray(small, dtype=np.int16)
     except (OSError, UnidentifiedImageError, ValueError):
         return None
     return float((pixels.max(axis=-1) - pixels.min(axis=-1)).mean())
@@ -266,7 +266,9 @@ def resize_float(array: np.ndarray, height: int, width: int) -> np.ndarray:
 
     if array.shape[:2] == (height, width):
         return array
-    return np.asarray(Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR))
+    return np.asarray(
+        Image.fromarray(array.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -352,10 +352,18 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
                 f"{self.name} carries no out-of-distribution flag; fit one with keras_pneumonia.ood.fit "
                 "or use a preset that has one (pneumonia_cnn_v3)."
             )
-        return self.predict_with_ood(images, batch_size)[1]
+        scores = self.predict_with_ood(images, batch_size)[1]
+        assert scores is not None  # a model with a detector scores every image
+        return scores
 
     def ood_flags(self, scores) -> np.ndarray:
-        """``True`` where a score (`ood_scores`) is above the model's out-of-distribution threshold."""
+        """``True`` where a score (`ood_scores`) is above the model's out-of-distribution threshold.
+
+        Raises:
+            ValueError: The model carries no flag.
+        """
+        if self.ood is None:
+            raise ValueError(f"{self.name} carries no out-of-distribution flag; see `ood_scores`.")
         return np.asarray(scores) > self.ood["threshold"]
 
     @property

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from keras_pneumonia.config import CLASS_NAMES
 
@@ -87,7 +88,7 @@ def plot_roc(y_true, probabilities, path: str | Path | None = None, threshold: f
 
 
 def plot_reliability(
-    y_true, probabilities: Mapping[str, Sequence[float]], path: str | Path | None = None, bins: int = 10, title=None
+    y_true, probabilities: Mapping[str, ArrayLike], path: str | Path | None = None, bins: int = 10, title=None
 ):
     """Reliability diagram: observed fraction of PNEUMONIA against the predicted probability, per bin.
 
@@ -105,8 +106,8 @@ def plot_reliability(
     figure, ax = _figure(4.8, 4.6)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     edges = np.linspace(0, 1, bins + 1)
-    for label, p in probabilities.items():
-        p = np.asarray(p, dtype=float).reshape(-1)
+    for label, scores in probabilities.items():
+        p = np.asarray(scores, dtype=float).reshape(-1)
         index = np.minimum((p * bins).astype(int), bins - 1)
         filled = [b for b in range(bins) if (index == b).any()]
         mean_p = [p[index == b].mean() for b in filled]

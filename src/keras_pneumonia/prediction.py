@@ -138,6 +138,7 @@ def predict_files(
         batches = list(_batches(paths, batch_size))
         pending = ahead.submit(decode_batch, batches[0]) if batches else None
         for i, batch in enumerate(batches):
+            assert pending is not None  # submitted one batch ahead
             decoded = pending.result()
             pending = ahead.submit(decode_batch, batches[i + 1]) if i + 1 < len(batches) else None
             good = [j for j, (image, _) in enumerate(decoded) if image is not None]
@@ -258,7 +259,7 @@ class ResultsFile:
             self._drop_partial_last_line()
             self.done = {row["path"] for row in self.read(self.path)}
         if self.format == ".csv":
-            fields = FIELDS
+            fields: tuple[str, ...] = FIELDS
             if not new:  # resuming: keep the file's columns (0.2.0 files have no "warning")
                 with open(self.path, newline="", encoding="utf-8") as existing:
                     fields = tuple(next(csv.reader(existing), FIELDS))
@@ -298,7 +299,7 @@ class ResultsFile:
         else:
             self._file.write(json.dumps(row) + "\n")
         self._file.flush()
-        self.done.add(row["path"])
+        self.done.add(str(row["path"]))
 
     def close(self) -> None:
         """Flushes, fsyncs and closes the file (releasing its lock).

@@ -344,7 +344,7 @@ def evaluate_robustness(
     unknown = [n for n in names if n not in PERTURBATIONS]
     if unknown:
         raise ValueError(f"Unknown perturbation(s) {unknown}; choose from {', '.join(PERTURBATIONS)}.")
-    class_names = list(class_names or getattr(model, "class_names", CLASS_NAMES))
+    class_names = list(class_names or getattr(model, "class_names", None) or CLASS_NAMES)
     threshold = float(getattr(model, "threshold", 0.5) if threshold is None else threshold)
     spec = input_config_of(model)
     directory = Path(directory)

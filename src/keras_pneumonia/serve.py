@@ -283,7 +283,7 @@ def create_app(
         uploads = [f for f in form.getlist("file") if hasattr(f, "read")]
         if not uploads:
             return error(400, "No file: send one or more files in the multipart field 'file'.")
-        contents = []
+        contents: list[tuple[str, bytes]] = []
         for upload in uploads:
             data = await upload.read()
             if not data:

@@ -308,11 +308,12 @@ class _Run:
                 continue
             if name not in self.scores:
                 self.scores[name] = predict_proba(self.model, data)
+            labels, probabilities = self.scores[name]
             reports[name] = EvaluationReport.from_predictions(
-                *self.scores[name], self.model.threshold, self.data.class_names
+                labels, probabilities, self.model.threshold, self.data.class_names
             )
         self.reports = reports
-        return TrainReport(
+        report = TrainReport(
             worker=self.distribution.worker,
             chief=True,
             threshold=self.model.threshold,
@@ -321,8 +322,10 @@ class _Run:
             # Every epoch of the run, those before an interruption too (history.csv appends).
             epochs_run=_epochs_in(self.output / "history.csv") or len(history.history.get("loss", [])),
             counts=self.data.counts,
-            **{name: r.to_dict() for name, r in reports.items()},
         )
+        for name, r in reports.items():
+            report[name] = r.to_dict()  # type: ignore[literal-required]  # the split names: val, test, monitor
+        return report
 
     def write(self, report, monitor_dir, cache, deterministic, command, seconds) -> None:
         """The run folder's files: the model, the plots, ``report.json`` and ``run.json``."""
