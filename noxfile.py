@@ -35,9 +35,16 @@ def _pytest(session: nox.Session, *default_args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite on this Python with the TensorFlow backend (the README's test command)."""
+    """The fast tests and the docstring examples, TensorFlow backend (the README's test command)."""
     session.install("-e", ".[test]")
-    _pytest(session, "-q", "--doctest-modules", "src", "tests", "--ignore=tests/browser")
+    _pytest(session, "-q", "-m", "not slow", "--doctest-modules", "src", "tests", "--ignore=tests/browser")
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """The tests marked slow: training runs, subprocesses that load TensorFlow, exports (run by .ci/run)."""
+    session.install("-e", ".[test]")
+    _pytest(session, "-q", "-m", "slow", "tests", "--ignore=tests/browser")
 
 
 @nox.session

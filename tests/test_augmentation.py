@@ -44,6 +44,7 @@ def test_gamma_follows_the_tone_curve():
     assert (out == round(255 * (128 / 255) ** 2)).all()
 
 
+@pytest.mark.slow
 def test_apply_to_dataset_changes_every_epoch_and_keeps_labels():
     images = _xrays()
     labels = np.arange(4)

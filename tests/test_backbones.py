@@ -29,6 +29,7 @@ def xrays():
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.slow
 def test_backbone_model_takes_raw_grayscale_and_freezes_by_blocks(name, xrays, tmp_path):
     x, _ = xrays
     model = kp.PneumoniaCNN(backbone=name, backbone_weights=None, image_size=SIZE)
@@ -62,6 +63,7 @@ def test_backbone_model_takes_raw_grayscale_and_freezes_by_blocks(name, xrays, t
     assert model.get_layer(model.gradcam_layer).output.shape[1:3] == (SIZE // 32, SIZE // 32)
 
 
+@pytest.mark.slow
 def test_grayscale_is_mapped_to_the_backbone_rgb_input(xrays):
     x, _ = xrays
     gray = kp.PneumoniaCNN(backbone="efficientnet_b0", backbone_weights=None, image_size=SIZE)
@@ -72,6 +74,7 @@ def test_grayscale_is_mapped_to_the_backbone_rgb_input(xrays):
     )
 
 
+@pytest.mark.slow
 def test_backbone_weights_load_from_a_file_by_path(tmp_path):
     application = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     rng = np.random.default_rng(0)
@@ -99,6 +102,7 @@ def test_backbone_weights_load_from_a_file_by_path(tmp_path):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Grad-CAM needs the TensorFlow backend")
+@pytest.mark.slow
 def test_gradcam_explains_the_backbone_last_feature_map(xrays):
     x, _ = xrays
     model = kp.PneumoniaCNN(backbone="resnet50", backbone_weights=None, image_size=SIZE)
@@ -107,6 +111,7 @@ def test_gradcam_explains_the_backbone_last_feature_map(xrays):
     assert heatmap.shape == (SIZE, SIZE) and heatmap.min() >= 0.0 and heatmap.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_two_stage_fine_tuning_of_a_backbone_on_real_xrays(kaggle_dir, tmp_path):
     model = kp.PneumoniaCNN(backbone="efficientnet_b0", backbone_weights=None, image_size=SIZE)
     data = kp.load_chest_xray(kaggle_dir, image_size=SIZE, validation_split=0.25, seed=1337)
@@ -123,6 +128,7 @@ def test_two_stage_fine_tuning_of_a_backbone_on_real_xrays(kaggle_dir, tmp_path)
         fine_tune(model, data, tmp_path / "x", head_epoch=1)
 
 
+@pytest.mark.slow
 def test_train_cli_with_a_backbone(kaggle_dir, tmp_path):
     from keras_pneumonia.cli import main
 

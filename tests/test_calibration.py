@@ -29,6 +29,7 @@ def xrays():
     return x, y
 
 
+@pytest.mark.slow
 def test_fit_temperature_recovers_the_temperature_of_a_calibrated_source():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2.5, size=(20000, 2))
@@ -42,6 +43,7 @@ def test_fit_temperature_recovers_the_temperature_of_a_calibrated_source():
         fit_temperature(np.zeros((0, 2)), np.zeros(0))
 
 
+@pytest.mark.slow
 def test_temperature_is_folded_into_predict_and_survives_save_and_load(xrays, tmp_path):
     x, y = xrays
     model = kp.PneumoniaCNN.from_pretrained("pneumonia_cnn_v1", compile=False)
@@ -61,6 +63,7 @@ def test_temperature_is_folded_into_predict_and_survives_save_and_load(xrays, tm
             loaded.temperature = bad
 
 
+@pytest.mark.slow
 def test_calibrate_keeps_decisions_and_auc_and_is_idempotent(xrays):
     x, y = xrays
     model = kp.PneumoniaCNN.from_pretrained("pneumonia_cnn_v1", compile=False)
@@ -106,6 +109,7 @@ def test_calibrate_and_evaluate_cli(tmp_path, capsys, kaggle_dir):
     assert {"ece", "nll"} <= set(calibration["calibrated"]) and (tmp_path / "eval" / "reliability.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_calibrated_model_exports_with_its_temperature(xrays, tmp_path):
     if keras.backend.backend() != "tensorflow":
         pytest.skip("exports need TensorFlow")

@@ -72,6 +72,7 @@ def test_bad_settings_are_refused(kwargs, message):
         TrainConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_an_image_size_no_machine_can_hold_is_refused_before_anything_is_allocated(tmp_path):
     import subprocess
     import sys

@@ -240,6 +240,7 @@ def test_load_image_errors_name_the_file(tmp_path):
         load_image(tmp_path / "text.jpeg")
 
 
+@pytest.mark.slow
 def test_split_names_files_cut_short_after_their_header(kaggle_dir, tmp_path):
     """`split` reads no pixels, yet a JPEG or PNG whose end is missing is named, and no manifest is written."""
     import subprocess

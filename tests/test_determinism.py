@@ -10,6 +10,7 @@ from keras_pneumonia.export import sample_batch as _samples  # the bundled sampl
 
 
 @pytest.mark.parametrize("augmentation", [False, True])
+@pytest.mark.slow
 def test_call_predict_and_training_false_agree(augmentation):
     model = kp.PneumoniaCNN(**TINY, augmentation=augmentation)
     model.compile()

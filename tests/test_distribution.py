@@ -71,6 +71,7 @@ def _one_and_two_devices_agree(kind, data, tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="tf.distribute")
+@pytest.mark.slow
 def test_mirrored_on_two_devices_matches_one_device_with_the_same_global_batch(kaggle_dir, tmp_path):
     # Each of the two replicas takes 4 of the 8 images, the gradients are averaged and the
     # batch statistics synchronised: the same arithmetic in another order, so float32
@@ -118,6 +119,7 @@ def _rows(history):
 
 
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="tf.distribute")
+@pytest.mark.slow
 def test_two_workers_write_one_run_and_resume_after_a_crash(kaggle_dir, tmp_path):
     out = tmp_path / "run"
     chief, worker = _workers(kaggle_dir, out, epochs=3)

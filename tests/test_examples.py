@@ -28,6 +28,7 @@ def test_help(name, capsys):
     assert "usage:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_example(kaggle_dir, tmp_path):
     _load("train").main(
         [
@@ -50,6 +51,7 @@ def test_train_example(kaggle_dir, tmp_path):
     assert (tmp_path / "run" / "history.png").is_file()
 
 
+@pytest.mark.slow
 def test_finetune_example(kaggle_dir, tmp_path, capsys):
     """The released weights adapted to another folder of real X-rays, in two stages; a rerun resumes."""
     args = [str(kaggle_dir), "--weights", "pneumonia_cnn_v1", "--output", str(tmp_path / "ft")]
@@ -74,6 +76,7 @@ def test_finetune_example(kaggle_dir, tmp_path, capsys):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Grad-CAM needs the TensorFlow backend")
+@pytest.mark.slow
 def test_explain_example(tmp_path, capsys):
     model = tmp_path / "m.keras"
     kp.PneumoniaCNN(**TINY).save(model)

@@ -24,6 +24,7 @@ def _needs(format):
 
 @pytest.mark.parametrize("preset", ["pneumonia_cnn_v1", None])
 @pytest.mark.parametrize("format", list(OUTPUTS))
+@pytest.mark.slow
 def test_released_models_export_and_agree_with_predict(format, preset, tmp_path):
     _needs(format)
     model = kp.PneumoniaCNN.from_pretrained(preset, compile=False)
@@ -42,6 +43,7 @@ def test_released_models_export_and_agree_with_predict(format, preset, tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
 
 
+@pytest.mark.slow
 def test_export_refuses_to_overwrite_and_checks_suffixes(tmp_path):
     model = kp.PneumoniaCNN(**TINY)
     with pytest.raises(ValueError, match=r"\.tflite file"):
@@ -56,6 +58,7 @@ def test_export_refuses_to_overwrite_and_checks_suffixes(tmp_path):
     assert (tmp_path / "m.tflite").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_a_disagreeing_export_is_never_written(tmp_path, monkeypatch):
     from keras_pneumonia import export
 
@@ -65,6 +68,7 @@ def test_a_disagreeing_export_is_never_written(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_cli(tmp_path, capsys):
     out = tmp_path / "m.tflite"
     assert main(["export", "pneumonia_cnn_v1", str(out), "--format", "litert"]) == 0
@@ -97,6 +101,7 @@ def test_onnx_example_without_keras_matches_predict(any_size, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("format", list(OUTPUTS))
+@pytest.mark.slow
 def test_any_size_export_takes_decoded_images_as_they_are(format, tmp_path):
     """The resize inside the graph gives load_image's pixels, so the probabilities match predict."""
     _needs(format)

@@ -38,6 +38,7 @@ def full_disk(tmp_path):
         yield mount
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_a_clear_error(full_disk, capsys):
     assert main(["predict", str(XRAYS), "--output", str(full_disk / "results.csv")]) == 2
     assert "No space left on device" in capsys.readouterr().err

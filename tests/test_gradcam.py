@@ -56,6 +56,7 @@ def patch_model():
 
 @tensorflow_only
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.slow
 def test_heat_falls_on_the_deciding_patch_for_both_classes(patch_model, method):
     model, images, labels, corners = patch_model
     for label in (0, 1):
@@ -101,6 +102,7 @@ def test_nested_pneumonia_cnn_inside_a_sequential(patch_model):
 
 
 @tensorflow_only
+@pytest.mark.slow
 def test_keras_applications_backbone_inside_a_functional_model():
     backbone = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None, alpha=0.35)
     inputs = keras.Input((64, 64, 3))
@@ -148,6 +150,7 @@ def tiny_model_file(tmp_path):
 
 
 @tensorflow_only
+@pytest.mark.slow
 def test_predict_cli_on_full_resolution_images_with_a_broken_file(tmp_path, tiny_model_file, capsys):
     images = tmp_path / "images"
     shutil.copytree(FULLRES, images)
@@ -173,6 +176,7 @@ def test_predict_cli_on_full_resolution_images_with_a_broken_file(tmp_path, tiny
 
 
 @tensorflow_only
+@pytest.mark.slow
 def test_demo_runs_offline_with_the_released_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_PNEUMONIA_OFFLINE", "1")
     assert main(["demo", "--output", str(tmp_path / "demo")]) == 0

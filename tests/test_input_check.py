@@ -55,6 +55,7 @@ def test_real_xrays_are_not_flagged(model, tmp_path):
     assert chroma(tmp_path / "rgb.jpeg") < 1
 
 
+@pytest.mark.slow
 def test_every_made_up_bad_input_is_flagged_in_every_output(model, bad_files, tmp_path, capsys):
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in predict_files(model, find_images([bad_files]))}
     assert set(rows) == {

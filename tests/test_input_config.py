@@ -65,6 +65,7 @@ def test_input_config_of_any_keras_model_and_bad_values():
         InputConfig((8, 8), "cmyk")
 
 
+@pytest.mark.slow
 def test_train_builds_the_model_first_and_reads_the_data_its_way(kaggle_dir, tmp_path):
     from keras_pneumonia.training import train
 

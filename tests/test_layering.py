@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import keras_pneumonia
 
 PACKAGE = Path(keras_pneumonia.__file__).parent
@@ -70,6 +72,7 @@ def test_help_and_version_do_not_import_tensorflow():
     assert run.stdout.startswith("usage: keras-pneumonia")
 
 
+@pytest.mark.slow
 def test_a_plain_import_registers_the_model_classes_with_keras():
     """Outside the CLI the whole API loads at import, so keras.saving.load_model knows PneumoniaCNN."""
     code = (

@@ -12,6 +12,7 @@ X = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1)).astype("uint8")
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.slow
 def test_the_policy_reaches_the_layers_and_the_file(policy, tmp_path):
     model = kp.PneumoniaCNN(**TINY, dtype=policy)
     compute = policy.removeprefix("mixed_")
@@ -45,6 +46,7 @@ def test_float32_weights_load_into_a_mixed_model_and_agree():
         kp.PneumoniaCNN(**TINY, dtype="int8")
 
 
+@pytest.mark.slow
 def test_train_with_mixed_precision_saves_a_mixed_model(kaggle_dir, tmp_path):
     model_kwargs = {k: v for k, v in TINY.items() if k != "image_size"}
     report = train(

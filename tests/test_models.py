@@ -115,6 +115,7 @@ def test_bad_arguments_raise_value_errors_that_say_what_to_change(kwargs, messag
         kp.PneumoniaCNN(**kwargs)
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_on_real_xrays_lower_the_loss():
     keras.utils.set_random_seed(0)
     images, labels, _ = load_image_folder(KAGGLE / "train", image_size=32)
@@ -124,6 +125,7 @@ def test_a_few_training_steps_on_real_xrays_lower_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.slow
 def test_frozen_layers_and_optimizer_state_survive_save_and_load(tmp_path):
     model = kp.PneumoniaCNN(**TINY)
     for layer in model.layers:

@@ -44,6 +44,7 @@ def fitted():
     return model, ood.fit(model, train, test, quantile=0.9), test
 
 
+@pytest.mark.slow
 def test_the_flag_travels_with_the_file_and_leaves_the_answers_alone(fitted, tmp_path):
     plain, model, (x, _) = fitted
     assert model.ood["method"] == "mahalanobis" and model.ood["quantile"] == 0.9
@@ -75,6 +76,7 @@ def test_a_model_without_the_flag_says_so(fitted):
     assert ood.summary(plain, x[:2], np.zeros(2)) is None
 
 
+@pytest.mark.slow
 def test_flagged_images_get_a_warning_in_predict_and_a_count_in_evaluate(fitted, tmp_path, capsys):
     _, model, _ = fitted
     files = sorted((KAGGLE / "test").glob("*/*.jpeg"))
@@ -124,6 +126,7 @@ def _paper_figure(paths, size=512):
     return figure
 
 
+@pytest.mark.slow
 def test_a_flag_fitted_on_xrays_flags_a_paper_figure_and_not_other_pediatric_films(tmp_path):
     """Fitted on 800 augmented copies of the 20 committed training X-rays (the real training
     split is not in the repository), the flag raises on a figure cut from a paper and on
@@ -149,6 +152,7 @@ def test_a_flag_fitted_on_xrays_flags_a_paper_figure_and_not_other_pediatric_fil
     assert not [f.name for f in others if rows[f.name]["warning"]]
 
 
+@pytest.mark.slow
 def test_fit_ood_command_writes_a_model_with_the_flag(tmp_path, capsys):
     out = tmp_path / "flagged.keras"
     args = ["fit-ood", str(KAGGLE), "--weights", "pneumonia_cnn_v2", "--output", str(out), "--validation-split", "0.3"]

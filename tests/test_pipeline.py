@@ -107,6 +107,7 @@ def test_headers_are_checked_without_decoding(kaggle_dir):
     assert "empty file" in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_file_broken_inside_is_named_when_streaming_reaches_it(kaggle_dir, tmp_path, caplog):
     _break(kaggle_dir / "train" / "NORMAL")
     data = kp.load_chest_xray(kaggle_dir, pipeline="stream", on_bad_file="skip", **KW)
@@ -133,6 +134,7 @@ def _tiny():
     }
 
 
+@pytest.mark.slow
 def test_training_on_the_stream_matches_training_in_memory(kaggle_dir, tmp_path):
     reports = {}
     for pipeline in ("memory", "stream"):
@@ -152,6 +154,7 @@ def _losses(history_csv):
         return [float(row["loss"]) for row in csv.DictReader(file)]
 
 
+@pytest.mark.slow
 def test_a_cache_left_half_written_by_a_killed_process_is_rebuilt(tmp_path):
     import os
     import shutil

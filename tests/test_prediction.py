@@ -147,6 +147,7 @@ def _predict_process(*args):
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_results_file_another_run_is_writing_is_refused(folder, model_file, tmp_path):
     out = tmp_path / "r.csv"
     with ResultsFile(out):  # another run holds it open
@@ -158,6 +159,7 @@ def test_a_results_file_another_run_is_writing_is_refused(folder, model_file, tm
     assert len(ResultsFile.read(out)) == 8
 
 
+@pytest.mark.slow
 def test_json_with_an_output_file_prints_a_json_summary(folder, model_file, tmp_path):
     out = tmp_path / "r.jsonl"
     done = _predict_process(folder / "test", "--weights", model_file, "--output", out, "--json")
@@ -165,6 +167,7 @@ def test_json_with_an_output_file_prints_a_json_summary(folder, model_file, tmp_
     assert json.loads(done.stdout) == {"output": str(out), "images": 8, "written": 8, "failed": 0}
 
 
+@pytest.mark.slow
 def test_a_line_break_in_a_file_name_keeps_one_line_per_result(folder, model_file, tmp_path):
     odd = tmp_path / "odd"
     odd.mkdir()
@@ -176,6 +179,7 @@ def test_a_line_break_in_a_file_name_keeps_one_line_per_result(folder, model_fil
 
 
 @pytest.mark.parametrize("when", ["loading", "predicting"])
+@pytest.mark.slow
 def test_sigterm_is_reported_at_any_moment(folder, model_file, tmp_path, when):
     import os
     import signal

@@ -39,6 +39,7 @@ def _rows(history):
         return list(csv.DictReader(file))
 
 
+@pytest.mark.slow
 def test_a_second_training_into_the_same_folder_exits_at_once(kaggle_dir, tmp_path, capsys):
     out = tmp_path / "run"
     first = subprocess.Popen(_train_command(kaggle_dir, out, 2), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -56,6 +57,7 @@ def test_a_second_training_into_the_same_folder_exits_at_once(kaggle_dir, tmp_pa
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_with_its_best_epoch_and_counts_every_epoch(sig, kaggle_dir, tmp_path):
     out = tmp_path / "run"
     epochs = 6

@@ -126,6 +126,7 @@ def test_a_dicom_film_is_answered_as_predict_answers_it(server, model, tmp_path)
     assert abs(answer["probability"] - direct["probability"]) <= 1e-4 and answer["decision"] == direct["decision"]
 
 
+@pytest.mark.slow
 def test_24_concurrent_uploads_all_answered_alike(server):
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(lambda i: _post(server, SAMPLES[i % len(SAMPLES)]), range(24)))

@@ -54,6 +54,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated kill")
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_the_right_epoch(kaggle_dir, tmp_path, monkeypatch):
     run = tmp_path / "run"
     original = callbacks.preset
@@ -77,6 +78,7 @@ def test_interrupted_run_resumes_from_the_right_epoch(kaggle_dir, tmp_path, monk
     assert report["epochs_run"] == 4  # every epoch of the run, those before the interruption too
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_complete_run(kaggle_dir, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(
@@ -121,6 +123,7 @@ def test_train_cli_writes_a_complete_run(kaggle_dir, tmp_path, capsys):
     assert "already holds a finished run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_threshold_is_chosen_on_validation_only(kaggle_dir, tmp_path, monkeypatch):
     from keras_pneumonia import evaluation
 
@@ -181,6 +184,7 @@ def test_cli_bad_options_exit_2(argv, capsys):
     assert info.value.code == 2
 
 
+@pytest.mark.slow
 def test_train_cli_can_keep_the_kaggle_val_folder(kaggle_dir, tmp_path):
     for name in ("NORMAL", "PNEUMONIA"):
         (kaggle_dir / "val" / name).mkdir(parents=True)
@@ -225,6 +229,7 @@ def test_evaluate_cli_json(kaggle_dir, tmp_path, capsys):
     assert "| n | 32 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_release_style_run_cosine_ema_monitor_and_fixed_threshold(kaggle_dir, tmp_path):
     run = tmp_path / "run"
     argv = ["train", str(kaggle_dir), "--output", str(run), "--epochs", "3", "--validation-split", "0.25"]
@@ -281,6 +286,7 @@ def test_bad_training_arguments_fail_before_any_work(kwargs, message, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_before_writing_anything_leaves_no_folder(tmp_path):
     import os
     import subprocess

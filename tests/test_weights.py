@@ -50,6 +50,7 @@ def _cache_entries(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
+@pytest.mark.slow
 def test_download_then_cached_call_makes_no_request(served, tmp_path):
     cache = tmp_path / "cache"
     path = weights.get_file("tiny_test", cache_dir=cache)
@@ -152,6 +153,7 @@ def test_unwritable_cache_is_a_clear_error(served, tmp_path):
         weights.get_file("tiny_test", cache_dir=blocker / "cache")
 
 
+@pytest.mark.slow
 def test_two_processes_downloading_at_once(served, tmp_path, model_bytes):
     served.files["/big.keras"] = model_bytes
     served.modes["/tiny.keras"] = "slow"
@@ -240,6 +242,7 @@ def test_wheel_contains_the_default_weights_and_samples(tmp_path):
     assert "keras_pneumonia/py.typed" in names
 
 
+@pytest.mark.slow
 def test_export_preset_writes_a_loadable_file_without_optimizer_state(tmp_path):
     model = kp.PneumoniaCNN(threshold=0.3, **TINY)
     model.compile()
@@ -307,6 +310,7 @@ def test_a_damaged_shipped_copy_is_named_not_hidden_behind_the_download_error(tm
 
 
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.slow
 def test_json_output_stays_clean_while_a_download_reports_progress(served, tmp_path, command):
     """Keras' download messages and progress bar go to stderr, never into `--json` on stdout."""
     target = "tests/data/chest_xray/test/NORMAL/IM-0131-0001.jpeg" if command == "predict" else "tests/data/chest_xray"
