@@ -136,9 +136,11 @@ def train(
     try:
         distribution.check_batch_size(config.batch_size)
         run_dir = distribution.run_dir(output)  # the chief's is `output`; other workers keep their own checkpoints
-        _check_output(output, run_dir, overwrite)
+        _refuse_finished_run(output, run_dir, overwrite)
         # One run per folder: a second one exits at once, naming the holder's PID.
         with exclusive_lock(run_dir):
+            if overwrite and not (run_dir / "backup").exists():
+                _forget_finished_run(run_dir)  # under the lock: never another run's files
             started = time.time()
             run = _Run(config, Path(data_dir), output, run_dir, distribution, dict(model_kwargs or {}))
             run.build(monitor_dir, cache, deterministic)
@@ -168,17 +170,19 @@ def resolve_config(config: TrainConfig | None, settings: Mapping[str, Any]) -> T
     return dataclasses.replace(config or TrainConfig(), **settings)
 
 
-def _check_output(output: Path, run_dir: Path, overwrite: bool) -> None:
-    """Refuses a folder that holds a finished run; with ``overwrite``, forgets that run's history and checkpoints."""
-    resuming = (run_dir / "backup").exists()
-    if (run_dir / "model.keras").exists() and not resuming and not overwrite:
+def _refuse_finished_run(output: Path, run_dir: Path, overwrite: bool) -> None:
+    """A folder that holds a finished run (and no backup to resume from) is refused unless ``overwrite``."""
+    if (run_dir / "model.keras").exists() and not (run_dir / "backup").exists() and not overwrite:
         raise FileExistsError(
             f"{output} already holds a finished run (model.keras). Choose another --output, or pass --overwrite."
         )
-    if overwrite and not resuming:
-        (run_dir / "history.csv").unlink(missing_ok=True)
-        for old in (run_dir / "checkpoints").glob("*.keras"):
-            old.unlink()
+
+
+def _forget_finished_run(run_dir: Path) -> None:
+    """A fresh start over a finished run: its history and checkpoints go."""
+    (run_dir / "history.csv").unlink(missing_ok=True)
+    for old in (run_dir / "checkpoints").glob("*.keras"):
+        old.unlink()
 
 
 class _Run:
