@@ -56,6 +56,22 @@ def test_a_second_training_into_the_same_folder_exits_at_once(kaggle_dir, tmp_pa
     assert "already holds a finished run" in capsys.readouterr().err
 
 
+def test_overwrite_never_touches_the_files_of_a_run_that_holds_the_folder(kaggle_dir, tmp_path):
+    from keras_pneumonia._io import FolderInUseError, exclusive_lock
+    from keras_pneumonia.training import train
+
+    out = tmp_path / "run"
+    with exclusive_lock(out):  # another run, in the middle of its work
+        (out / "history.csv").write_text("epoch,loss\n0,0.5\n")
+        (out / "checkpoints").mkdir()
+        (out / "checkpoints" / "epoch_1.keras").write_bytes(b"weights")
+        (out / "model.keras").write_bytes(b"a finished run's model")
+        with pytest.raises(FolderInUseError):
+            train(kaggle_dir, out, epochs=1, overwrite=True, verbose=0)
+        assert (out / "history.csv").read_text() == "epoch,loss\n0,0.5\n"
+        assert (out / "checkpoints" / "epoch_1.keras").exists()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_with_its_best_epoch_and_counts_every_epoch(sig, kaggle_dir, tmp_path):
