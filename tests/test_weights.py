@@ -353,3 +353,34 @@ def test_what_a_killed_atomic_write_left_is_removed_by_the_next_one(tmp_path):
     (tmp_path / f".report.json.{int(dead.stdout)}.x1y2.json.part").write_text("{half")
     atomic_write_text(tmp_path / "report.json", "{}")
     assert _cache_entries(tmp_path) == ["report.json"]
+
+
+def test_a_preset_folder_round_trips_and_is_checked_against_its_metadata(tmp_path):
+    from keras_pneumonia.weights import WeightsError
+
+    model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False)
+    model.threshold = 0.42
+    metrics = {"test_dev (used for choices)": {"auc": 0.99}}
+    metadata = model.save_to_preset(tmp_path / "shared", description="v2 at 0.42", metrics=metrics)
+    folder = tmp_path / "shared"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "metadata.json", "model.keras"]
+    assert json.loads((folder / "metadata.json").read_text()) == metadata
+    assert metadata["threshold"] == 0.42 and metadata["class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert (
+        metadata["files"]["model.keras"]["sha256"] == hashlib.sha256((folder / "model.keras").read_bytes()).hexdigest()
+    )
+    readme = (folder / "README.md").read_text()
+    assert "v2 at 0.42" in readme and "| test_dev (used for choices) | auc | 0.99 |" in readme and "CC BY 4.0" in readme
+    loaded = kp.PneumoniaCNN.from_preset(str(folder), compile=False)
+    x = np.random.default_rng(0).integers(0, 256, (4, 160, 160, 1)).astype("uint8")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert loaded.threshold == 0.42
+    with pytest.raises(FileExistsError, match="already exists"):
+        model.save_to_preset(folder)
+    # A changed model file is refused, naming both files.
+    data = bytearray((folder / "model.keras").read_bytes())
+    data[-100] ^= 0xFF
+    (folder / "model.keras").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="does not match .*metadata.json"):
+        kp.PneumoniaCNN.from_preset(str(folder))
+    assert not list(tmp_path.glob(".shared*"))  # no staging folder left

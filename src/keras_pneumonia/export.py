@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from importlib import resources
@@ -325,3 +326,143 @@ def export_preset(model_path: str | Path, name: str | None = None, output_dir: s
         "class_names": list(clean.class_names),
         "threshold": clean.threshold,
     }
+
+
+#: The files of a preset folder (`save_preset_folder`).
+PRESET_MODEL_FILE = "model.keras"
+PRESET_METADATA_FILE = "metadata.json"
+PRESET_README_FILE = "README.md"
+
+
+def save_preset_folder(
+    model,
+    preset_dir: str | Path,
+    *,
+    description: str = "",
+    metrics: dict[str, dict[str, Any]] | None = None,
+    license: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Writes ``model`` as a folder a model hub can hold as is (KerasHub's ``save_to_preset``).
+
+    The folder holds ``model.keras`` (no optimizer state), ``metadata.json`` (name,
+    versions, input spec, class names, threshold, temperature, the
+    out-of-distribution flag's threshold, metrics with the data they were measured
+    on, licence, and the model file's sha256 and size) and a generated
+    ``README.md`` model card. `keras_pneumonia.PneumoniaCNN.from_preset` reads the
+    folder back and refuses a ``model.keras`` whose sha256 differs from the one
+    recorded. The folder is written beside its final place and renamed into it,
+    so it is never seen half-written.
+
+    Args:
+        model: A `~keras_pneumonia.PneumoniaCNN`.
+        preset_dir: The folder to create.
+        description: One paragraph on what the model is and how it was trained.
+        metrics: ``{data set: {metric: value}}``, e.g. ``{"validation (523 images)": {"auc": 0.998}}``.
+        license: The licence of the weights and of the data they were trained on
+            (default: the training data's, CC BY 4.0).
+        overwrite: Replace an existing folder.
+
+    Returns:
+        The metadata written to ``metadata.json``.
+
+    Raises:
+        FileExistsError: ``preset_dir`` exists and ``overwrite`` is off.
+    """
+    import keras
+
+    from keras_pneumonia._io import atomic_save_model
+    from keras_pneumonia._version import __version__
+    from keras_pneumonia.presets import DATA_LICENSE
+    from keras_pneumonia.weights import sha256sum
+
+    preset_dir = Path(preset_dir)
+    if preset_dir.exists() and not overwrite:
+        raise FileExistsError(f"{preset_dir} already exists; pass overwrite=True to replace it.")
+    preset_dir.parent.mkdir(parents=True, exist_ok=True)
+    with staging_dir(preset_dir) as staging:
+        clean = type(model).from_config(model.get_config())  # the weights (and the flag) without optimizer state
+        clean.set_weights(model.get_weights())
+        atomic_save_model(clean, staging / PRESET_MODEL_FILE)
+        metadata = {
+            "name": model.name,
+            "description": description,
+            "keras_pneumonia_version": __version__,
+            "keras_version": keras.__version__,
+            "params": int(model.count_params()),
+            "input": model.input_config.to_dict(),
+            "class_names": list(model.class_names),
+            "threshold": float(model.threshold),
+            "temperature": float(model.temperature),
+            "ood_threshold": None if model.ood is None else float(model.ood["threshold"]),
+            "metrics": dict(metrics or {}),
+            "license": license or DATA_LICENSE,
+            "files": {
+                PRESET_MODEL_FILE: {
+                    "sha256": sha256sum(staging / PRESET_MODEL_FILE),
+                    "size": (staging / PRESET_MODEL_FILE).stat().st_size,
+                }
+            },
+        }
+        (staging / PRESET_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        (staging / PRESET_README_FILE).write_text(preset_readme(metadata), encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's folder is private; a preset folder is for sharing
+        if preset_dir.exists():
+            shutil.rmtree(preset_dir)
+        staging.rename(preset_dir)
+    return metadata
+
+
+def preset_readme(metadata: dict[str, Any]) -> str:
+    """The model card of a preset folder, in Markdown, from its ``metadata.json``."""
+    size = metadata["input"]["image_size"]
+    lines = [
+        f"# {metadata['name']}",
+        "",
+        metadata["description"] or "A keras-pneumonia `PneumoniaCNN`.",
+        "",
+        "Research and education only: not a medical device.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import keras_pneumonia as kp",
+        "",
+        'model = kp.PneumoniaCNN.from_preset("path/to/this/folder")  # checks model.keras against metadata.json',
+        'image = model.input_config.load("xray.jpeg")  # read the way the model was trained',
+        "print(model.predict(image[None]))  # [[P(NORMAL), P(PNEUMONIA)]]",
+        "```",
+        "",
+        "## Input and output",
+        "",
+        f"- input: {size[0]}x{size[1]} {metadata['input']['color_mode']}, raw pixel values 0-255, "
+        f"resized by `{metadata['input']['resize']}` (`model.input_config.load` reads a file that way)",
+        f"- classes: {', '.join(metadata['class_names'])}; decision threshold {metadata['threshold']:.4g} "
+        f"on P({metadata['class_names'][-1]})",
+        f"- calibration temperature: {metadata['temperature']:.4g}",
+        "- out-of-distribution flag: "
+        + (
+            "none"
+            if metadata["ood_threshold"] is None
+            else f"Mahalanobis score above {metadata['ood_threshold']:.4g} (a warning in every output)"
+        ),
+        f"- parameters: {metadata['params']:,}",
+        "",
+    ]
+    if metadata["metrics"]:
+        lines += ["## Metrics", "", "| data | metric | value |", "| --- | --- | --- |"]
+        for data, values in metadata["metrics"].items():
+            lines += [f"| {data} | {name} | {value:.4g} |" for name, value in values.items()]
+        lines.append("")
+    lines += [
+        "## Licence",
+        "",
+        metadata["license"],
+        "",
+        f"Written by keras-pneumonia {metadata['keras_pneumonia_version']} (Keras {metadata['keras_version']}); "
+        f"`model.keras` sha256 `{metadata['files'][PRESET_MODEL_FILE]['sha256']}`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -488,6 +488,29 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def save_to_preset(self, preset_dir: str | Path, **kwargs) -> dict:
+        """Writes this model as a preset folder (``model.keras``, ``metadata.json``, ``README.md``).
+
+        `from_preset` reads the folder back and checks ``model.keras`` against the
+        sha256 in ``metadata.json``. See `keras_pneumonia.export.save_preset_folder`
+        for the arguments (``description``, ``metrics``, ``license``, ``overwrite``).
+
+        Example:
+
+        >>> import tempfile, numpy as np
+        >>> import keras_pneumonia as kp
+        >>> model = kp.PneumoniaCNN.from_pretrained(compile=False)
+        >>> folder = tempfile.mkdtemp() + "/my_preset"
+        >>> sorted(model.save_to_preset(folder)["files"])
+        ['model.keras']
+        >>> x = np.zeros((1, 160, 160, 1), "uint8")
+        >>> bool(np.allclose(kp.PneumoniaCNN.from_preset(folder).predict(x, verbose=0), model.predict(x, verbose=0)))
+        True
+        """
+        from keras_pneumonia.export import save_preset_folder
+
+        return save_preset_folder(self, preset_dir, **kwargs)
+
     @classproperty
     def presets(cls) -> dict[str, dict]:
         """The released presets, as KerasHub lists them: ``{name: metadata}``.
@@ -521,7 +544,8 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
 
         Args:
             preset: A preset name (see ``PneumoniaCNN.presets``), a path to a
-                ``.keras`` file or to a folder holding ``model.keras``,
+                ``.keras`` file or to a preset folder (`save_to_preset`; its
+                ``model.keras`` is checked against its ``metadata.json``),
                 ``file://PATH``, or an ``http(s)://`` URL. ``None`` is the
                 default preset, which ships inside the package and needs no
                 network. Other handle schemes (``kaggle://``, ``hf://``) raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 DEFAULT_PRESET = "pneumonia_cnn_v2"
 
-_DATA_LICENSE = (
+DATA_LICENSE = (
     "Trained on Kermany, Zhang, Goldbaum (2018), Labeled Optical Coherence Tomography (OCT) and "
     "Chest X-Ray Images for Classification, Mendeley Data v2, doi:10.17632/rscbjbr9sj.2, CC BY 4.0."
 )
@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
             "ece": 0.0120,
         },
         "training_command": "keras-pneumonia train chest_xray_224 --output runs/release-v1 --epochs 40 --seed 1337",
-        "data_license": _DATA_LICENSE,
+        "data_license": DATA_LICENSE,
     },
     "pneumonia_cnn_v2": {
         "description": (
@@ -80,7 +80,7 @@ PRESETS: dict[str, dict] = {
             "keras-pneumonia train chest_xray_224 --output runs/release-v2 --epochs 30 --schedule cosine "
             "--ema --augmentation strong --threshold 0.5 --seed 1337"
         ),
-        "data_license": _DATA_LICENSE,
+        "data_license": DATA_LICENSE,
     },
 }
 

@@ -221,7 +221,7 @@ def get_file(
     if text not in PRESETS:
         path = Path(text).expanduser()
         if path.is_dir() and (path / "model.keras").is_file():  # a preset folder, as KerasHub saves them
-            return path / "model.keras"
+            return _checked_preset_folder(path)
         if path.suffix == ".keras" or os.sep in text or path.exists():
             if not path.is_file():
                 raise FileNotFoundError(f"No weights file at {path}.")
@@ -261,6 +261,30 @@ def get_file(
         if damaged:
             raise WeightsError(f"{damaged}{error}") from None
         raise
+
+
+def _checked_preset_folder(folder: Path) -> Path:
+    """A preset folder's ``model.keras``, after checking it against the sha256 its ``metadata.json`` records.
+
+    A folder without ``metadata.json`` (one written by hand) is taken as it is.
+    """
+    import json
+
+    model_file = folder / "model.keras"
+    metadata_file = folder / "metadata.json"
+    if not metadata_file.is_file():
+        return model_file
+    try:
+        recorded = json.loads(metadata_file.read_text(encoding="utf-8"))["files"]["model.keras"]["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise WeightsError(f"{metadata_file} records no sha256 for model.keras (files.model.keras.sha256).") from None
+    actual = sha256sum(model_file)
+    if actual != recorded:
+        raise WeightsError(
+            f"{model_file} does not match {metadata_file}: its sha256 is {actual}, the metadata records "
+            f"{recorded}. The file was changed or damaged; copy the folder again."
+        )
+    return model_file
 
 
 def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | None = None) -> list[Path]:
