@@ -180,7 +180,7 @@ def with_gradcam(
 ) -> Iterator[dict[str, Any]]:
     """Adds a Grad-CAM overlay to each of `predict_files`'s results whose file could be read.
 
-    The overlay (`keras_pneumonia.plots.explanation_figure` of `keras_pneumonia.gradcam`
+    The overlay (`keras_pneumonia.explanation_figure` of `keras_pneumonia.gradcam`
     for the decided class) is written to ``folder`` as ``<stem>_gradcam.png`` (prefixed
     by the parent folder's name, then numbered, when two inputs share a stem), and its
     path is added to the result as ``"gradcam"``. Needs the TensorFlow backend.

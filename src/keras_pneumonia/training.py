@@ -115,14 +115,14 @@ def train(
         overwrite: Allow writing over a finished run in ``output``.
         command: The command line to record in ``run.json``.
         verbose: Keras' ``fit`` verbosity.
-        **settings: `TrainConfig` fields, overriding ``config``'s
+        **settings: `~keras_pneumonia.config.TrainConfig` fields, overriding ``config``'s
             (``train(data, out, epochs=5)``).
 
     Returns:
         A `TrainReport`.
 
     Raises:
-        TypeError: A keyword that is not a `TrainConfig` field.
+        TypeError: A keyword that is not a `~keras_pneumonia.config.TrainConfig` field.
         ValueError: A setting out of range (checked before any data is read).
         FileExistsError: ``output`` holds a finished run and ``overwrite`` is off.
     """
