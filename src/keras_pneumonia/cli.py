@@ -408,7 +408,7 @@ def _evaluation_data(data_dir: Path, model):
     from keras_pneumonia.data import evaluation_folder, load_image_folder
     from keras_pneumonia.images import input_config_of
 
-    folder = evaluation_folder(data_dir, model.class_names)
+    folder = evaluation_folder(data_dir, getattr(model, "class_names", None))
     images, labels, _ = load_image_folder(folder, **input_config_of(model).dataset_kwargs())
     if len(labels) == 0:
         raise CLIError(f"{folder} holds no images (.jpeg, .jpg or .png).")
@@ -486,7 +486,7 @@ def _cmd_evaluate(args) -> int:
         from keras_pneumonia.data import evaluation_folder
         from keras_pneumonia.robustness import evaluate_robustness
 
-        folder = evaluation_folder(args.data_dir, model.class_names)
+        folder = evaluation_folder(args.data_dir, getattr(model, "class_names", None))
         parts["robustness"] = evaluate_robustness(model, folder, args.perturbations, threshold=args.threshold)
         if args.report_dir is not None:
             _write_robustness(parts["robustness"], args.report_dir, title=f"{model.name} on {args.data_dir}")

@@ -207,13 +207,18 @@ def find_kaggle_root(data_dir: str | Path, class_names: Sequence[str] = CLASS_NA
     )
 
 
-def evaluation_folder(data_dir: str | Path, class_names: Sequence[str] = CLASS_NAMES) -> Path:
+def evaluation_folder(data_dir: str | Path, class_names: Sequence[str] | None = None) -> Path:
     """The labelled folder to evaluate on: ``data_dir`` itself (one sub-folder per class) or a Kaggle root's ``test/``.
+
+    Args:
+        data_dir: The folder given by the user.
+        class_names: The class folders to look for (``None``: NORMAL and PNEUMONIA).
 
     Raises:
         LayoutError: Neither; the message says what was expected.
     """
     data_dir = Path(data_dir)
+    class_names = CLASS_NAMES if class_names is None else class_names
     if has_class_dirs(data_dir, class_names):
         return data_dir
     expected = " and ".join(f"{name}/" for name in class_names)
