@@ -381,6 +381,22 @@ def more_cases(work: Path):
     )
     yield "SIGTERM while TensorFlow loads", "exit 143 with a message", lambda: _sigterm_early(work)
     yield "--json while the model downloads", "only JSON on stdout", lambda: _json_during_download(work)
+    yield case(
+        "a preset folder whose model.keras changed",
+        "clear error naming both files",
+        ["predict", XRAY, "--weights", lambda folder: folder],
+        2,
+        "does not match",
+        setup=lambda: _preset_folder(work / "changed_preset", damage=True),
+    )
+    yield case(
+        "a preset folder whose metadata.json lost its hash",
+        "clear error naming the file",
+        ["predict", XRAY, "--weights", lambda folder: folder],
+        2,
+        "records no sha256",
+        setup=lambda: _preset_folder(work / "hashless_preset", drop_hash=True),
+    )
     for name, code, message in _API_CASES:
         yield f"Python API: {name}", "clear ValueError", _api_check(code, message)
     yield from web_cases(work)
@@ -594,6 +610,23 @@ def _two_predicts(work: Path):
     rows = out.read_text().splitlines()[1:]
     ok = code == 2 and "being written by another run" in text and len(rows) == len(set(rows)) == 2000
     return ok, f"second run exit {code}; {len(rows)} rows, {len(set(rows))} distinct"
+
+
+def _preset_folder(folder: Path, damage: bool = False, drop_hash: bool = False) -> Path:
+    """A preset folder of the default model (``save_to_preset``), then damaged as asked."""
+    import json
+
+    code = f"import keras_pneumonia as kp; kp.PneumoniaCNN.from_pretrained().save_to_preset({str(folder)!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV, capture_output=True, timeout=300)
+    if damage:
+        data = bytearray((folder / "model.keras").read_bytes())
+        data[-100] ^= 0xFF
+        (folder / "model.keras").write_bytes(bytes(data))
+    if drop_hash:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        del metadata["files"]["model.keras"]["sha256"]
+        (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
 
 
 def _sigterm_early(work: Path):
