@@ -73,7 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log more detail, TensorFlow's own log lines included"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_split(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_calibrate(commands)
+    _add_fit_ood(commands)
+    _add_predict(commands)
+    _add_demo(commands)
+    _add_export(commands)
+    _add_download(commands)
+    _add_serve(commands)
+    _add_presets(commands)
+    return parser
 
+
+def _add_split(commands) -> None:
     split = commands.add_parser("split", help="write a patient-disjoint train/val/test manifest")
     split.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
     split.add_argument(
@@ -83,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--kaggle-val", choices=CHOICES["kaggle_val"], default=D.kaggle_val, help="use of val/")
     split.add_argument("--manifest", type=Path, required=True, help="where to write the JSON manifest")
 
+
+def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a PneumoniaCNN and write a run folder")
     train.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
     train.add_argument("--output", "-o", type=Path, required=True, help="run folder (created; resumed if interrupted)")
@@ -119,28 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate", type=float, default=D.learning_rate, help=f"initial learning rate ({D.learning_rate})"
     )
     train.add_argument("--callbacks", choices=CHOICES["callbacks"], default=D.callbacks, help="callback preset")
-    train.add_argument(
-        "--channels", type=int, choices=MODEL_CHOICES["channels"], default=1, help="1 grayscale, 3 RGB (1)"
-    )
-    train.add_argument("--filters", type=_int_list, help="filters per block, e.g. 16,32,64,128,256")
-    train.add_argument("--convs-per-block", type=_positive_int, help="convolutions per block")
-    train.add_argument("--dense-units", type=_int_list, help="hidden dense units, e.g. 64")
-    train.add_argument("--dropout", type=float, help="dropout rate")
-    train.add_argument(
-        "--crop-borders", action="store_true", help="cut uniform borders off each image inside the model"
-    )
-    train.add_argument("--head", choices=MODEL_CHOICES["head"], help="flatten or global pooling")
-    train.add_argument("--normalization", choices=MODEL_CHOICES["normalization"], help="input normalisation")
-    train.add_argument(
-        "--backbone",
-        choices=MODEL_CHOICES["backbone"],
-        help="an ImageNet backbone from keras.applications in place of the convolutional blocks",
-    )
-    train.add_argument(
-        "--backbone-weights",
-        default="imagenet",
-        help="with --backbone: 'imagenet' (downloaded into $KERAS_HOME/models), a weights file, or 'none'",
-    )
+    _add_model_arguments(train)
     train.add_argument(
         "--augmentation",
         choices=CHOICES["augmentation"],
@@ -215,6 +210,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     train.add_argument("--overwrite", action="store_true", help="write over a finished run in --output")
 
+
+def _add_model_arguments(train) -> None:
+    """The architecture of the model `train` builds (PneumoniaCNN's arguments)."""
+    train.add_argument(
+        "--channels", type=int, choices=MODEL_CHOICES["channels"], default=1, help="1 grayscale, 3 RGB (1)"
+    )
+    train.add_argument("--filters", type=_int_list, help="filters per block, e.g. 16,32,64,128,256")
+    train.add_argument("--convs-per-block", type=_positive_int, help="convolutions per block")
+    train.add_argument("--dense-units", type=_int_list, help="hidden dense units, e.g. 64")
+    train.add_argument("--dropout", type=float, help="dropout rate")
+    train.add_argument(
+        "--crop-borders", action="store_true", help="cut uniform borders off each image inside the model"
+    )
+    train.add_argument("--head", choices=MODEL_CHOICES["head"], help="flatten or global pooling")
+    train.add_argument("--normalization", choices=MODEL_CHOICES["normalization"], help="input normalisation")
+    train.add_argument(
+        "--backbone",
+        choices=MODEL_CHOICES["backbone"],
+        help="an ImageNet backbone from keras.applications in place of the convolutional blocks",
+    )
+    train.add_argument(
+        "--backbone-weights",
+        default="imagenet",
+        help="with --backbone: 'imagenet' (downloaded into $KERAS_HOME/models), a weights file, or 'none'",
+    )
+
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a model on a labelled folder")
     evaluate.add_argument(
         "data_dir", type=Path, help="folder with NORMAL/ and PNEUMONIA/, or a Kaggle root (its test/ is used)"
@@ -242,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the --robustness (robustness.json/.md/.png) and --calibration (reliability.png) reports there",
     )
 
+
+def _add_calibrate(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="fit the temperature on the validation split (temperature scaling) and save the model"
     )
@@ -255,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
     calibrate.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
+
+def _add_fit_ood(commands) -> None:
     fit_ood = commands.add_parser(
         "fit-ood", help="fit the out-of-distribution flag on a training folder and save the model with it"
     )
@@ -270,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit_ood.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
     fit_ood.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
+
+def _add_predict(commands) -> None:
     predict = commands.add_parser(
         "predict", help="classify X-ray files and folders, streaming results (optionally with Grad-CAM overlays)"
     )
@@ -296,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--method", choices=MODEL_CHOICES["gradcam_method"], default="gradcam")
     predict.add_argument("--json", action="store_true", help="print one JSON list at the end (instead of lines)")
 
+
+def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="predict and explain the bundled sample X-rays (offline)")
     demo.add_argument(
         "--output",
@@ -306,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
 
+
+def _add_export(commands) -> None:
     export = commands.add_parser(
         "export", help="export a model as SavedModel, LiteRT or ONNX (verified, with a JSON sidecar)"
     )
@@ -319,12 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
+
+def _add_download(commands) -> None:
     download = commands.add_parser("download", help="fill the weights cache for offline use")
     download.add_argument("names", nargs="*", metavar="NAME", help="preset names (default: the default preset)")
     download.add_argument("--all", action="store_true", help="every preset")
     download.add_argument("--cache-dir", type=Path, help="cache folder (default: $KERAS_PNEUMONIA_CACHE or KERAS_HOME)")
     download.add_argument("--list", action="store_true", help="list the presets and exit (see also: presets)")
 
+
+def _add_serve(commands) -> None:
     serve = commands.add_parser(
         "serve", help="a web page to drop X-rays on, and a REST API (needs: pip install 'keras-pneumonia[serve]')"
     )
@@ -336,10 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-gradcam", action="store_true", help="answer without Grad-CAM overlays (faster)")
     serve.add_argument("--cors", nargs="*", metavar="ORIGIN", help="allow these origins to call the API (none)")
 
+
+def _add_presets(commands) -> None:
     presets = commands.add_parser("presets", help="list the released presets: input, size, metrics")
     presets.add_argument("--json", action="store_true", help="print the full metadata as JSON")
-
-    return parser
 
 
 def _configure_logging(verbose: bool) -> None:

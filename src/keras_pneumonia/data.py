@@ -663,6 +663,122 @@ def _decode_entries(entries, root, image_size, color_mode, resize, on_bad_file):
     return images, labels, list(entries)
 
 
+def _check_loading_arguments(*, kaggle_val, color_mode, resize, batch_size, pipeline, on_bad_file, cache) -> None:
+    """`load_chest_xray`'s choices, checked before any file is read."""
+    if kaggle_val not in ("pool", "keep"):
+        raise ValueError(f"`kaggle_val` must be 'pool' or 'keep'; received {kaggle_val!r}.")
+    if color_mode not in COLOR_MODES:
+        raise ValueError(f"`color_mode` must be one of {COLOR_MODES}; received {color_mode!r}.")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"`pipeline` must be one of {PIPELINES}; received {pipeline!r}.")
+    if on_bad_file not in ("raise", "skip"):
+        raise ValueError(f"`on_bad_file` must be 'raise' or 'skip'; received {on_bad_file!r}.")
+    if cache is not None and pipeline == "memory":
+        raise ValueError("`cache` applies to the streaming pipeline; the in-memory one holds every image already.")
+
+
+def _split_entries(
+    root: Path, class_names: list[str], validation_split: float, seed: int, kaggle_val: str
+) -> dict[str, list[FileEntry]]:
+    """The files of each split: train and val (by patient, or the Kaggle ``val/`` kept), and test if present."""
+    pool = _entries(root / "train", root, class_names)
+    has_val = has_class_dirs(root / "val", class_names)
+    given_val = _entries(root / "val", root, class_names) if has_val else []
+    for name in class_names:
+        if not any(e.label == class_names.index(name) for e in pool):
+            raise LayoutError(
+                f"{root / 'train' / name} holds no images (files ending in {', '.join(IMAGE_EXTENSIONS)}, "
+                "in it or in its sub-folders)."
+            )
+    unmatched = sorted({e.patient for e in pool + given_val if e.patient.startswith("file:")})
+    if unmatched:
+        logger.warning(
+            "%d file name(s) carry no patient id (e.g. %s); each is treated as its own patient.",
+            len(unmatched),
+            unmatched[0].removeprefix("file:"),
+        )
+    if kaggle_val == "keep":
+        if not given_val:
+            raise LayoutError(f"kaggle_val='keep' needs {root / 'val'} with one folder per class.")
+        train_entries, val_entries = pool, given_val
+    else:
+        train_entries, val_entries = split_by_patient(pool + given_val, validation_split, seed)
+    test_entries = _entries(root / "test", root, class_names) if has_class_dirs(root / "test", class_names) else None
+
+    found = {"train": train_entries, "val": val_entries, "test": test_entries}
+    return {split: entries for split, entries in found.items() if entries is not None}
+
+
+def _build_datasets(
+    splits: dict[str, list[FileEntry]],
+    root: Path,
+    *,
+    streaming: bool,
+    size: tuple[int, int],
+    color_mode: str,
+    resize: str,
+    batch_size: int,
+    seed: int,
+    on_bad_file: str,
+    cache,
+    shuffle_buffer,
+) -> tuple[dict[str, Any], dict[str, list[FileEntry]]]:
+    """One ``tf.data`` dataset per split (streamed from the files, or decoded once into memory) and its files."""
+    if streaming:
+        # Every split's headers first, so that one error lists every bad file.
+        splits = _without_bad_headers(splits, root, on_bad_file)
+    files: dict[str, list[FileEntry]] = {}
+    datasets: dict[str, Any] = {"test": None}
+    for split, entries in splits.items():
+        if streaming:
+            reading = {"image_size": list(size), "color_mode": color_mode, "resize": resize}
+            datasets[split] = _stream_dataset(
+                [str(root / e.path) for e in entries],
+                np.array([e.label for e in entries], dtype=np.int32),
+                image_size=size,
+                color_mode=color_mode,
+                resize=resize,
+                batch_size=batch_size,
+                shuffle=split == "train",
+                seed=seed,
+                on_bad_file=on_bad_file,
+                cache=cache,
+                cache_key=_cache_key(split, entries, {**reading, "seed": seed}),
+                shuffle_buffer=shuffle_buffer,
+            )
+        else:
+            images, labels, entries = _decode_entries(entries, root, size, color_mode, resize, on_bad_file)
+            datasets[split] = _dataset(images, labels, batch_size, shuffle=split == "train", seed=seed)
+            del images
+        files[split] = entries
+    return datasets, files
+
+
+def _pipeline_options(splits: dict[str, list[FileEntry]], *, size, color_mode, pipeline, cache, **recorded) -> dict:
+    """The loading options as `ChestXrayData.options` records them, with the pipeline chosen (and logged)."""
+    channels = CHANNELS[color_mode]
+    pixels = sum(len(entries) for entries in splits.values()) * size[0] * size[1] * channels
+    streaming = pipeline == "stream" or (pipeline == "auto" and (pixels > AUTO_STREAM_BYTES or cache is not None))
+    options = {
+        "image_size": list(size),
+        "color_mode": color_mode,
+        **recorded,
+        "pipeline": "stream" if streaming else "memory",
+        "cache": None if cache is None else str(cache),
+    }
+    logger.info(
+        "%s pipeline: %d images, %.2f GB of pixels",
+        options["pipeline"],
+        pixels // (size[0] * size[1] * channels),
+        pixels / 1e9,
+    )
+    return options
+
+
 def load_chest_xray(
     data_dir: str | Path,
     *,
@@ -682,27 +798,16 @@ def load_chest_xray(
     """Builds train / validation / test datasets from the Kaggle chest X-ray layout.
 
     The validation set is split from the training data **by patient** (no
-    patient has images in both) and stratified by class, so validation scores
-    are not inflated by near-duplicate X-rays of the same child. The Kaggle
-    copy's 16-image ``val/`` folder is too small to be useful (one image moves
-    accuracy by 6 points), so by default it is pooled into the training data
-    before splitting.
+    patient has images in both) and stratified by class. The Kaggle copy's
+    16-image ``val/`` folder is pooled into the training data before splitting.
 
-    Two pipelines give the same pixels (`~keras_pneumonia.load_image`'s) in the
-    same order:
-
-    - ``"memory"`` decodes every image once, in parallel with ``tf.data``, and
-      keeps them in memory (25 MB per 1,000 grayscale images at 160 px);
-      unreadable files are reported all together before any training starts.
-    - ``"stream"`` lists and splits the files without decoding them, checks their
-      headers (`~keras_pneumonia.data.check_headers`), and decodes each batch as training asks for it,
-      in a parallel ``tf.data`` map: memory stays flat however many images there
-      are. ``cache="memory"`` or ``cache="some/folder"`` keeps the decoded images
-      after the first epoch (in memory, or in a file named by the split and the
-      settings); later epochs then shuffle within ``shuffle_buffer`` images.
-
-    ``"auto"`` (the default) keeps data sets up to `~keras_pneumonia.data.AUTO_STREAM_BYTES` of pixels
-    in memory and streams larger ones (and any with a ``cache``).
+    Both pipelines give the same pixels (`~keras_pneumonia.load_image`'s) in the
+    same order. ``"memory"`` decodes every image once, in parallel, and keeps it,
+    reporting every unreadable file before training starts. ``"stream"`` checks
+    the headers (`~keras_pneumonia.data.check_headers`) and decodes each batch
+    when training asks for it, so memory stays flat; ``cache`` keeps the decoded
+    images after the first epoch. ``"auto"`` streams data sets above
+    `~keras_pneumonia.data.AUTO_STREAM_BYTES` of pixels, and any with a ``cache``.
 
     Args:
         data_dir: The Kaggle root (``train/``, optional ``val/`` and ``test/``,
@@ -744,99 +849,45 @@ def load_chest_xray(
     >>> images.dtype.name, images.shape[1:]
     ('uint8', TensorShape([64, 64, 1]))
     """
-    if kaggle_val not in ("pool", "keep"):
-        raise ValueError(f"`kaggle_val` must be 'pool' or 'keep'; received {kaggle_val!r}.")
-    if color_mode not in COLOR_MODES:
-        raise ValueError(f"`color_mode` must be one of {COLOR_MODES}; received {color_mode!r}.")
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"`resize` must be one of {RESIZE_MODES}; received {resize!r}.")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1; received {batch_size!r}.")
-    if pipeline not in PIPELINES:
-        raise ValueError(f"`pipeline` must be one of {PIPELINES}; received {pipeline!r}.")
-    if on_bad_file not in ("raise", "skip"):
-        raise ValueError(f"`on_bad_file` must be 'raise' or 'skip'; received {on_bad_file!r}.")
-    if cache is not None and pipeline == "memory":
-        raise ValueError("`cache` applies to the streaming pipeline; the in-memory one holds every image already.")
+    _check_loading_arguments(
+        kaggle_val=kaggle_val,
+        color_mode=color_mode,
+        resize=resize,
+        batch_size=batch_size,
+        pipeline=pipeline,
+        on_bad_file=on_bad_file,
+        cache=cache,
+    )
     size = as_size(image_size)
     root = find_kaggle_root(data_dir, class_names)
     class_names = list(class_names)
-
-    pool = _entries(root / "train", root, class_names)
-    has_val = has_class_dirs(root / "val", class_names)
-    given_val = _entries(root / "val", root, class_names) if has_val else []
-    for name in class_names:
-        if not any(e.label == class_names.index(name) for e in pool):
-            raise LayoutError(
-                f"{root / 'train' / name} holds no images (files ending in {', '.join(IMAGE_EXTENSIONS)}, "
-                "in it or in its sub-folders)."
-            )
-    unmatched = sorted({e.patient for e in pool + given_val if e.patient.startswith("file:")})
-    if unmatched:
-        logger.warning(
-            "%d file name(s) carry no patient id (e.g. %s); each is treated as its own patient.",
-            len(unmatched),
-            unmatched[0].removeprefix("file:"),
-        )
-    if kaggle_val == "keep":
-        if not given_val:
-            raise LayoutError(f"kaggle_val='keep' needs {root / 'val'} with one folder per class.")
-        train_entries, val_entries = pool, given_val
-    else:
-        train_entries, val_entries = split_by_patient(pool + given_val, validation_split, seed)
-    test_entries = _entries(root / "test", root, class_names) if has_class_dirs(root / "test", class_names) else None
-
-    found = {"train": train_entries, "val": val_entries, "test": test_entries}
-    splits: dict[str, list[FileEntry]] = {split: entries for split, entries in found.items() if entries is not None}
-    channels = CHANNELS[color_mode]
-    pixels = sum(len(entries) for entries in splits.values()) * size[0] * size[1] * channels
-    streaming = pipeline == "stream" or (pipeline == "auto" and (pixels > AUTO_STREAM_BYTES or cache is not None))
-    options = {
-        "image_size": list(size),
-        "color_mode": color_mode,
-        "batch_size": batch_size,
-        "validation_split": validation_split,
-        "seed": seed,
-        "kaggle_val": kaggle_val,
-        "resize": resize,
-        "on_bad_file": on_bad_file,
-        "pipeline": "stream" if streaming else "memory",
-        "cache": None if cache is None else str(cache),
-    }
-    logger.info(
-        "%s pipeline: %d images, %.2f GB of pixels",
-        options["pipeline"],
-        pixels // (size[0] * size[1] * channels),
-        pixels / 1e9,
+    splits = _split_entries(root, class_names, validation_split, seed, kaggle_val)
+    options = _pipeline_options(
+        splits,
+        size=size,
+        color_mode=color_mode,
+        batch_size=batch_size,
+        validation_split=validation_split,
+        seed=seed,
+        kaggle_val=kaggle_val,
+        resize=resize,
+        on_bad_file=on_bad_file,
+        pipeline=pipeline,
+        cache=cache,
     )
-
-    if streaming:
-        # Every split's headers first, so that one error lists every bad file.
-        splits = _without_bad_headers(splits, root, on_bad_file)
-    files: dict[str, list[FileEntry]] = {}
-    datasets: dict[str, Any] = {"test": None}
-    for split, entries in splits.items():
-        if streaming:
-            reading = {key: options[key] for key in ("image_size", "color_mode", "resize")}
-            datasets[split] = _stream_dataset(
-                [str(root / e.path) for e in entries],
-                np.array([e.label for e in entries], dtype=np.int32),
-                image_size=size,
-                color_mode=color_mode,
-                resize=resize,
-                batch_size=batch_size,
-                shuffle=split == "train",
-                seed=seed,
-                on_bad_file=on_bad_file,
-                cache=cache,
-                cache_key=_cache_key(split, entries, {**reading, "seed": seed}),
-                shuffle_buffer=shuffle_buffer,
-            )
-        else:
-            images, labels, entries = _decode_entries(entries, root, size, color_mode, resize, on_bad_file)
-            datasets[split] = _dataset(images, labels, batch_size, shuffle=split == "train", seed=seed)
-            del images
-        files[split] = entries
+    datasets, files = _build_datasets(
+        splits,
+        root,
+        streaming=options["pipeline"] == "stream",
+        size=size,
+        color_mode=color_mode,
+        resize=resize,
+        batch_size=batch_size,
+        seed=seed,
+        on_bad_file=on_bad_file,
+        cache=cache,
+        shuffle_buffer=shuffle_buffer,
+    )
     return ChestXrayData(
         train=datasets["train"],
         val=datasets["val"],
