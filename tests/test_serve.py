@@ -75,6 +75,25 @@ def test_answers_equal_predict_on_the_same_files(server, model, tmp_path):
         assert answer["gradcam"].startswith("data:image/png;base64,")
 
 
+def test_a_chunked_upload_just_over_the_limit_is_a_413(server):
+    # No Content-Length: the limit is found while reading, in the body's last piece.
+    limit = 5 << 20
+    head = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    tail = b"\r\n--XyZ--\r\n"
+    payload = b"\0" * (limit + 100 - len(head) - len(tail))
+
+    def chunks():
+        yield head
+        for start in range(0, len(payload), 1 << 16):
+            yield payload[start : start + (1 << 16)]
+        yield tail
+
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    answer = httpx.post(f"{server}/api/predict", content=chunks(), headers=headers, timeout=60)
+    assert answer.status_code == 413 and "5 MB" in answer.json()["error"]
+    assert httpx.get(f"{server}/api/health", timeout=10).status_code == 200
+
+
 def test_bad_input_is_a_4xx_naming_the_problem_and_the_server_keeps_serving(server, tmp_path):
     bomb = tmp_path / "bomb.png"
     Image.new("L", (14000, 14000)).save(bomb)  # 196 MP: over Pillow's decompression-bomb limit
@@ -162,3 +181,16 @@ def test_the_overlay_is_a_picture_of_the_film(server):
     answer = _post(server, SAMPLES[0]).json()["results"][0]
     with Image.open(io.BytesIO(base64.b64decode(answer["gradcam"].split(",", 1)[1]))) as image:
         assert image.mode == "RGB" and min(image.size) >= 160
+
+
+def test_draining_a_body_that_was_already_read_to_its_end_returns_quietly():
+    import asyncio
+
+    from keras_pneumonia.serve import _drain
+
+    class Consumed:  # Starlette's request once its last piece is read: stream() refuses
+        async def stream(self):
+            raise RuntimeError("Stream consumed")
+            yield b""  # an async generator, as Request.stream is
+
+    asyncio.run(_drain(Consumed()))

@@ -333,7 +333,8 @@ async def _drain(request, cap: int = _DRAIN_BYTES, seconds: float = 10.0) -> Non
             if total > cap:
                 return
 
-    with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect):
+    # RuntimeError: Starlette's "Stream consumed", when the piece that crossed the limit was the last one.
+    with contextlib.suppress(asyncio.TimeoutError, ClientDisconnect, RuntimeError):
         await asyncio.wait_for(read(), timeout=seconds)
 
 
