@@ -381,22 +381,20 @@ def more_cases(work: Path):
     )
     yield "SIGTERM while TensorFlow loads", "exit 143 with a message", lambda: _sigterm_early(work)
     yield "--json while the model downloads", "only JSON on stdout", lambda: _json_during_download(work)
-    yield case(
-        "a preset folder whose model.keras changed",
-        "clear error naming both files",
-        ["predict", XRAY, "--weights", lambda folder: folder],
-        2,
-        "does not match",
-        setup=lambda: _preset_folder(work / "changed_preset", damage=True),
-    )
-    yield case(
-        "a preset folder whose metadata.json lost its hash",
-        "clear error naming the file",
-        ["predict", XRAY, "--weights", lambda folder: folder],
-        2,
-        "records no sha256",
-        setup=lambda: _preset_folder(work / "hashless_preset", drop_hash=True),
-    )
+    for name, expected, text, folder, damage in (
+        ("a preset folder whose model.keras changed", "clear error naming both files", "does not match",
+         work / "changed_preset", "damage"),
+        ("a preset folder whose metadata.json lost its hash", "clear error naming the file", "records no sha256",
+         work / "hashless_preset", "drop_hash"),
+    ):  # fmt: skip
+        yield case(
+            name,
+            expected,
+            ["predict", XRAY, "--weights", lambda f: f],
+            2,
+            text,
+            setup=lambda folder=folder, damage=damage: _preset_folder(folder, **{damage: True}),
+        )
     for name, code, message in _API_CASES:
         yield f"Python API: {name}", "clear ValueError", _api_check(code, message)
     yield from web_cases(work)

@@ -328,6 +328,13 @@ def export_preset(model_path: str | Path, name: str | None = None, output_dir: s
     }
 
 
+def clone_without_optimizer(model):
+    """A copy of ``model`` with the same weights (its out-of-distribution flag's too) and no optimizer state."""
+    clone = type(model).from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 #: The files of a preset folder (`save_preset_folder`).
 PRESET_MODEL_FILE = "model.keras"
 PRESET_METADATA_FILE = "metadata.json"
@@ -381,9 +388,7 @@ def save_preset_folder(
         raise FileExistsError(f"{preset_dir} already exists; pass overwrite=True to replace it.")
     preset_dir.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(preset_dir) as staging:
-        clean = type(model).from_config(model.get_config())  # the weights (and the flag) without optimizer state
-        clean.set_weights(model.get_weights())
-        atomic_save_model(clean, staging / PRESET_MODEL_FILE)
+        atomic_save_model(clone_without_optimizer(model), staging / PRESET_MODEL_FILE)
         metadata = {
             "name": model.name,
             "description": description,

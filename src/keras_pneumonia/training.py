@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from keras_pneumonia.config import CHOICES, TrainConfig
+from keras_pneumonia.export import clone_without_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +44,6 @@ def _epochs_in(history_csv: Path) -> int:
         return 0
     with open(history_csv) as file:
         return max(0, sum(1 for line in file if line.strip()) - 1)
-
-
-def clone_without_optimizer(model):
-    """A copy of ``model`` with the same weights and no optimizer state (a smaller file)."""
-    clone = type(model).from_config(model.get_config())
-    clone.set_weights(model.get_weights())
-    return clone
 
 
 class TrainReport(TypedDict, total=False):
