@@ -83,8 +83,8 @@ MATRIX = [
 @nox.session(name="matrix")
 @nox.parametrize(("python", "backend"), MATRIX, ids=[f"{p}-{b}" for p, b in MATRIX])
 def matrix(session: nox.Session, backend: str) -> None:
-    """The suite over Python 3.10-3.13 and the tensorflow / jax / torch Keras backends."""
-    session.install(".[test]")
+    """The suite and the fault suite over Python 3.10-3.13 and the tensorflow / jax / torch Keras backends."""
+    session.install(".[test,serve]")
     if backend == "jax":
         session.install(JAX)
     elif backend == "torch":
@@ -93,6 +93,8 @@ def matrix(session: nox.Session, backend: str) -> None:
     session.run("python", "-c", "import keras; print('Keras', keras.__version__, 'on', keras.backend.backend())")
     # A non-editable install: with the src layout, the tests import the installed package.
     _pytest(session, "-q", "-p", "no:cacheprovider", "tests")
+    # The guarantees on this backend too: the real CLI and web app through every fault case.
+    session.run("python", "tests/faults.py", env={"TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
 def _lowest(*extras: str) -> list[str]:

@@ -101,7 +101,6 @@ def test_backbone_weights_load_from_a_file_by_path(tmp_path):
         kp.PneumoniaCNN(backbone="resnet50", backbone_weights=None, image_size=16)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Grad-CAM needs the TensorFlow backend")
 @pytest.mark.slow
 def test_gradcam_explains_the_backbone_last_feature_map(xrays):
     x, _ = xrays

@@ -75,7 +75,6 @@ def test_finetune_example(kaggle_dir, tmp_path, capsys):
     assert (tmp_path / "ft" / "head" / "model.keras").stat().st_mtime_ns == head
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Grad-CAM needs the TensorFlow backend")
 @pytest.mark.slow
 def test_explain_example(tmp_path, capsys):
     model = tmp_path / "m.keras"

@@ -13,10 +13,11 @@ from keras_pneumonia.gradcam import find_last_conv_layer
 
 SIZE, PATCH = 48, 14
 
-# Grad-CAM runs on the TensorFlow backend; the matrix's jax and torch cells check its error instead.
-tensorflow_only = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="Grad-CAM needs the TensorFlow backend"
-)
+# "gradcam" runs on every backend (tf-keras-vis on TensorFlow, the backend's own gradient on
+# JAX and PyTorch); "gradcam++" and "scorecam" are tf-keras-vis's only, and the matrix's jax and
+# torch cells check their error instead.
+ON_TENSORFLOW = keras.backend.backend() == "tensorflow"
+tensorflow_only = pytest.mark.skipif(not ON_TENSORFLOW, reason="tf-keras-vis needs the TensorFlow backend")
 
 
 def _striped_images(n, rng):
@@ -54,8 +55,7 @@ def patch_model():
     return model, *test
 
 
-@tensorflow_only
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+@pytest.mark.parametrize("method", ["gradcam", pytest.param("gradcam++", marks=tensorflow_only)])
 @pytest.mark.slow
 def test_heat_falls_on_the_deciding_patch_for_both_classes(patch_model, method):
     model, images, labels, corners = patch_model
@@ -69,14 +69,12 @@ def test_heat_falls_on_the_deciding_patch_for_both_classes(patch_model, method):
             assert inside > 0.6, (label, inside)  # the region is about a fifth of the image
 
 
-@tensorflow_only
 def test_predicted_class_is_explained_by_default(patch_model):
     model, images, labels, _ = patch_model
     image = images[labels == 1][0]
     np.testing.assert_allclose(kp.gradcam(model, image), kp.gradcam(model, image, class_index=1), atol=1e-5)
 
 
-@tensorflow_only
 def test_shapes_ranges_and_image_inputs():
     model = kp.PneumoniaCNN(**TINY)
     rng = np.random.default_rng(0)
@@ -91,7 +89,6 @@ def test_shapes_ranges_and_image_inputs():
         assert m.dtype == np.float32 and m.min() >= 0.0 and m.max() <= 1.0
 
 
-@tensorflow_only
 def test_nested_pneumonia_cnn_inside_a_sequential(patch_model):
     model, images, _, _ = patch_model
     outer = keras.Sequential([keras.Input((SIZE, SIZE, 1)), model], name="wrapper")
@@ -101,7 +98,6 @@ def test_nested_pneumonia_cnn_inside_a_sequential(patch_model):
     np.testing.assert_allclose(nested, direct, atol=1e-4)
 
 
-@tensorflow_only
 @pytest.mark.slow
 def test_keras_applications_backbone_inside_a_functional_model():
     backbone = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None, alpha=0.35)
@@ -116,7 +112,6 @@ def test_keras_applications_backbone_inside_a_functional_model():
     assert explicit.shape == (64, 64)
 
 
-@tensorflow_only
 def test_explicit_layer_and_errors(patch_model):
     model, images, _, _ = patch_model
     early = kp.gradcam(model, images[0], layer="block1_conv1")
@@ -149,7 +144,6 @@ def tiny_model_file(tmp_path):
     return path
 
 
-@tensorflow_only
 @pytest.mark.slow
 def test_predict_cli_on_full_resolution_images_with_a_broken_file(tmp_path, tiny_model_file, capsys):
     images = tmp_path / "images"
@@ -175,7 +169,6 @@ def test_predict_cli_on_full_resolution_images_with_a_broken_file(tmp_path, tiny
     assert "P(pneumonia)=" in capsys.readouterr().out
 
 
-@tensorflow_only
 @pytest.mark.slow
 def test_demo_runs_offline_with_the_released_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERAS_PNEUMONIA_OFFLINE", "1")
@@ -187,8 +180,40 @@ def test_demo_runs_offline_with_the_released_weights(tmp_path, monkeypatch, caps
     assert all("/" not in r["path"] and Path(r["gradcam"]).exists() for r in results)  # names; overlays made
 
 
-def test_non_tensorflow_backend_gets_a_clear_error(monkeypatch):
-    if keras.backend.backend() == "tensorflow":
+@pytest.mark.parametrize("method", ["gradcam++", "scorecam"])
+def test_tf_keras_vis_methods_on_another_backend_get_a_clear_error(monkeypatch, method):
+    if ON_TENSORFLOW:
         monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
-    with pytest.raises(RuntimeError, match="TensorFlow backend"):
-        kp.gradcam(kp.PneumoniaCNN(**TINY), np.zeros((8, 8), np.uint8))
+    with pytest.raises(RuntimeError, match="needs the TensorFlow backend.*method='gradcam'"):
+        kp.gradcam(kp.PneumoniaCNN(**TINY), np.zeros((8, 8), np.uint8), method=method)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("class_index", [0, 1])
+def test_the_backends_own_gradient_gives_tf_keras_vis_heatmaps(class_index):
+    """On TensorFlow both paths run: the hand-written one (JAX's and PyTorch's) must agree with tf-keras-vis."""
+    from keras_pneumonia.gradcam import _flat_clone, _model_input, _tf_keras_vis_cams, native_gradcam
+
+    model = kp.PneumoniaCNN.from_pretrained(compile=False)
+    batch = np.stack([_model_input(model, path) for path in sorted(FULLRES.glob("*.jpeg"))]).astype("float32")
+    classes = [class_index] * len(batch)
+    flat, target = _flat_clone(model, model.gradcam_layer)
+    reference = np.asarray(_tf_keras_vis_cams(flat, target, batch, classes, "gradcam"))
+    flat, target = _flat_clone(model, model.gradcam_layer)  # a fresh copy: both set the last activation
+    native = native_gradcam(flat, target, batch, classes)
+    assert native.shape == reference.shape == batch.shape[:3]
+    for ours, theirs in zip(native, reference):
+        assert theirs.max() > 0
+        assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.999
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * theirs.max())
+
+
+def test_predict_with_a_tf_keras_vis_method_on_another_backend_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    if ON_TENSORFLOW:
+        monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    image = sorted(FULLRES.glob("*.jpeg"))[0]
+    code = main(["predict", str(image), "--gradcam", str(tmp_path / "cams"), "--method", "scorecam"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--method scorecam needs the TensorFlow backend" in err and "--method gradcam" in err
+    assert not (tmp_path / "cams").exists()

@@ -213,3 +213,23 @@ def test_a_model_that_crops_borders_answers_a_padded_film_as_the_plain_one(tmp_p
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.crop_borders and loaded.get_layer("crop_borders") is not None
     np.testing.assert_allclose(loaded.predict(np.stack([plain, padded]), verbose=0), both, atol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["flatten", "avg", "max"])
+def test_features_are_the_heads_input_and_feed_it_to_the_same_answer(head):
+    model = kp.PneumoniaCNN(image_size=32, filters=(4, 8), dense_units=(), head=head, dropout=0.0)
+    x = np.random.default_rng(1).integers(0, 256, size=(5, 32, 32, 1), dtype=np.uint8)
+    features = model.features(x)
+    width = 8 * 8 * 8 if head == "flatten" else 8
+    assert features.shape == (5, width)
+    # The head alone (its only weights: the softmax layer) on the features gives predict's answer.
+    head_output = model.get_layer("predictions")(features)
+    np.testing.assert_allclose(np.asarray(head_output), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert model.feature_extractor is model.feature_extractor  # built once
+    assert model.feature_extractor.get_layer("block1_conv1") is model.get_layer("block1_conv1")  # shared, not copied
+
+
+def test_features_refuse_what_predict_refuses():
+    model = kp.PneumoniaCNN(image_size=32, filters=(4, 8), dense_units=(8,))
+    with pytest.raises(ValueError, match="32"):
+        model.features(np.zeros((2, 64, 64, 1), np.uint8))

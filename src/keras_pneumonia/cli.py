@@ -178,6 +178,12 @@ def _add_train(commands) -> None:
         help="do not balance the classes in the loss",
     )
     train.add_argument(
+        "--classes",
+        choices=CHOICES["classes"],
+        default=D.classes,
+        help="binary: NORMAL/PNEUMONIA; subtype: NORMAL/BACTERIAL/VIRAL from the file names (binary)",
+    )
+    train.add_argument(
         "--ood-flag",
         action=argparse.BooleanOptionalAction,
         default=D.ood_flag,
@@ -656,16 +662,14 @@ def _cmd_predict(args) -> int:
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) matching {args.glob!r} in {', '.join(map(str, args.paths))}"
         )
     model = load_model(args.weights, compile=False)
-    if args.gradcam is not None:
+    if args.gradcam is not None and args.method != "gradcam":
         import keras
 
         if keras.backend.backend() != "tensorflow":
-            print(
-                f"keras-pneumonia predict: note: no Grad-CAM overlays, they need the TensorFlow backend "
-                f"(this is {keras.backend.backend()}); predicting only",
-                file=sys.stderr,
+            raise CLIError(
+                f"--method {args.method} needs the TensorFlow backend (tf-keras-vis); this is "
+                f"{keras.backend.backend()}: use --method gradcam, or KERAS_BACKEND=tensorflow"
             )
-            args.gradcam = None
     if args.output is None:
         _, failed = _run_predictions(model, paths, args)
     else:
@@ -691,8 +695,6 @@ def _cmd_predict(args) -> int:
 def _cmd_demo(args) -> int:
     from importlib import resources
 
-    import keras
-
     from keras_pneumonia._io import atomic_write_text
     from keras_pneumonia.models import load_model
 
@@ -701,19 +703,13 @@ def _cmd_demo(args) -> int:
     model = load_model(args.weights, compile=False)
     print(f"Model: {model.name}, input {model.input_shape[1:]}, threshold {model.threshold:.3f}")
     print("Sample X-rays (training images of Kermany et al. 2018, CC BY 4.0; the file name gives the true class):")
-    explain = keras.backend.backend() == "tensorflow"
-    predict_args = argparse.Namespace(
-        batch_size=32, threshold=None, json=False, gradcam=args.output if explain else None, method="gradcam"
-    )
+    predict_args = argparse.Namespace(batch_size=32, threshold=None, json=False, gradcam=args.output, method="gradcam")
     results, failed = _run_predictions(model, samples, predict_args, shown=lambda path: Path(path).name)
     atomic_write_text(args.output / "predictions.json", json.dumps(results, indent=1) + "\n")
     print(f"Predictions written to {args.output / 'predictions.json'}")
     for result in failed:
         print(f"keras-pneumonia demo: error: {result['path']}: {result['error']}", file=sys.stderr)
-    if explain:
-        print(f"Grad-CAM overlays written to {args.output}/")
-    else:
-        print(f"No Grad-CAM overlays: they need the TensorFlow backend (this is {keras.backend.backend()}).")
+    print(f"Grad-CAM overlays written to {args.output}/")
     return 1 if failed else 0
 
 

@@ -42,6 +42,12 @@ MODEL_CHOICES: dict[str, tuple] = {
 }
 #: The class names of the released models, in label order.
 CLASS_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+#: The labellings `keras_pneumonia.load_chest_xray` (``classes=``) and ``train --classes`` know:
+#: ``"subtype"`` splits PNEUMONIA by the Kaggle file names' ``bacteria`` / ``virus``.
+CLASS_SETS: dict[str, tuple[str, ...]] = {
+    "binary": CLASS_NAMES,
+    "subtype": ("NORMAL", "BACTERIAL", "VIRAL"),
+}
 #: The allowed values of each training choice (and of the command line's flags).
 CHOICES: dict[str, tuple[str, ...]] = {
     "kaggle_val": ("pool", "keep"),
@@ -57,6 +63,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "none",
     ),
     "schedule": ("plateau", "cosine"),
+    "classes": ("binary", "subtype"),
     "resize": ("squash", "crop", "pad"),
     "pipeline": ("auto", "memory", "stream"),
     "distribute": ("none", "mirrored", "multi-worker", "data-parallel"),
@@ -96,6 +103,8 @@ class TrainConfig:
             model's ``dtype`` becomes ``"mixed_bfloat16"`` or ``"mixed_float16"``.
         ood_flag: Fit the out-of-distribution flag (`keras_pneumonia.ood`) on the
             train and validation parts after training, so the model carries it.
+        classes: ``"binary"`` (NORMAL, PNEUMONIA) or ``"subtype"`` (NORMAL, BACTERIAL,
+            VIRAL, from the file names; `CLASS_SETS`).
     """
 
     epochs: int = 30
@@ -118,6 +127,7 @@ class TrainConfig:
     distribute: str = "none"
     mixed_precision: str = "none"
     ood_flag: bool = True
+    classes: str = "binary"
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> TrainConfig:

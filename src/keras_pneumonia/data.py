@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_pneumonia.config import CHOICES, CLASS_NAMES, DEFAULT_IMAGE_SIZE, DEFAULT_SEED
+from keras_pneumonia.config import CHOICES, CLASS_NAMES, CLASS_SETS, DEFAULT_IMAGE_SIZE, DEFAULT_SEED
 from keras_pneumonia.images import CHANNELS, COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
 
 logger = logging.getLogger(__name__)
@@ -614,8 +614,12 @@ def load_image_folder(
     resize: str = "squash",
     class_names: Sequence[str] = CLASS_NAMES,
     on_bad_file: str = "raise",
+    classes: str = "binary",
 ) -> tuple[np.ndarray, np.ndarray, list[FileEntry]]:
     """Decodes a folder with one sub-folder per class into arrays.
+
+    ``classes="subtype"`` labels the PNEUMONIA images BACTERIAL (1) or VIRAL (2) by their
+    file names, as `~keras_pneumonia.load_chest_xray` does.
 
     Returns:
         ``(images, labels, entries)``: ``uint8`` images ``(n, h, w, c)``, int
@@ -627,6 +631,8 @@ def load_image_folder(
             f"{directory} must hold one folder per class ({', '.join(class_names)}). Found: {_describe(directory)}."
         )
     entries = _entries(directory, directory, class_names)
+    if classes == "subtype":
+        entries = _by_subtype({"folder": entries}, directory, list(class_names))["folder"]
     return _decode_entries(entries, directory, image_size, color_mode, resize, on_bad_file)
 
 
@@ -713,6 +719,29 @@ def _split_entries(
     return {split: entries for split, entries in found.items() if entries is not None}
 
 
+def _by_subtype(splits: dict[str, list[FileEntry]], root: Path, folders: list[str]) -> dict[str, list[FileEntry]]:
+    """The entries relabelled NORMAL (0), BACTERIAL (1), VIRAL (2) from the Kaggle file names."""
+    if len(folders) != 2:
+        raise ValueError(f"classes='subtype' reads two class folders (NORMAL, PNEUMONIA); received {folders}.")
+    unnamed = []
+
+    def label(entry: FileEntry) -> int:
+        if entry.label == 0:
+            return 0
+        name = Path(entry.path).name.lower()
+        if ("bacteria" in name) == ("virus" in name):
+            unnamed.append(entry.path)
+        return 1 if "bacteria" in name else 2
+
+    relabelled = {split: [dataclasses.replace(e, label=label(e)) for e in entries] for split, entries in splits.items()}
+    if unnamed:
+        raise LayoutError(
+            f"{root}: classes='subtype' labels {folders[1]} images by 'bacteria' or 'virus' in their file names, "
+            f"and {len(unnamed)} name neither (or both): {_shown(unnamed)}."
+        )
+    return relabelled
+
+
 def _build_datasets(
     splits: dict[str, list[FileEntry]],
     root: Path,
@@ -794,6 +823,7 @@ def load_chest_xray(
     pipeline: str = "auto",
     cache: str | Path | None = None,
     shuffle_buffer: int = 1024,
+    classes: str = "binary",
 ) -> ChestXrayData:
     """Builds train / validation / test datasets from the Kaggle chest X-ray layout.
 
@@ -829,6 +859,11 @@ def load_chest_xray(
             ``"memory"``, or a folder for cache files.
         shuffle_buffer: With a cache: images shuffled together in the epochs read
             from it.
+        classes: ``"binary"`` (the class folders' names) or ``"subtype"``:
+            NORMAL, BACTERIAL and VIRAL, the PNEUMONIA images labelled by the
+            ``bacteria`` / ``virus`` in their Kaggle file names
+            (`~keras_pneumonia.config.CLASS_SETS`). The split stays by patient,
+            stratified by NORMAL/PNEUMONIA.
 
     Returns:
         A `ChestXrayData`.
@@ -858,10 +893,14 @@ def load_chest_xray(
         on_bad_file=on_bad_file,
         cache=cache,
     )
+    if classes not in CLASS_SETS:
+        raise ValueError(f"`classes` must be one of {tuple(CLASS_SETS)}; received {classes!r}.")
     size = as_size(image_size)
     root = find_kaggle_root(data_dir, class_names)
     class_names = list(class_names)
     splits = _split_entries(root, class_names, validation_split, seed, kaggle_val)
+    if classes == "subtype":
+        splits, class_names = _by_subtype(splits, root, class_names), list(CLASS_SETS["subtype"])
     options = _pipeline_options(
         splits,
         size=size,
@@ -875,6 +914,7 @@ def load_chest_xray(
         pipeline=pipeline,
         cache=cache,
     )
+    options["classes"] = classes
     datasets, files = _build_datasets(
         splits,
         root,

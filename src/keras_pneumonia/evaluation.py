@@ -94,24 +94,42 @@ def youden_threshold(y_true: np.ndarray, scores: np.ndarray, one_standard_error:
     return float(np.clip(candidates[chosen], 1e-6, 1 - 1e-6))
 
 
+def positive_probability(probabilities) -> np.ndarray:
+    """P(not the first class) of softmax rows ``(n, classes)``: P(PNEUMONIA), or of any pneumonia subtype.
+
+    With two classes this is exactly the last column.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return probabilities[:, 1:].sum(axis=1)
+
+
 def decide(probabilities, threshold: float) -> np.ndarray:
-    """The decision rule, in one place: the last class when its probability is at least ``threshold``.
+    """The decision rule, in one place: positive when P(not the first class) is at least ``threshold``.
+
+    With two classes (NORMAL, PNEUMONIA) that is the last class. With more (NORMAL,
+    BACTERIAL, VIRAL) the threshold decides NORMAL or not, as for two, and a
+    positive image gets the most probable of the other classes: the threshold keeps
+    its meaning (the trade of sensitivity against specificity for any pneumonia).
 
     Args:
-        probabilities: P(last class) per image, ``(n,)``, or softmax rows ``(n, classes)``.
+        probabilities: P(positive) per image, ``(n,)`` (two classes), or softmax rows ``(n, classes)``.
         threshold: The decision threshold (a model's ``threshold``).
 
     Returns:
-        Class indices, ``(n,)``: the last class (PNEUMONIA, 1) or the first (NORMAL, 0).
+        Class indices, ``(n,)``.
 
     >>> from keras_pneumonia.evaluation import decide
     >>> decide([0.2, 0.5, 0.9], 0.5).tolist()
     [0, 1, 1]
+    >>> decide([[0.6, 0.3, 0.1], [0.4, 0.2, 0.4], [0.1, 0.8, 0.1]], 0.5).tolist()
+    [0, 2, 1]
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    last = probabilities.shape[-1] - 1 if probabilities.ndim == 2 else 1
-    p_last = probabilities[:, -1] if probabilities.ndim == 2 else probabilities.reshape(-1)
-    return np.where(p_last >= threshold, last, 0).astype(int)
+    if probabilities.ndim != 2:
+        return np.where(probabilities.reshape(-1) >= threshold, 1, 0).astype(int)
+    positive = positive_probability(probabilities) >= threshold
+    subtype = 1 + np.argmax(probabilities[:, 1:], axis=1)
+    return np.where(positive, subtype, 0).astype(int)
 
 
 def choose_threshold(model, data=None, *, scores=None, one_standard_error: bool = True, apply: bool = True) -> float:
@@ -171,11 +189,17 @@ def _ratio(a: int, b: int) -> float:
 
 @dataclasses.dataclass
 class EvaluationReport:
-    """Binary metrics of a NORMAL/PNEUMONIA classifier at one threshold.
+    """Metrics of a NORMAL/PNEUMONIA classifier at one threshold.
 
     ``confusion_matrix[i][j]`` counts images of true class ``i`` predicted as
     class ``j`` (0 = NORMAL, 1 = PNEUMONIA). Undefined ratios (e.g. specificity
     with no NORMAL image) are NaN, written ``null`` in JSON.
+
+    With more than two classes (NORMAL and pneumonia subtypes, `from_probabilities`),
+    ``accuracy`` and ``confusion_matrix`` are over every class; sensitivity,
+    specificity, precision, F1, AUC and ECE are those of "any pneumonia" against
+    NORMAL (the first class), and ``per_class`` gives each class's precision,
+    recall, F1 and one-against-the-rest AUC.
     """
 
     n: int
@@ -190,6 +214,7 @@ class EvaluationReport:
     confusion_matrix: list[list[int]]
     class_names: list[str]
     confidence_intervals: dict[str, list[float]]
+    per_class: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_predictions(
@@ -239,6 +264,57 @@ class EvaluationReport:
         )
 
     @classmethod
+    def from_probabilities(
+        cls,
+        y_true: ArrayLike,
+        probabilities: ArrayLike,
+        threshold: float = 0.5,
+        class_names: Sequence[str] = CLASS_NAMES,
+    ) -> EvaluationReport:
+        """Builds the report from labels and softmax rows ``(n, classes)``, two classes or more.
+
+        >>> from keras_pneumonia import EvaluationReport
+        >>> rows = [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.1, 0.6, 0.3]]
+        >>> r = EvaluationReport.from_probabilities([0, 1, 2, 2], rows, 0.5, ["NORMAL", "BACTERIAL", "VIRAL"])
+        >>> r.accuracy, r.sensitivity, r.confusion_matrix
+        (0.75, 1.0, [[1, 0, 0], [0, 1, 0], [0, 1, 1]])
+        >>> r.per_class["VIRAL"]["recall"]
+        0.5
+        """
+        labels = np.asarray(y_true, dtype=int).reshape(-1)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if probabilities.ndim != 2 or probabilities.shape[1] != len(class_names):
+            raise ValueError(
+                f"Expected probabilities of shape (n, {len(class_names)}); received {probabilities.shape}."
+            )
+        if len(class_names) == 2:
+            return cls.from_predictions(labels, probabilities[:, -1], threshold, class_names)
+        binary = cls.from_predictions((labels > 0).astype(int), positive_probability(probabilities), threshold)
+        predicted = decide(probabilities, threshold)
+        k, n = len(class_names), len(labels)
+        confusion = np.zeros((k, k), int)
+        np.add.at(confusion, (labels, predicted), 1)
+        correct = int(np.trace(confusion))
+        per_class = {}
+        for i, name in enumerate(class_names):
+            tp, true, called = int(confusion[i, i]), int(confusion[i].sum()), int(confusion[:, i].sum())
+            per_class[name] = {
+                "n": true,
+                "precision": _ratio(tp, called),
+                "recall": _ratio(tp, true),
+                "f1": _ratio(2 * tp, true + called),
+                "auc": roc_auc(labels == i, probabilities[:, i]),
+            }
+        return dataclasses.replace(
+            binary,
+            accuracy=_ratio(correct, n),
+            confusion_matrix=confusion.tolist(),
+            class_names=list(class_names),
+            confidence_intervals={**binary.confidence_intervals, "accuracy": list(wilson_interval(correct, n))},
+            per_class=per_class,
+        )
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EvaluationReport:
         """The inverse of ``to_dict`` (``None`` becomes NaN again)."""
         return cls(**{k: float("nan") if v is None else v for k, v in values.items()})  # type: ignore[arg-type]
@@ -275,39 +351,51 @@ class EvaluationReport:
         rows += [(k, fmt(getattr(self, k))) for k in ("precision", "f1", "auc", "ece")]
         lines = ["| metric | value |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
         names = self.class_names
-        lines += ["", f"| true \\ predicted | {names[0]} | {names[1]} |", "| --- | --- | --- |"]
+        lines += ["", f"| true \\ predicted | {' | '.join(names)} |", "| --- |" + " --- |" * len(names)]
         for name, row in zip(names, self.confusion_matrix):
-            lines.append(f"| {name} | {row[0]} | {row[1]} |")
+            lines.append(f"| {name} | {' | '.join(map(str, row))} |")
+        if self.per_class:
+            lines += ["", "| class | n | precision | recall | f1 | auc |", "| --- | --- | --- | --- | --- | --- |"]
+            for name, m in self.per_class.items():
+                values = " | ".join(fmt(m[k]) for k in ("precision", "recall", "f1", "auc"))
+                lines.append(f"| {name} | {m['n']} | {values} |")
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.to_markdown()
 
 
-def predict_proba(model, data) -> tuple[np.ndarray, np.ndarray]:
+def predict_proba(model, data, rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of PNEUMONIA for a dataset of ``(images, labels)`` or a tuple ``(x, y)``.
 
+    For a model of more than two classes, the probability of any class but the
+    first (`positive_probability`); ``rows=True`` gives the softmax rows instead.
     Images of another size or channel count than the model's input are refused
     with a clear error (`keras_pneumonia.images.check_batch`), never silently read.
     """
+    labels, probabilities = _predict_rows(model, data)
+    return labels, (probabilities if rows else positive_probability(probabilities))
+
+
+def _predict_rows(model, data) -> tuple[np.ndarray, np.ndarray]:
     from keras_pneumonia.images import check_batch
 
     if isinstance(data, tuple) and len(data) == 2:
         x, y = data
         check_batch(model, np.asarray(x))
-        probabilities = model.predict(np.asarray(x), verbose=0)
-        return np.asarray(y).reshape(-1), probabilities[:, -1]
+        return np.asarray(y).reshape(-1), np.asarray(model.predict(np.asarray(x), verbose=0))
     labels: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
     for x, y in data:
         if not labels:
             check_batch(model, x)
         # NumPy, not the tf.data tensor: every Keras backend takes it (JAX cannot take a TF tensor).
-        scores.append(np.asarray(model.predict_on_batch(np.asarray(x)))[:, -1])
+        rows.append(np.asarray(model.predict_on_batch(np.asarray(x))))
         labels.append(np.asarray(y).reshape(-1))
     if not labels:
-        return np.zeros(0, int), np.zeros(0)
-    return np.concatenate(labels), np.concatenate(scores)
+        classes = int(model.output_shape[-1])
+        return np.zeros(0, int), np.zeros((0, classes))
+    return np.concatenate(labels), np.concatenate(rows)
 
 
 def evaluate(model, data, threshold: float | None = None) -> EvaluationReport:
@@ -327,6 +415,8 @@ def evaluate(model, data, threshold: float | None = None) -> EvaluationReport:
     """
     if threshold is None:
         threshold = float(getattr(model, "threshold", 0.5))
-    y_true, probabilities = predict_proba(model, data)
+    y_true, probabilities = predict_proba(model, data, rows=True)
     class_names = getattr(model, "class_names", CLASS_NAMES)
-    return EvaluationReport.from_predictions(y_true, probabilities, threshold, class_names)
+    if len(class_names) != probabilities.shape[-1]:  # a plain Keras model: only its last column is read
+        return EvaluationReport.from_predictions(y_true, probabilities[:, -1], threshold, class_names)
+    return EvaluationReport.from_probabilities(y_true, probabilities, threshold, class_names)

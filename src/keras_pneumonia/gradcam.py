@@ -1,5 +1,10 @@
 """Grad-CAM heatmaps, built on tf-keras-vis.
 
+On the TensorFlow backend every method is tf-keras-vis's. On JAX and PyTorch, where
+tf-keras-vis cannot take gradients (it uses ``tf.GradientTape``), ``"gradcam"`` is
+computed the same way with the backend's own gradient (`native_gradcam`); the tests
+check that both give the same heatmaps on TensorFlow.
+
 Their figures (`~keras_pneumonia.overlay`, `~keras_pneumonia.explanation_figure`) are in
 `keras_pneumonia.plots`.
 """
@@ -18,15 +23,77 @@ logger = logging.getLogger(__name__)
 METHODS = MODEL_CHOICES["gradcam_method"]
 
 
-def _require_tensorflow() -> None:
+def _require_tensorflow(method: str) -> None:
     import keras
 
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
-            f"Grad-CAM needs the TensorFlow backend (tf-keras-vis computes gradients with "
-            f"tf.GradientTape), but Keras runs on {keras.backend.backend()!r}. "
-            "Set KERAS_BACKEND=tensorflow before importing keras."
+            f"Grad-CAM method {method!r} needs the TensorFlow backend (tf-keras-vis computes gradients with "
+            f"tf.GradientTape), but Keras runs on {keras.backend.backend()!r}. On this backend use "
+            "method='gradcam', or set KERAS_BACKEND=tensorflow before importing keras."
         )
+
+
+def native_gradcam(flat, target, batch: np.ndarray, classes) -> np.ndarray:
+    """Grad-CAM with the Keras backend's own gradient (JAX, PyTorch or TensorFlow), unnormalized.
+
+    The same steps as tf-keras-vis's ``Gradcam`` with ``ReplaceToLinear`` (the
+    gradient of the class's logit with respect to ``target``'s feature maps,
+    averaged over the map as the channel weights, their weighted sum, a ReLU, a
+    linear zoom to the input size). Written by hand because tf-keras-vis takes
+    gradients with ``tf.GradientTape`` only; the model is split at ``target`` into
+    two functional models so that each backend differentiates the second.
+
+    Args:
+        flat: A single-graph model (from `gradcam`'s flattening); its last layer's
+            activation is set to linear here, so pass a copy.
+        target: The layer of ``flat`` to explain.
+        batch: Model-input images ``(n, h, w, c)``, float32.
+        classes: The class to explain for each image, ``(n,)``.
+
+    Returns:
+        ``(n, h, w)`` maps at the input's resolution, not yet scaled to ``[0, 1]``.
+    """
+    import keras
+    from scipy.ndimage import zoom
+
+    flat.layers[-1].activation = keras.activations.linear  # explain the logit, as ReplaceToLinear does
+    features = keras.Model(flat.inputs, target.output)
+    head = keras.Model(target.output, flat.output)
+    maps = features(batch, training=False)
+    grads = _class_gradient(lambda a: head(a, training=False), maps, np.asarray(classes, dtype="int32"))
+    maps = keras.ops.convert_to_numpy(keras.ops.cast(maps, "float32"))
+    weights = grads.mean(axis=(1, 2), keepdims=True)
+    cam = np.maximum((maps * weights).sum(axis=-1), 0.0)
+    return zoom(cam, (1, batch.shape[1] / cam.shape[1], batch.shape[2] / cam.shape[2]), order=1)
+
+
+def _class_gradient(head, maps, classes: np.ndarray) -> np.ndarray:
+    """d head(maps)[i, classes[i]] / d maps, summed over the batch, with the backend's autodiff."""
+    import keras
+
+    rows = np.arange(len(classes))
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        grads = jax.grad(lambda a: head(a)[rows, classes].sum())(maps)
+    elif backend == "torch":
+        import torch
+
+        maps = maps.detach().clone().requires_grad_(True)
+        head(maps)[torch.as_tensor(rows), torch.as_tensor(classes)].sum().backward()
+        grads = maps.grad
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(maps)
+            score = tf.reduce_sum(tf.gather(head(maps), classes, axis=1, batch_dims=1))
+        grads = tape.gradient(score, maps)
+    else:
+        raise RuntimeError(f"Grad-CAM has no gradient for the Keras backend {backend!r}.")
+    return keras.ops.convert_to_numpy(keras.ops.cast(grads, "float32"))
 
 
 def _is_graph_model(layer) -> bool:
@@ -141,8 +208,10 @@ def gradcam(
     """Grad-CAM heatmaps: where in each X-ray the evidence for a class lies.
 
     Built on tf-keras-vis (``Gradcam``, ``GradcamPlusPlus`` with
-    ``ReplaceToLinear``, or ``Scorecam``). Works on nested models too: a
-    `PneumoniaCNN` or a ``keras.applications`` backbone inside a user's model.
+    ``ReplaceToLinear``, or ``Scorecam``) on the TensorFlow backend; on JAX and
+    PyTorch, ``"gradcam"`` is the same computation with the backend's gradient
+    (`native_gradcam`). Works on nested models too: a `PneumoniaCNN` or a
+    ``keras.applications`` backbone inside a user's model.
 
     Args:
         model: A Keras model with one image input and a softmax output.
@@ -157,7 +226,8 @@ def gradcam(
             ``gradcam_layer`` (a `PneumoniaCNN`'s last feature map, the right
             layer of a backbone too), else the last 2D convolution, found
             inside nested models too.
-        method: ``"gradcam"``, ``"gradcam++"`` or ``"scorecam"``.
+        method: ``"gradcam"`` (every backend), ``"gradcam++"`` or ``"scorecam"``
+            (TensorFlow backend).
 
     Returns:
         Heatmaps in ``[0, 1]`` at each input image's resolution: one ``(H, W)``
@@ -165,7 +235,7 @@ def gradcam(
         for a list of inputs.
 
     Raises:
-        RuntimeError: Keras is not on the TensorFlow backend.
+        RuntimeError: ``"gradcam++"`` or ``"scorecam"`` when Keras is not on the TensorFlow backend.
         ValueError: Unknown method or layer, or an unreadable image.
 
     Example:
@@ -177,16 +247,12 @@ def gradcam(
     >>> heatmap.shape, float(heatmap.min()) >= 0.0, float(heatmap.max()) <= 1.0
     ((100, 80), True, True)
     """
-    _require_tensorflow()
     import keras
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.scorecam import Scorecam
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-    from tf_keras_vis.utils.scores import CategoricalScore
 
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}; received {method!r}.")
+    if method != "gradcam":
+        _require_tensorflow(method)
     single = isinstance(images, str | Path) or (isinstance(images, np.ndarray) and images.ndim in (2, 3))
     batch_array = isinstance(images, np.ndarray) and images.ndim == 4
     items = [images] if single else list(images)
@@ -207,18 +273,10 @@ def gradcam(
             raise ValueError(f"`class_index` must be in [0, {probabilities.shape[-1]}); received {class_index}.")
         classes = [class_index] * len(items)
 
-    if method == "scorecam":
-        visualizer = Scorecam(flat, clone=False)
+    if keras.backend.backend() == "tensorflow":
+        cams = _tf_keras_vis_cams(flat, target, batch, classes, method)
     else:
-        cls = Gradcam if method == "gradcam" else GradcamPlusPlus
-        visualizer = cls(flat, model_modifier=ReplaceToLinear(), clone=False)
-    cams = visualizer(
-        CategoricalScore(classes),
-        batch,
-        penultimate_layer=target,
-        seek_penultimate_conv_layer=False,
-        normalize_cam=False,
-    )
+        cams = native_gradcam(flat, target, batch, classes)
     cams = np.asarray(cams, dtype=np.float32).reshape(len(items), *batch.shape[1:3])
     from keras_pneumonia.images import resize_float
 
@@ -232,6 +290,28 @@ def gradcam(
     if batch_array:
         return np.stack(heatmaps)
     return heatmaps
+
+
+def _tf_keras_vis_cams(flat, target, batch: np.ndarray, classes: list[int], method: str):
+    """tf-keras-vis's CAMs of ``batch`` at ``target`` (TensorFlow backend), unnormalized."""
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.scorecam import Scorecam
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    if method == "scorecam":
+        visualizer = Scorecam(flat, clone=False)
+    else:
+        cls = Gradcam if method == "gradcam" else GradcamPlusPlus
+        visualizer = cls(flat, model_modifier=ReplaceToLinear(), clone=False)
+    return visualizer(
+        CategoricalScore(classes),
+        batch,
+        penultimate_layer=target,
+        seek_penultimate_conv_layer=False,
+        normalize_cam=False,
+    )
 
 
 def _original_size(image) -> tuple[int, int]:

@@ -10,10 +10,13 @@ import numpy as np
 
 from keras_pneumonia.config import CLASS_NAMES, DEFAULT_IMAGE_SIZE, MODEL_CHOICES
 from keras_pneumonia.distribution import MultiWorkerFit
+from keras_pneumonia.finetuning import FineTuning
+from keras_pneumonia.hub import Presets, load_model  # noqa: F401  (load_model: its old home)
 from keras_pneumonia.images import COLOR_MODE_OF, RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import CropUniformBorders, PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
+from keras_pneumonia.ood import OutOfDistributionFlag
 
 #: The layers' dtype policies a `PneumoniaCNN` takes (``dtype=``): float32, or mixed
 #: precision with 16-bit computation and float32 weights.
@@ -24,19 +27,8 @@ NORMALIZATIONS = MODEL_CHOICES["normalization"]
 DEFAULT_CLASS_NAMES = CLASS_NAMES
 
 
-class classproperty:  # noqa: N801  (named like the built-in decorators)
-    """A read-only property of the class (``PneumoniaCNN.presets``), as KerasHub has one."""
-
-    def __init__(self, getter):
-        self.getter = getter
-        self.__doc__ = getter.__doc__
-
-    def __get__(self, instance, owner):
-        return self.getter(owner)
-
-
 @keras.saving.register_keras_serializable(package="keras_pneumonia")
-class PneumoniaCNN(MultiWorkerFit, keras.Model):
+class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, keras.Model):
     """A small convolutional network that classifies chest X-rays.
 
     The network is the design of the original Keras script this package grew from,
@@ -321,51 +313,6 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
         check_batch(self, x)
         return super().predict_on_batch(x)
 
-    def predict_with_ood(self, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
-        """The probabilities and the out-of-distribution scores of ``images``, in one pass.
-
-        Args:
-            images: Model-input images ``(n, h, w, channels)``, raw pixel values.
-            batch_size: Images per call.
-
-        Returns:
-            ``(probabilities (n, classes), scores (n,))``; ``scores`` is ``None``
-            for a model without the flag (``ood`` unset). An image is flagged when
-            its score is above ``ood["threshold"]`` (`ood_flags`).
-        """
-        from keras_pneumonia.ood import joint_model
-
-        check_batch(self, images)
-        if self.ood_detector is None:
-            return np.asarray(self.predict(images, batch_size=batch_size, verbose=0)), None
-        probabilities, features = joint_model(self).predict(images, batch_size=batch_size, verbose=0)
-        return np.asarray(probabilities), np.asarray(self.ood_detector(features))
-
-    def ood_scores(self, images, batch_size: int = 64) -> np.ndarray:
-        """Out-of-distribution scores of model-input ``images`` (higher: less like the training images).
-
-        Raises:
-            ValueError: The model carries no flag (see `keras_pneumonia.ood.fit`).
-        """
-        if self.ood_detector is None:
-            raise ValueError(
-                f"{self.name} carries no out-of-distribution flag; fit one with keras_pneumonia.ood.fit "
-                "or use a preset that has one (pneumonia_cnn_v3)."
-            )
-        scores = self.predict_with_ood(images, batch_size)[1]
-        assert scores is not None  # a model with a detector scores every image
-        return scores
-
-    def ood_flags(self, scores) -> np.ndarray:
-        """``True`` where a score (`ood_scores`) is above the model's out-of-distribution threshold.
-
-        Raises:
-            ValueError: The model carries no flag.
-        """
-        if self.ood is None:
-            raise ValueError(f"{self.name} carries no out-of-distribution flag; see `ood_scores`.")
-        return np.asarray(scores) > self.ood["threshold"]
-
     @property
     def temperature(self) -> float:
         """The calibration temperature ``T`` of the probabilities, ``softmax(logits / T)`` (saved with the model).
@@ -401,76 +348,13 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
         """``"grayscale"`` or ``"rgb"``: how images must be decoded for this model."""
         return COLOR_MODE_OF[self.channels]
 
-    @property
-    def backbone_blocks(self) -> tuple[tuple[str, ...], ...]:
-        """Layer-name prefixes of the feature extractor's blocks, input to output (what `unfreeze` counts)."""
-        from keras_pneumonia.backbones import BACKBONES
-
-        if self.backbone is not None:
-            return BACKBONES[self.backbone]["blocks"]
-        return tuple((f"block{b}",) for b in range(1, len(self.filters) + 1))
-
-    @property
-    def gradcam_layer(self) -> str:
-        """The name of the layer Grad-CAM explains by default, the feature extractor's last feature map."""
-        from keras_pneumonia.backbones import BACKBONES
-
-        if self.backbone is not None:
-            return BACKBONES[self.backbone]["gradcam_layer"]
-        return f"block{len(self.filters)}_conv{self.convs_per_block}"
-
-    def _block_index(self, layer_name: str) -> int:
-        from keras_pneumonia.backbones import block_of
-
-        if self.backbone is not None:
-            index = block_of(self.backbone, layer_name)
-            return 0 if index is None else index  # unnamed padding/rescaling layers: the stem
-        return int(layer_name[len("block") :].split("_")[0]) - 1
-
-    def freeze_backbone(self) -> None:
-        """Freezes the feature extractor (the convolutional blocks, or the backbone); the head stays trainable.
-
-        Compile again afterwards, as after any change of ``trainable``. The
-        frozen layers are saved with the model (see `get_config`).
-        """
-        for name in self._feature_layers:
-            self.get_layer(name).trainable = False
-
-    def unfreeze(self, n_blocks: int | None = None, *, batch_norm: bool = False) -> None:
-        """Makes the top ``n_blocks`` blocks of the feature extractor trainable (all when ``None``).
-
-        The blocks are those of `backbone_blocks`; lower blocks stay (or become)
-        frozen, the head stays trainable. Batch-normalization layers stay frozen
-        unless ``batch_norm=True``, as Keras' transfer-learning guide advises:
-        their statistics come from far more images than a fine-tuning set holds.
-        Compile again afterwards with a low learning rate.
-
-        Example:
-
-        >>> import keras_pneumonia as kp
-        >>> model = kp.PneumoniaCNN.from_pretrained(compile=False)
-        >>> model.freeze_backbone(); model.unfreeze(1)
-        >>> len(model.trainable_weights)  # block5's two convolutions, dense1 and predictions
-        6
-        """
-        total = len(self.backbone_blocks)
-        if n_blocks is None:
-            n_blocks = total
-        if not 0 <= n_blocks <= total:
-            raise ValueError(f"`n_blocks` must be between 0 and {total}; received {n_blocks!r}.")
-        for name in self._feature_layers:
-            layer = self.get_layer(name)
-            in_top = self._block_index(name) >= total - n_blocks
-            is_bn = isinstance(layer, keras.layers.BatchNormalization)
-            layer.trainable = in_top and (batch_norm or not is_bn)
-
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Configures the model for training, with the original script's defaults.
 
         Args:
             optimizer: ``"auto"`` gives ``keras.optimizers.Adam(1e-3)``.
             loss: ``"auto"`` gives sparse categorical cross-entropy (integer labels).
-            metrics: ``"auto"`` gives accuracy and ROC AUC of the last class (``"auc"``).
+            metrics: ``"auto"`` gives accuracy and the ROC AUC of PNEUMONIA (any class but the first) (``"auc"``).
             **kwargs: Passed to `keras.Model.compile`.
         """
         if optimizer == "auto":
@@ -478,7 +362,8 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy()
         if metrics == "auto":
-            metrics = ["accuracy", SparseAUC(positive_index=len(self.class_names) - 1)]
+            positive = 1 if len(self.class_names) == 2 else None  # None: any class but NORMAL
+            metrics = ["accuracy", SparseAUC(positive_index=positive)]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     def compile_from_config(self, config):
@@ -487,98 +372,6 @@ class PneumoniaCNN(MultiWorkerFit, keras.Model):
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
-
-    def save_to_preset(self, preset_dir: str | Path, **kwargs) -> dict:
-        """Writes this model as a preset folder (``model.keras``, ``metadata.json``, ``README.md``).
-
-        `from_preset` reads the folder back and checks ``model.keras`` against the
-        sha256 in ``metadata.json``. See `keras_pneumonia.export.save_preset_folder`
-        for the arguments (``description``, ``metrics``, ``license``, ``overwrite``).
-
-        Example:
-
-        >>> import tempfile, numpy as np
-        >>> import keras_pneumonia as kp
-        >>> model = kp.PneumoniaCNN.from_pretrained(compile=False)
-        >>> folder = tempfile.mkdtemp() + "/my_preset"
-        >>> sorted(model.save_to_preset(folder)["files"])
-        ['model.keras']
-        >>> x = np.zeros((1, 160, 160, 1), "uint8")
-        >>> bool(np.allclose(kp.PneumoniaCNN.from_preset(folder).predict(x, verbose=0), model.predict(x, verbose=0)))
-        True
-        """
-        from keras_pneumonia.export import save_preset_folder
-
-        return save_preset_folder(self, preset_dir, **kwargs)
-
-    @classproperty
-    def presets(cls) -> dict[str, dict]:
-        """The released presets, as KerasHub lists them: ``{name: metadata}``.
-
-        Each entry gives the description, parameter count, input, class names,
-        decision threshold, validation metrics (and test_dev metrics, which
-        were used for choices), file size and where the weights live. The same
-        table: ``keras-pneumonia presets``.
-
-        >>> import keras_pneumonia as kp
-        >>> sorted(kp.PneumoniaCNN.presets)
-        ['pneumonia_cnn_v1', 'pneumonia_cnn_v2']
-        >>> kp.PneumoniaCNN.presets["pneumonia_cnn_v2"]["params"]
-        1198034
-        """
-        from keras_pneumonia.presets import PRESETS, describe
-
-        return {name: describe(name) for name in sorted(PRESETS)}
-
-    @classmethod
-    def from_preset(
-        cls,
-        preset: str | Path | None = None,
-        *,
-        cache_dir: str | Path | None = None,
-        force_download: bool = False,
-        offline: bool | None = None,
-        compile: bool = True,
-    ) -> PneumoniaCNN:
-        """Loads a preset, a local ``.keras`` file, or a URL, as KerasHub's ``from_preset`` does.
-
-        Args:
-            preset: A preset name (see ``PneumoniaCNN.presets``), a path to a
-                ``.keras`` file or to a preset folder (`save_to_preset`; its
-                ``model.keras`` is checked against its ``metadata.json``),
-                ``file://PATH``, or an ``http(s)://`` URL. ``None`` is the
-                default preset, which ships inside the package and needs no
-                network. Other handle schemes (``kaggle://``, ``hf://``) raise
-                `keras_pneumonia.weights.WeightsError` naming the supported ones.
-            cache_dir: Where downloads are kept. Defaults to
-                ``$KERAS_PNEUMONIA_CACHE`` or ``$KERAS_HOME/keras_pneumonia``.
-            force_download: Download again even when a verified copy exists.
-            offline: Never touch the network (default: ``$KERAS_PNEUMONIA_OFFLINE``).
-            compile: Compile the loaded model with its defaults, ready to fine-tune.
-
-        Returns:
-            The loaded `PneumoniaCNN`, with its class names and threshold.
-
-        Example:
-
-        >>> import keras_pneumonia as kp
-        >>> model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2")
-        >>> model.class_names
-        ['NORMAL', 'PNEUMONIA']
-        """
-        return load_model(preset, cache_dir=cache_dir, force_download=force_download, offline=offline, compile=compile)
-
-    @classmethod
-    def from_pretrained(cls, name: str | Path | None = None, **kwargs) -> PneumoniaCNN:
-        """The friendly alias of `from_preset`: ``PneumoniaCNN.from_pretrained()`` loads the default preset.
-
-        Example:
-
-        >>> import keras_pneumonia as kp
-        >>> kp.PneumoniaCNN.from_pretrained().threshold
-        0.5
-        """
-        return cls.from_preset(name, **kwargs)
 
 
 def _normalization_layer(normalization: str):
@@ -709,35 +502,3 @@ def _checked_temperature(value) -> float:
     if not (value > 0.0 and value < float("inf")):
         raise ValueError(f"`temperature` must be a positive number; received {value!r}.")
     return value
-
-
-def load_model(
-    name: str | Path | None = None,
-    *,
-    cache_dir: str | Path | None = None,
-    force_download: bool = False,
-    offline: bool | None = None,
-    compile: bool = True,
-):
-    """Loads a model from a preset, a path or a URL (resolved by `keras_pneumonia.weights.get_file`).
-
-    Loading uses Keras' safe mode: a file that would run arbitrary code is refused.
-
-    Returns:
-        The loaded model (a `PneumoniaCNN` for the released presets), compiled
-        with its defaults if ``compile`` is true.
-    """
-    from keras_pneumonia.weights import WeightsError, get_file
-
-    path = get_file(name, cache_dir=cache_dir, force_download=force_download, offline=offline)
-    import zipfile
-
-    if Path(path).suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would say "File not found"
-        raise WeightsError(f"{path} is not a .keras file: a .keras file is a zip archive, and this one is not.")
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:
-        raise WeightsError(f"{path} is not a loadable .keras model: {error}") from None
-    if compile:
-        model.compile()
-    return model

@@ -59,7 +59,7 @@ import functools
 import logging
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -430,3 +430,66 @@ def describe(config: dict[str, Any] | None) -> str:
     grid = config.get("grid_layers") or []
     where = f" and the 2 x 2 grid of {', '.join(grid)}" if grid else ""
     return f"Mahalanobis on pooled {layers}{where}; flagged above {config['threshold']:.3g}"
+
+
+# For the type checker only: the mixin's methods run on a keras.Model.
+if TYPE_CHECKING:
+    from keras import Model as _ModelBase
+else:
+    _ModelBase = object
+
+
+class OutOfDistributionFlag(_ModelBase):
+    """Mixin for `~keras_pneumonia.PneumoniaCNN`: the flag's scores and decisions next to the predictions.
+
+    It reads the model's ``ood`` settings and its ``ood_detector`` layer (``None``
+    for a model without the flag), both set by the model from its config.
+    """
+
+    ood: dict | None
+    ood_detector: Any
+
+    def predict_with_ood(self, images, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray | None]:
+        """The probabilities and the out-of-distribution scores of ``images``, in one pass.
+
+        Args:
+            images: Model-input images ``(n, h, w, channels)``, raw pixel values.
+            batch_size: Images per call.
+
+        Returns:
+            ``(probabilities (n, classes), scores (n,))``; ``scores`` is ``None``
+            for a model without the flag (``ood`` unset). An image is flagged when
+            its score is above ``ood["threshold"]`` (`ood_flags`).
+        """
+        from keras_pneumonia.images import check_batch
+
+        check_batch(self, images)
+        if self.ood_detector is None:
+            return np.asarray(self.predict(images, batch_size=batch_size, verbose=0)), None
+        probabilities, features = joint_model(self).predict(images, batch_size=batch_size, verbose=0)
+        return np.asarray(probabilities), np.asarray(self.ood_detector(features))
+
+    def ood_scores(self, images, batch_size: int = 64) -> np.ndarray:
+        """Out-of-distribution scores of model-input ``images`` (higher: less like the training images).
+
+        Raises:
+            ValueError: The model carries no flag (see `keras_pneumonia.ood.fit`).
+        """
+        if self.ood_detector is None:
+            raise ValueError(
+                f"{self.name} carries no out-of-distribution flag; fit one with keras_pneumonia.ood.fit "
+                "or use a preset that has one (pneumonia_cnn_v3)."
+            )
+        scores = self.predict_with_ood(images, batch_size)[1]
+        assert scores is not None  # a model with a detector scores every image
+        return scores
+
+    def ood_flags(self, scores) -> np.ndarray:
+        """``True`` where a score (`ood_scores`) is above the model's out-of-distribution threshold.
+
+        Raises:
+            ValueError: The model carries no flag.
+        """
+        if self.ood is None:
+            raise ValueError(f"{self.name} carries no out-of-distribution flag; see `ood_scores`.")
+        return np.asarray(scores) > self.ood["threshold"]

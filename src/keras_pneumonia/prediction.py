@@ -102,7 +102,7 @@ def predict_files(
     from keras_pneumonia import ood
     from keras_pneumonia._version import __version__
     from keras_pneumonia.dicom import is_dicom
-    from keras_pneumonia.evaluation import decide
+    from keras_pneumonia.evaluation import decide, positive_probability
     from keras_pneumonia.images import chroma, input_config_of, original_size
     from keras_pneumonia.input_check import check_input
 
@@ -148,13 +148,14 @@ def predict_files(
                 x = np.zeros((len(batches[0]), height, width, channels), "float32")
                 x[: len(good)] = np.stack([decoded[j][0] for j in good])
                 out, scores = ood.predict_on_batch(model, x)
-                probabilities = dict(zip(good, out[: len(good), -1].tolist()))
+                probabilities = dict(zip(good, np.asarray(out)[: len(good)]))
                 if scores is not None:
                     flags = {j: ood.warning(model, float(score)) for j, score in zip(good, scores[: len(good)])}
             for j, path in enumerate(batch):
                 if j in probabilities:
-                    p = float(probabilities[j])
-                    decision = class_names[int(decide([p], threshold)[0])]
+                    # P(PNEUMONIA): with subtypes, of any of them; the decision names the class.
+                    p = float(positive_probability(probabilities[j][None])[0])
+                    decision = class_names[int(decide(probabilities[j][None], threshold)[0])]
                     warning = "; ".join(w for w in (decoded[j][1], flags.get(j)) if w) or None
                     yield {
                         "path": str(path),
@@ -183,7 +184,7 @@ def with_gradcam(
     The overlay (`keras_pneumonia.explanation_figure` of `keras_pneumonia.gradcam`
     for the decided class) is written to ``folder`` as ``<stem>_gradcam.png`` (prefixed
     by the parent folder's name, then numbered, when two inputs share a stem), and its
-    path is added to the result as ``"gradcam"``. Needs the TensorFlow backend.
+    path is added to the result as ``"gradcam"``.
 
     Args:
         model: The model that made the decisions.

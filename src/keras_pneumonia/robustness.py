@@ -337,7 +337,7 @@ def evaluate_robustness(
         few thousand images), not for whole archives of full-resolution films.
     """
     from keras_pneumonia.data import _entries
-    from keras_pneumonia.evaluation import EvaluationReport, decide
+    from keras_pneumonia.evaluation import EvaluationReport, decide, positive_probability
     from keras_pneumonia.images import input_config_of, load_image
 
     names = list(PERTURBATIONS if perturbations is None else perturbations)
@@ -345,6 +345,8 @@ def evaluate_robustness(
     if unknown:
         raise ValueError(f"Unknown perturbation(s) {unknown}; choose from {', '.join(PERTURBATIONS)}.")
     class_names = list(class_names or getattr(model, "class_names", None) or CLASS_NAMES)
+    if len(class_names) > 2:  # a subtype model: judged as any pneumonia against NORMAL, on the two folders
+        class_names = list(CLASS_NAMES)
     threshold = float(getattr(model, "threshold", 0.5) if threshold is None else threshold)
     spec = input_config_of(model)
     directory = Path(directory)
@@ -360,8 +362,8 @@ def evaluate_robustness(
         batch = np.stack([_resize(image if name is None else perturb(image, name), spec) for image in originals])
         if flagged:  # one pass gives the out-of-distribution scores too
             p, scores = model.predict_with_ood(batch, batch_size=batch_size)
-            return p[:, -1], scores
-        return np.asarray(model.predict(batch, batch_size=batch_size, verbose=0))[:, -1], None
+            return positive_probability(p), scores
+        return positive_probability(model.predict(batch, batch_size=batch_size, verbose=0)), None
 
     clean, clean_scores = probabilities(None)
     clean_decision = decide(clean, threshold)

@@ -69,7 +69,7 @@ class Predictor:
         model: A `~keras_pneumonia.PneumoniaCNN`.
         max_queue: Requests allowed to wait; `submit` raises `QueueFull` beyond.
         max_batch: Files per model call at most (several requests share one call).
-        gradcam: Add a Grad-CAM overlay to each answer (TensorFlow backend only).
+        gradcam: Add a Grad-CAM overlay to each answer.
     """
 
     def __init__(self, model, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = 16, gradcam: bool = True):
@@ -136,17 +136,12 @@ class Predictor:
         One Grad-CAM call per decided class for the whole batch (building the
         explainer costs more than explaining one more image).
         """
-        import keras
 
         for row in rows:
             row["gradcam"] = None
         if not self.gradcam:
             return
         answered = [row for row in rows if not row["error"]]
-        if keras.backend.backend() != "tensorflow":
-            for row in answered:
-                row["gradcam"] = f"Grad-CAM needs the TensorFlow backend; this server runs {keras.backend.backend()}."
-            return
         from keras_pneumonia.gradcam import gradcam
         from keras_pneumonia.images import load_image
 

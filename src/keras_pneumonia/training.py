@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
-from keras_pneumonia.config import CHOICES, TrainConfig
+from keras_pneumonia.config import CHOICES, CLASS_NAMES, CLASS_SETS, TrainConfig
 from keras_pneumonia.export import clone_without_optimizer
 
 logger = logging.getLogger(__name__)
@@ -205,13 +205,17 @@ class _Run:
 
             tf.config.experimental.enable_op_determinism()
         # The model first: a size or an architecture it cannot take fails here, not after minutes of decoding.
+        kwargs = {"class_names": CLASS_SETS[c.classes], **self.model_kwargs}
         with self.distribution.scope():
-            self.model = PneumoniaCNN(image_size=c.image_size, resize=c.resize, **self.model_kwargs)
+            self.model = PneumoniaCNN(image_size=c.image_size, resize=c.resize, **kwargs)
         reading = self.model.input_config.dataset_kwargs()
+        # The class folders: the model's classes, or NORMAL/PNEUMONIA split by file name.
+        folders = self.model.class_names if c.classes == "binary" else CLASS_NAMES
         self.data = load_chest_xray(
             self.data_dir,
             **reading,
-            class_names=self.model.class_names,
+            class_names=folders,
+            classes=c.classes,
             batch_size=c.batch_size,
             validation_split=c.validation_split,
             seed=c.seed if c.split_seed is None else c.split_seed,
@@ -223,7 +227,7 @@ class _Run:
             self.data.save_manifest(self.output / "split.json")
         logger.info("Split: %s", self.data.counts)
         if monitor_dir is not None:
-            self.monitor = load_image_folder(monitor_dir, **reading, class_names=self.model.class_names)[:2]
+            self.monitor = load_image_folder(monitor_dir, **reading, class_names=folders, classes=c.classes)[:2]
         with self.distribution.scope():
             self.model.compile(optimizer=self._optimizer())
 
@@ -285,11 +289,11 @@ class _Run:
 
     def set_threshold(self) -> str:
         """Chooses the threshold on validation data only (or fixes it) and stores it in the model; returns the rule."""
-        from keras_pneumonia.evaluation import choose_threshold, predict_proba
+        from keras_pneumonia.evaluation import choose_threshold, positive_probability, predict_proba
 
-        self.scores["val"] = predict_proba(self.model, self.data.val)
+        labels, rows = self.scores["val"] = predict_proba(self.model, self.data.val, rows=True)
         youden = self.config.threshold == "youden"
-        chosen = choose_threshold(self.model, scores=self.scores["val"], apply=youden)
+        chosen = choose_threshold(self.model, scores=(labels > 0, positive_probability(rows)), apply=youden)
         if youden:
             return "Youden's J with the one-standard-error rule on the validation split"
         self.model.threshold = float(self.config.threshold)
@@ -305,9 +309,9 @@ class _Run:
             if data is None:
                 continue
             if name not in self.scores:
-                self.scores[name] = predict_proba(self.model, data)
+                self.scores[name] = predict_proba(self.model, data, rows=True)
             labels, probabilities = self.scores[name]
-            reports[name] = EvaluationReport.from_predictions(
+            reports[name] = EvaluationReport.from_probabilities(
                 labels, probabilities, self.model.threshold, self.data.class_names
             )
         self.reports = reports
@@ -329,13 +333,15 @@ class _Run:
         """The run folder's files: the model, the plots, ``report.json`` and ``run.json``."""
         from keras_pneumonia import plots
         from keras_pneumonia._io import atomic_save_model, atomic_write_text
+        from keras_pneumonia.evaluation import positive_probability
 
         output, model = self.output, self.model
         atomic_save_model(clone_without_optimizer(model), output / "model.keras")
         if (output / "history.csv").exists():
             plots.plot_history(output / "history.csv", output / "history.png")
-        for name, (y, p) in self.scores.items():
-            plots.plot_roc(y, p, output / f"roc_{name}.png", threshold=model.threshold)
+        for name, (y, rows) in self.scores.items():
+            # Any pneumonia against NORMAL (with two classes: PNEUMONIA's probability).
+            plots.plot_roc(y > 0, positive_probability(rows), output / f"roc_{name}.png", threshold=model.threshold)
             plots.plot_confusion_matrix(
                 self.reports[name].confusion_matrix, self.data.class_names, output / f"confusion_{name}.png"
             )
@@ -430,7 +436,7 @@ def fine_tune(
 
     from keras_pneumonia import callbacks as callback_presets
     from keras_pneumonia._io import atomic_save_model, atomic_write_text
-    from keras_pneumonia.evaluation import EvaluationReport, choose_threshold, predict_proba
+    from keras_pneumonia.evaluation import EvaluationReport, choose_threshold, positive_probability, predict_proba
 
     if preset not in FINE_TUNE_PRESETS:
         raise ValueError(f"Unknown fine-tuning preset {preset!r}; choose one of {sorted(FINE_TUNE_PRESETS)}.")
@@ -470,9 +476,9 @@ def fine_tune(
     model.unfreeze(settings["unfreeze_blocks"])
     history = stage(settings["learning_rate"], settings["epochs"], "fine_tune", "fine_tune")
 
-    y_val, p_val = predict_proba(model, data.val)
-    if threshold == "youden":
-        choose_threshold(model, scores=(y_val, p_val))
+    y_val, rows = predict_proba(model, data.val, rows=True)
+    if threshold == "youden":  # any pneumonia against NORMAL, with two classes or more
+        choose_threshold(model, scores=(y_val > 0, positive_probability(rows)))
     elif threshold is not None:
         model.threshold = float(threshold)
     report = {
@@ -480,7 +486,7 @@ def fine_tune(
         "head_history": {k: [float(v) for v in vs] for k, vs in head_history.items()},
         "history": {k: [float(v) for v in vs] for k, vs in history.items()},
         "threshold": model.threshold,
-        "val": EvaluationReport.from_predictions(y_val, p_val, model.threshold, data.class_names).to_dict(),
+        "val": EvaluationReport.from_probabilities(y_val, rows, model.threshold, data.class_names).to_dict(),
     }
     atomic_save_model(clone_without_optimizer(model), run_dir / "model.keras")
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,167 @@
+"""Presets: loading a model by name, path, URL or preset folder, and saving one as a folder.
+
+`Presets` is mixed into `~keras_pneumonia.PneumoniaCNN` (``from_preset``,
+``from_pretrained``, ``presets``, ``save_to_preset``), as KerasHub's base classes
+carry them; `load_model` is the function behind them. Where files come from and how
+they are verified is `keras_pneumonia.weights`; the released presets are data in
+`keras_pneumonia.presets`; writing a preset folder is `keras_pneumonia.export`.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+
+
+class classproperty:  # noqa: N801  (named like the built-in decorators)
+    """A read-only property of the class (``PneumoniaCNN.presets``), as KerasHub has one."""
+
+    def __init__(self, getter):
+        self.getter = getter
+        self.__doc__ = getter.__doc__
+
+    def __get__(self, instance, owner):
+        return self.getter(owner)
+
+
+class Presets:
+    """Mixin for `~keras_pneumonia.PneumoniaCNN`: the released presets, ``from_preset`` and ``save_to_preset``."""
+
+    def save_to_preset(self, preset_dir: str | Path, **kwargs) -> dict:
+        """Writes this model as a preset folder (``model.keras``, ``metadata.json``, ``README.md``).
+
+        `from_preset` reads the folder back and checks ``model.keras`` against the
+        sha256 in ``metadata.json``. See `keras_pneumonia.export.save_preset_folder`
+        for the arguments (``description``, ``metrics``, ``license``, ``overwrite``).
+
+        Example:
+
+        >>> import tempfile, numpy as np
+        >>> import keras_pneumonia as kp
+        >>> model = kp.PneumoniaCNN.from_pretrained(compile=False)
+        >>> folder = tempfile.mkdtemp() + "/my_preset"
+        >>> sorted(model.save_to_preset(folder)["files"])
+        ['model.keras']
+        >>> x = np.zeros((1, 160, 160, 1), "uint8")
+        >>> bool(np.allclose(kp.PneumoniaCNN.from_preset(folder).predict(x, verbose=0), model.predict(x, verbose=0)))
+        True
+        """
+        from keras_pneumonia.export import save_preset_folder
+
+        return save_preset_folder(self, preset_dir, **kwargs)
+
+    @classproperty
+    def presets(cls) -> dict[str, dict]:
+        """The released presets, as KerasHub lists them: ``{name: metadata}``.
+
+        Each entry gives the description, parameter count, input, class names,
+        decision threshold, validation metrics (and test_dev metrics, which
+        were used for choices), file size and where the weights live. The same
+        table: ``keras-pneumonia presets``.
+
+        >>> import keras_pneumonia as kp
+        >>> sorted(kp.PneumoniaCNN.presets)
+        ['pneumonia_cnn_v1', 'pneumonia_cnn_v2']
+        >>> kp.PneumoniaCNN.presets["pneumonia_cnn_v2"]["params"]
+        1198034
+        """
+        from keras_pneumonia.presets import PRESETS, describe
+
+        return {name: describe(name) for name in sorted(PRESETS)}
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str | Path | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        offline: bool | None = None,
+        compile: bool = True,
+        class_names: Sequence[str] | None = None,
+    ) -> Any:
+        """Loads a preset, a local ``.keras`` file, or a URL, as KerasHub's ``from_preset`` does.
+
+        Args:
+            preset: A preset name (see ``PneumoniaCNN.presets``), a path to a
+                ``.keras`` file or to a preset folder (`save_to_preset`; its
+                ``model.keras`` is checked against its ``metadata.json``),
+                ``file://PATH``, or an ``http(s)://`` URL. ``None`` is the
+                default preset, which ships inside the package and needs no
+                network. Other handle schemes (``kaggle://``, ``hf://``) raise
+                `keras_pneumonia.weights.WeightsError` naming the supported ones.
+            cache_dir: Where downloads are kept. Defaults to
+                ``$KERAS_PNEUMONIA_CACHE`` or ``$KERAS_HOME/keras_pneumonia``.
+            force_download: Download again even when a verified copy exists.
+            offline: Never touch the network (default: ``$KERAS_PNEUMONIA_OFFLINE``).
+            compile: Compile the loaded model with its defaults, ready to fine-tune.
+            class_names: Other classes than the preset's: the trained feature
+                extractor is kept and a fresh head is built for them
+                (`~keras_pneumonia.PneumoniaCNN.with_classes`), as KerasHub's
+                ``from_preset(..., num_classes=...)`` does. ``None``: the preset's own.
+
+        Returns:
+            The loaded `PneumoniaCNN`, with its class names and threshold.
+
+        Example:
+
+        >>> import keras_pneumonia as kp
+        >>> model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2")
+        >>> model.class_names
+        ['NORMAL', 'PNEUMONIA']
+        >>> kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", class_names=("NORMAL", "BACTERIAL", "VIRAL")).output_shape
+        (None, 3)
+        """
+        model = load_model(preset, cache_dir=cache_dir, force_download=force_download, offline=offline, compile=False)
+        if class_names is not None and [str(c) for c in class_names] != list(model.class_names):
+            model = model.with_classes(class_names)
+        if compile:
+            model.compile()
+        return model
+
+    @classmethod
+    def from_pretrained(cls, name: str | Path | None = None, **kwargs) -> Any:
+        """The friendly alias of `from_preset`: ``PneumoniaCNN.from_pretrained()`` loads the default preset.
+
+        Example:
+
+        >>> import keras_pneumonia as kp
+        >>> kp.PneumoniaCNN.from_pretrained().threshold
+        0.5
+        """
+        return cls.from_preset(name, **kwargs)
+
+
+def load_model(
+    name: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    force_download: bool = False,
+    offline: bool | None = None,
+    compile: bool = True,
+):
+    """Loads a model from a preset, a path or a URL (resolved by `keras_pneumonia.weights.get_file`).
+
+    Loading uses Keras' safe mode: a file that would run arbitrary code is refused.
+
+    Returns:
+        The loaded model (a `PneumoniaCNN` for the released presets), compiled
+        with its defaults if ``compile`` is true.
+    """
+    from keras_pneumonia.weights import WeightsError, get_file
+
+    path = get_file(name, cache_dir=cache_dir, force_download=force_download, offline=offline)
+
+    if Path(path).suffix == ".keras" and not zipfile.is_zipfile(path):  # Keras would say "File not found"
+        raise WeightsError(f"{path} is not a .keras file: a .keras file is a zip archive, and this one is not.")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:
+        raise WeightsError(f"{path} is not a loadable .keras model: {error}") from None
+    if compile:
+        model.compile()
+    return model
