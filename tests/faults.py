@@ -194,6 +194,13 @@ def cases(work: Path):
         "weights: kaggle:// handle", ["demo", "--weights", "kaggle://x/y"], 2, "Unsupported handle", "clear error"
     )
     yield simple(
+        "weights: hf:// handle offline, never fetched",
+        ["demo", "--weights", "hf://someone/pneumonia"],
+        2,
+        "hf://someone/pneumonia",  # "not in the Hugging Face cache" or, without [hub], "needs huggingface-hub"
+        "clear error naming the handle, no network wait",
+    )
+    yield simple(
         "weights: URL while offline",
         ["demo", "--weights", "https://example.org/m.keras"],
         2,

@@ -281,8 +281,8 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(x, z)
 
-    for handle in ("kaggle://keras/pneumonia_cnn/keras/v2", "hf://keras-pneumonia/v2"):
-        with pytest.raises(WeightsError, match=r"Unsupported handle.*file://PATH, http://URL and https://URL"):
+    for handle in ("kaggle://keras/pneumonia_cnn/keras/v2", "s3://bucket/v2.keras"):
+        with pytest.raises(WeightsError, match=r"Unsupported handle.*file://PATH, http://URL, https://URL and hf://"):
             kp.PneumoniaCNN.from_preset(handle)
     with pytest.raises(WeightsError, match="Unknown preset 'pneumonia_cnn_v9'.*also supported"):
         kp.PneumoniaCNN.from_preset("pneumonia_cnn_v9")

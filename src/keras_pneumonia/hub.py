@@ -92,7 +92,8 @@ class Presets:
                 ``model.keras`` is checked against its ``metadata.json``),
                 ``file://PATH``, or an ``http(s)://`` URL. ``None`` is the
                 default preset, which ships inside the package and needs no
-                network. Other handle schemes (``kaggle://``, ``hf://``) raise
+                network. ``hf://OWNER/NAME[@REVISION]``: a preset folder on the Hugging Face
+                Hub (extra ``[hub]``; see the sharing guide). Other handle schemes (``kaggle://``) raise
                 `keras_pneumonia.weights.WeightsError` naming the supported ones.
             cache_dir: Where downloads are kept. Defaults to
                 ``$KERAS_PNEUMONIA_CACHE`` or ``$KERAS_HOME/keras_pneumonia``.

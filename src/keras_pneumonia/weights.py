@@ -43,7 +43,7 @@ DOWNLOAD_TIMEOUT = 60.0
 
 SUPPORTED_HANDLES = (
     "a preset name, a path to a .keras file (or to a folder holding model.keras), file://PATH, "
-    "http://URL and https://URL"
+    "http://URL, https://URL and hf://OWNER/NAME[@REVISION] (a preset folder on the Hugging Face Hub)"
 )
 
 
@@ -183,7 +183,8 @@ def get_file(
         name: Preset name (`list_presets`), a path to a ``.keras`` file or to
             a folder holding ``model.keras``, ``file://PATH``, or an
             ``http(s)://`` URL; ``None`` is the default preset. Other schemes
-            (``kaggle://``, ``hf://``...) raise `WeightsError` naming these.
+            (``kaggle://``...) raise `WeightsError` naming these. ``hf://OWNER/NAME[@REVISION]``
+            is a preset folder on the Hugging Face Hub, fetched by ``huggingface_hub``.
         cache_dir: Writable cache folder (see `default_cache_dir`).
         force_download: Download again even when a verified copy exists.
         offline: Never touch the network (default: ``$KERAS_PNEUMONIA_OFFLINE``).
@@ -203,6 +204,8 @@ def get_file(
     scheme = urlparse(text).scheme if "://" in text else ""
     if scheme == "file":
         text = urlparse(text).path
+    elif scheme == "hf":
+        return _from_hugging_face(text.removeprefix("hf://"), offline, force_download)
     elif scheme and scheme not in ("http", "https"):
         raise WeightsError(
             f"Unsupported handle {text!r}: keras-pneumonia does not resolve {scheme}:// handles. "
@@ -261,6 +264,61 @@ def get_file(
         if damaged:
             raise WeightsError(f"{damaged}{error}") from None
         raise
+
+
+def _from_hugging_face(handle: str, offline: bool, force_download: bool) -> Path:
+    """``hf://OWNER/NAME[@REVISION]``: a preset folder on the Hugging Face Hub, in the Hub's own cache, verified.
+
+    ``huggingface_hub`` fetches ``metadata.json`` and ``model.keras`` into its cache
+    (``$HF_HOME``; ``$HF_ENDPOINT`` for another server), which holds only complete
+    files; the model is then checked against the sha256 in the metadata, as a local
+    preset folder is.
+    """
+    try:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise WeightsError(
+            f"hf://{handle} needs the huggingface-hub package: pip install 'keras-pneumonia[hub]'."
+        ) from None
+    repo_id, _, revision = handle.partition("@")
+    where = f"hf://{handle}"
+    offline = offline or bool(constants.HF_HUB_OFFLINE)  # ours (KERAS_PNEUMONIA_OFFLINE) or the Hub's (HF_HUB_OFFLINE)
+    fetched = {}
+    try:
+        for name in ("metadata.json", "model.keras"):
+            fetched[name] = hf_hub_download(
+                repo_id, name, revision=revision or None, local_files_only=offline, force_download=force_download
+            )
+    except RepositoryNotFoundError:
+        raise WeightsError(
+            f"{where}: no such model repository on the Hub (or it is private or gated: log in with `hf auth login`)."
+        ) from None
+    except RevisionNotFoundError:
+        raise WeightsError(f"{where}: the repository has no revision {revision!r}.") from None
+    except LocalEntryNotFoundError:
+        reason = "offline mode is on" if offline else "the Hub could not be reached"
+        raise WeightsError(
+            f"{where} is not in the Hugging Face cache and {reason}: connect once to download it "
+            "(it is then used offline), or download the folder and pass its path."
+        ) from None
+    except EntryNotFoundError:
+        raise WeightsError(
+            f"{where} holds no {name}: it is not a keras-pneumonia preset folder (write one with "
+            "PneumoniaCNN.save_to_preset and upload the whole folder)."
+        ) from None
+    except (HfHubHTTPError, ValueError) as error:  # ValueError: a malformed repository id
+        raise WeightsError(f"{where}: {error}") from None
+    try:
+        return _checked_preset_folder(Path(fetched["model.keras"]).parent)
+    except WeightsError as error:
+        raise WeightsError(f"{where}: {error}") from None
 
 
 def _checked_preset_folder(folder: Path) -> Path:
