@@ -93,7 +93,8 @@ def matrix(session: nox.Session, backend: str) -> None:
     session.env["KERAS_BACKEND"] = backend
     session.run("python", "-c", "import keras; print('Keras', keras.__version__, 'on', keras.backend.backend())")
     # A non-editable install: with the src layout, the tests import the installed package.
-    _pytest(session, "-q", "-p", "no:cacheprovider", "tests")
+    # The browser tests have their own session (they need Chromium and Selenium).
+    _pytest(session, "-q", "-p", "no:cacheprovider", "tests", "--ignore=tests/browser")
     # The guarantees on this backend too: the real CLI and web app through every fault case.
     session.run("python", "tests/faults.py", env={"TF_CPP_MIN_LOG_LEVEL": "3"})
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from keras_pneumonia.images import check_batch
 
-#: The layer whose output is "the features": the global pooling (or flattening) that starts the head.
+#: The names of the layer whose output is "the features", the global pooling (or flattening) that starts the head.
 POOLING_LAYERS = ("avg_pool", "max_pool", "flatten")
 
 
@@ -83,7 +83,7 @@ class FineTuning(_ModelBase):
     def features(self, x, batch_size: int = 64) -> np.ndarray:
         """The pooled features of raw images ``x`` ``(n, h, w, channels)``, as a NumPy array ``(n, features)``.
 
-        The input is checked as `predict` checks it (size, channels, finite pixels).
+        The input is checked as `~keras_pneumonia.PneumoniaCNN.predict` checks it (size, channels, finite pixels).
         """
         check_batch(self, x)
         return np.asarray(self.feature_extractor.predict(x, batch_size=batch_size, verbose=0))
@@ -126,7 +126,7 @@ class FineTuning(_ModelBase):
         """Freezes the feature extractor (the convolutional blocks, or the backbone); the head stays trainable.
 
         Compile again afterwards, as after any change of ``trainable``. The
-        frozen layers are saved with the model (see `get_config`).
+        frozen layers are saved with the model (see `~keras_pneumonia.PneumoniaCNN.get_config`).
         """
         for name in self._feature_layers:
             self.get_layer(name).trainable = False

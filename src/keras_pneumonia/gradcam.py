@@ -45,7 +45,7 @@ def native_gradcam(flat, target, batch: np.ndarray, classes) -> np.ndarray:
     two functional models so that each backend differentiates the second.
 
     Args:
-        flat: A single-graph model (from `gradcam`'s flattening); its last layer's
+        flat: A single-graph model (from ``gradcam``'s flattening); its last layer's
             activation is set to linear here, so pass a copy.
         target: The layer of ``flat`` to explain.
         batch: Model-input images ``(n, h, w, c)``, float32.
@@ -210,7 +210,7 @@ def gradcam(
     Built on tf-keras-vis (``Gradcam``, ``GradcamPlusPlus`` with
     ``ReplaceToLinear``, or ``Scorecam``) on the TensorFlow backend; on JAX and
     PyTorch, ``"gradcam"`` is the same computation with the backend's gradient
-    (`native_gradcam`). Works on nested models too: a `PneumoniaCNN` or a
+    (`keras_pneumonia.gradcam.native_gradcam`). Works on nested models too: a `PneumoniaCNN` or a
     ``keras.applications`` backbone inside a user's model.
 
     Args:

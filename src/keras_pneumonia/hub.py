@@ -102,11 +102,11 @@ class Presets:
             compile: Compile the loaded model with its defaults, ready to fine-tune.
             class_names: Other classes than the preset's: the trained feature
                 extractor is kept and a fresh head is built for them
-                (`~keras_pneumonia.PneumoniaCNN.with_classes`), as KerasHub's
+                (``with_classes``), as KerasHub's
                 ``from_preset(..., num_classes=...)`` does. ``None``: the preset's own.
 
         Returns:
-            The loaded `PneumoniaCNN`, with its class names and threshold.
+            The loaded `~keras_pneumonia.PneumoniaCNN`, with its class names and threshold.
 
         Example:
 
@@ -150,7 +150,7 @@ def load_model(
     Loading uses Keras' safe mode: a file that would run arbitrary code is refused.
 
     Returns:
-        The loaded model (a `PneumoniaCNN` for the released presets), compiled
+        The loaded model (a `~keras_pneumonia.PneumoniaCNN` for the released presets), compiled
         with its defaults if ``compile`` is true.
     """
     from keras_pneumonia.weights import WeightsError, get_file

@@ -84,7 +84,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
             model. ``None`` takes `keras_pneumonia.input_check.LIMITS`.
         ood: The out-of-distribution flag's settings (method, layers, threshold,
             dimensions), written by `keras_pneumonia.ood.fit`, which also fills the
-            ``ood_detector`` weights. ``None``: no flag (`ood_scores` refuses).
+            ``ood_detector`` weights. ``None``: no flag (``ood_scores`` refuses).
         backbone_weights: ``"imagenet"`` (downloaded by ``keras.applications``
             into ``$KERAS_HOME/models``, or found there), a path to a weights
             file of the backbone without its top, or ``None`` (random).
@@ -309,8 +309,10 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         return super().predict(x, *args, **kwargs)
 
     def predict_on_batch(self, x):
-        """`keras.Model.predict_on_batch`, with `predict`'s input checks."""
+        """`keras.Model.predict_on_batch`, with `predict`'s input checks; a TensorFlow tensor works on every backend."""
         check_batch(self, x)
+        if keras.backend.backend() != "tensorflow" and type(x).__module__.startswith("tensorflow"):
+            x = np.asarray(x)  # JAX and PyTorch cannot take one (`predict` converts tf.data batches itself)
         return super().predict_on_batch(x)
 
     @property
