@@ -2,6 +2,7 @@
 
     python examples/finetune.py path/to/my_xrays --output runs/finetuned
     python examples/finetune.py path/to/my_xrays --backbone densenet121 --image-size 224 --output runs/densenet
+    python examples/finetune.py path/to/chest_xray --classes subtype --output runs/subtype  # a new head
 
 The few lines that matter, with the two-stage recipe of
 `keras_pneumonia.training.fine_tune` (head first with the feature extractor frozen,
@@ -12,6 +13,12 @@ stays frozen; the threshold is chosen again on validation):
     data = kp.load_chest_xray(folder, image_size=model.image_size, color_mode=model.color_mode)
     report = fine_tune(model, data, "runs/finetuned")
 
+With ``--classes subtype`` the model keeps the released feature extractor and gets a
+fresh head for NORMAL / BACTERIAL / VIRAL, labelled by the Kaggle file names:
+
+    model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", class_names=("NORMAL", "BACTERIAL", "VIRAL"))
+    data = kp.load_chest_xray(folder, image_size=model.image_size, classes="subtype")
+
 An interrupted run, started again with the same command, resumes.
 """
 
@@ -21,7 +28,7 @@ from pathlib import Path
 import keras
 
 import keras_pneumonia as kp
-from keras_pneumonia.config import DEFAULT_SEED
+from keras_pneumonia.config import CLASS_SETS, DEFAULT_SEED
 from keras_pneumonia.training import FINE_TUNE_PRESETS, fine_tune
 
 PRESET = FINE_TUNE_PRESETS["two_stage"]
@@ -42,6 +49,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=PRESET["epochs"], help="stage 2: top blocks too")
     parser.add_argument("--unfreeze-blocks", type=int, default=PRESET["unfreeze_blocks"], help="blocks in stage 2")
     parser.add_argument("--learning-rate", type=float, default=PRESET["learning_rate"], help="stage 2 learning rate")
+    parser.add_argument("--classes", choices=tuple(CLASS_SETS), default="binary", help="subtype: a new 3-class head")
     parser.add_argument("--validation-split", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     args = parser.parse_args(argv)
@@ -49,13 +57,19 @@ def main(argv=None):
     keras.utils.set_random_seed(args.seed)
     if args.backbone:
         weights = None if args.backbone_weights == "none" else args.backbone_weights
-        model = kp.PneumoniaCNN(backbone=args.backbone, backbone_weights=weights, image_size=args.image_size)
+        model = kp.PneumoniaCNN(
+            backbone=args.backbone,
+            backbone_weights=weights,
+            image_size=args.image_size,
+            class_names=CLASS_SETS[args.classes],
+        )
     else:
-        model = kp.PneumoniaCNN.from_preset(args.weights)
+        model = kp.PneumoniaCNN.from_preset(args.weights, class_names=CLASS_SETS[args.classes])
     data = kp.load_chest_xray(
         args.data_dir,
         image_size=model.image_size,
         color_mode=model.color_mode,
+        classes=args.classes,
         validation_split=args.validation_split,
         seed=args.seed,
     )

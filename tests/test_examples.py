@@ -1,6 +1,7 @@
 """The examples run end to end on tiny real data, so they cannot rot."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import keras
@@ -73,6 +74,19 @@ def test_finetune_example(kaggle_dir, tmp_path, capsys):
     head = (tmp_path / "ft" / "head" / "model.keras").stat().st_mtime_ns
     _load("finetune").main(args)  # stage 1 is found done and skipped
     assert (tmp_path / "ft" / "head" / "model.keras").stat().st_mtime_ns == head
+
+
+@pytest.mark.slow
+def test_finetune_example_gives_the_released_features_a_new_head_for_subtypes(kaggle_dir, tmp_path, capsys):
+    args = [str(kaggle_dir), "--classes", "subtype", "--output", str(tmp_path / "subtype")]
+    args += ["--head-epochs", "1", "--epochs", "1", "--validation-split", "0.25"]
+    _load("finetune").main(args)
+    out = capsys.readouterr().out
+    assert "| true \\ predicted | NORMAL | BACTERIAL | VIRAL |" in out
+    model = kp.PneumoniaCNN.from_preset(tmp_path / "subtype" / "model.keras")
+    assert model.class_names == ["NORMAL", "BACTERIAL", "VIRAL"] and model.output_shape == (None, 3)
+    report = json.loads((tmp_path / "subtype" / "report.json").read_text())
+    assert set(report["val"]["per_class"]) == {"NORMAL", "BACTERIAL", "VIRAL"}
 
 
 @pytest.mark.slow
