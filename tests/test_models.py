@@ -224,7 +224,9 @@ def test_features_are_the_heads_input_and_feed_it_to_the_same_answer(head):
     assert features.shape == (5, width)
     # The head alone (its only weights: the softmax layer) on the features gives predict's answer.
     head_output = model.get_layer("predictions")(features)
-    np.testing.assert_allclose(np.asarray(head_output), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(head_output), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
     assert model.feature_extractor is model.feature_extractor  # built once
     assert model.feature_extractor.get_layer("block1_conv1") is model.get_layer("block1_conv1")  # shared, not copied
 

@@ -156,7 +156,7 @@ def _flat_clone(model, target_path: str):
         if isinstance(op, keras.layers.InputLayer):
             return args[0]
         config = op.get_config()
-        config["name"] = path.replace("/", "__")
+        config["name"] = path.replace("/", "__").replace(".", "_")  # PyTorch names cannot hold "."
         clone = type(op).from_config(config)
         kwargs.pop("training", None)
         out = clone(*args, **kwargs)

@@ -166,11 +166,11 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         head_layers = _head_layers(head, dense_units, dropout, len(class_names), policy)
         # Outside the classification graph: its statistics are weights saved with the
         # model, read by `ood_scores` (keras_pneumonia.ood). None until `ood.fit`.
-        self.ood_detector = None
+        detector = None
         if ood:
             from keras_pneumonia.ood import OutOfDistribution
 
-            self.ood_detector = OutOfDistribution(ood["dims"], ood["classes"], name="ood_detector")
+            detector = OutOfDistribution(ood["dims"], ood["classes"], name="ood_detector")
 
         # === Functional Model ===
         inputs = keras.Input(shape=(*image_size, channels), name="image")
@@ -194,6 +194,9 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         for layer in head_layers:
             x = layer(x)
         super().__init__(inputs=inputs, outputs=x, **kwargs)
+        # Set after Model.__init__: on the PyTorch backend a layer is a torch Module,
+        # which cannot be assigned to a Module that is not initialised yet.
+        self.ood_detector = detector
         # Functional drops a `dtype` argument; the policy is what `compile` reads to add
         # loss scaling for mixed_float16, and what `get_config` saves.
         try:
