@@ -631,8 +631,7 @@ def load_image_folder(
             f"{directory} must hold one folder per class ({', '.join(class_names)}). Found: {_describe(directory)}."
         )
     entries = _entries(directory, directory, class_names)
-    if classes == "subtype":
-        entries = _by_subtype({"folder": entries}, directory, list(class_names))["folder"]
+    entries = _relabel({"folder": entries}, directory, list(class_names), classes)[0]["folder"]
     return _decode_entries(entries, directory, image_size, color_mode, resize, on_bad_file)
 
 
@@ -669,8 +668,12 @@ def _decode_entries(entries, root, image_size, color_mode, resize, on_bad_file):
     return images, labels, list(entries)
 
 
-def _check_loading_arguments(*, kaggle_val, color_mode, resize, batch_size, pipeline, on_bad_file, cache) -> None:
+def _check_loading_arguments(
+    *, kaggle_val, color_mode, resize, batch_size, pipeline, on_bad_file, cache, classes
+) -> None:
     """`load_chest_xray`'s choices, checked before any file is read."""
+    if classes not in CLASS_SETS:
+        raise ValueError(f"`classes` must be one of {tuple(CLASS_SETS)}; received {classes!r}.")
     if kaggle_val not in ("pool", "keep"):
         raise ValueError(f"`kaggle_val` must be 'pool' or 'keep'; received {kaggle_val!r}.")
     if color_mode not in COLOR_MODES:
@@ -719,8 +722,12 @@ def _split_entries(
     return {split: entries for split, entries in found.items() if entries is not None}
 
 
-def _by_subtype(splits: dict[str, list[FileEntry]], root: Path, folders: list[str]) -> dict[str, list[FileEntry]]:
-    """The entries relabelled NORMAL (0), BACTERIAL (1), VIRAL (2) from the Kaggle file names."""
+def _relabel(
+    splits: dict[str, list[FileEntry]], root: Path, folders: list[str], classes: str
+) -> tuple[dict[str, list[FileEntry]], list[str]]:
+    """The entries and class names for ``classes``: as the folders say, or NORMAL (0), BACTERIAL (1), VIRAL (2)."""
+    if classes == "binary":
+        return splits, folders
     if len(folders) != 2:
         raise ValueError(f"classes='subtype' reads two class folders (NORMAL, PNEUMONIA); received {folders}.")
     unnamed = []
@@ -739,7 +746,7 @@ def _by_subtype(splits: dict[str, list[FileEntry]], root: Path, folders: list[st
             f"{root}: classes='subtype' labels {folders[1]} images by 'bacteria' or 'virus' in their file names, "
             f"and {len(unnamed)} name neither (or both): {_shown(unnamed)}."
         )
-    return relabelled
+    return relabelled, list(CLASS_SETS["subtype"])
 
 
 def _build_datasets(
@@ -827,16 +834,13 @@ def load_chest_xray(
 ) -> ChestXrayData:
     """Builds train / validation / test datasets from the Kaggle chest X-ray layout.
 
-    The validation set is split from the training data **by patient** (no
-    patient has images in both) and stratified by class. The Kaggle copy's
-    16-image ``val/`` folder is pooled into the training data before splitting.
+    The validation set is split from the training data **by patient** (no patient has images in
+    both), stratified by class; the Kaggle copy's 16-image ``val/`` folder is pooled in first.
 
-    Both pipelines give the same pixels (`~keras_pneumonia.load_image`'s) in the
-    same order. ``"memory"`` decodes every image once, in parallel, and keeps it,
-    reporting every unreadable file before training starts. ``"stream"`` checks
-    the headers (`~keras_pneumonia.data.check_headers`) and decodes each batch
-    when training asks for it, so memory stays flat; ``cache`` keeps the decoded
-    images after the first epoch. ``"auto"`` streams data sets above
+    Both pipelines give the same pixels (`~keras_pneumonia.load_image`'s) in the same order:
+    ``"memory"`` decodes every image once and keeps it (every unreadable file is reported
+    first); ``"stream"`` checks the headers (`~keras_pneumonia.data.check_headers`) and decodes
+    each batch when asked, so memory stays flat. ``"auto"`` streams data sets above
     `~keras_pneumonia.data.AUTO_STREAM_BYTES` of pixels, and any with a ``cache``.
 
     Args:
@@ -846,8 +850,7 @@ def load_chest_xray(
         color_mode: ``"grayscale"`` or ``"rgb"``.
         batch_size: Batch size of the returned datasets.
         validation_split: Fraction of the training images held out for validation.
-        seed: Seed of the split and of the training shuffle; the same seed
-            gives the same split.
+        seed: Seed of the split and of the training shuffle (the same seed, the same split).
         kaggle_val: ``"pool"`` (default) merges ``val/`` into the training data
             before splitting; ``"keep"`` uses ``val/`` as the validation set as given.
         resize: ``"squash"``, ``"crop"`` or ``"pad"`` (see `~keras_pneumonia.load_image`).
@@ -857,22 +860,18 @@ def load_chest_xray(
         pipeline: ``"auto"``, ``"memory"`` or ``"stream"`` (see above).
         cache: With the streaming pipeline: ``None`` (decode every epoch),
             ``"memory"``, or a folder for cache files.
-        shuffle_buffer: With a cache: images shuffled together in the epochs read
-            from it.
-        classes: ``"binary"`` (the class folders' names) or ``"subtype"``:
-            NORMAL, BACTERIAL and VIRAL, the PNEUMONIA images labelled by the
-            ``bacteria`` / ``virus`` in their Kaggle file names
-            (`~keras_pneumonia.config.CLASS_SETS`). The split stays by patient,
-            stratified by NORMAL/PNEUMONIA.
+        shuffle_buffer: With a cache: images shuffled together in the epochs read from it.
+        classes: ``"binary"`` (the class folders) or ``"subtype"``: NORMAL, BACTERIAL, VIRAL by the
+            Kaggle file names' ``bacteria`` / ``virus`` (`~keras_pneumonia.config.CLASS_SETS`); the
+            split stays by patient.
 
     Returns:
         A `ChestXrayData`.
 
     Raises:
         LayoutError: The folder layout is not usable.
-        BadImageError: Some files could not be decoded (with ``on_bad_file="raise"``);
-            when streaming, raised by `~keras_pneumonia.data.bad_image_error_from` for files that pass
-            the header check but fail to decode (``train`` does this).
+        BadImageError: Some files could not be decoded (``on_bad_file="raise"``); when streaming,
+            `~keras_pneumonia.data.bad_image_error_from` raises it for files that fail late (``train`` does).
 
     Example:
 
@@ -892,15 +891,12 @@ def load_chest_xray(
         pipeline=pipeline,
         on_bad_file=on_bad_file,
         cache=cache,
+        classes=classes,
     )
-    if classes not in CLASS_SETS:
-        raise ValueError(f"`classes` must be one of {tuple(CLASS_SETS)}; received {classes!r}.")
     size = as_size(image_size)
     root = find_kaggle_root(data_dir, class_names)
-    class_names = list(class_names)
-    splits = _split_entries(root, class_names, validation_split, seed, kaggle_val)
-    if classes == "subtype":
-        splits, class_names = _by_subtype(splits, root, class_names), list(CLASS_SETS["subtype"])
+    splits = _split_entries(root, list(class_names), validation_split, seed, kaggle_val)
+    splits, class_names = _relabel(splits, root, list(class_names), classes)
     options = _pipeline_options(
         splits,
         size=size,
@@ -913,8 +909,8 @@ def load_chest_xray(
         on_bad_file=on_bad_file,
         pipeline=pipeline,
         cache=cache,
+        classes=classes,
     )
-    options["classes"] = classes
     datasets, files = _build_datasets(
         splits,
         root,
