@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -861,12 +862,14 @@ def _quiet_tensorflow(verbose: bool) -> None:
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
+        _LOADING["stderr"] = saved  # where a SIGTERM meanwhile is reported
         try:
             import keras  # noqa: F401  (imports the backend)
         except Exception:  # noqa: BLE001  (named by _load_keras, which imports it again)
             pass
         finally:
             os.dup2(saved, 2)
+            _LOADING["stderr"] = 2
             os.close(saved)
 
 
@@ -889,7 +892,17 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler or ``kill``), handled like Ctrl-C: the run stops cleanly and can resume."""
 
 
+TERMINATED = "keras-pneumonia: terminated (SIGTERM); the same command resumes a training run"
+#: While Keras and its backend load (nothing is written yet), and the stderr to report on.
+_LOADING = {"now": False, "stderr": 2}
+
+
 def _raise_terminated(signum, frame):
+    if _LOADING["now"]:
+        # An exception raised inside a backend's native import (JAX's) can abort the
+        # interpreter (SIGABRT, no message); nothing is open or written yet, so leave now.
+        os.write(_LOADING["stderr"], (TERMINATED + "\n").encode())
+        os._exit(143)
     raise _Terminated()
 
 
@@ -922,12 +935,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = _handle_sigterm()
     try:
         if args.command != "presets":  # the only command that needs no Keras
-            _quiet_tensorflow(args.verbose)
-            _load_keras()
+            _LOADING["now"] = True
+            try:
+                _quiet_tensorflow(args.verbose)
+                _load_keras()
+            finally:
+                _LOADING["now"] = False
         _configure_logging(args.verbose)
         return COMMANDS[args.command](args)
     except _Terminated:
-        print("keras-pneumonia: terminated (SIGTERM); the same command resumes a training run", file=sys.stderr)
+        print(TERMINATED, file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("keras-pneumonia: interrupted", file=sys.stderr)
