@@ -502,10 +502,14 @@ class _WebServer:
         with ThreadPoolExecutor(n) as pool:
             answers = list(pool.map(lambda i: self.post([(f"x{i}.jpeg", data)]), range(n)))
         probabilities = {json.loads(body)["results"][0]["probability"] for code, body in answers if code == 200}
-        ok = all(code == 200 for code, _ in answers) and len(probabilities) == 1
+        # Alike at float32 resolution: uploads answered in one batch may differ in the last bits
+        # from those answered alone (CPU kernels depend on the batch size).
+        spread = max(probabilities) - min(probabilities) if probabilities else float("nan")
+        ok = all(code == 200 for code, _ in answers) and spread <= 1e-6
         return (
             ok,
-            f"{sum(code == 200 for code, _ in answers)} of {n} answered 200; {len(probabilities)} distinct answer(s)",
+            f"{sum(code == 200 for code, _ in answers)} of {n} answered 200; {len(probabilities)} distinct "
+            f"answer(s), spread {spread:.1e}",
         )
 
     def disconnect_mid_upload(self):
