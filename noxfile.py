@@ -57,7 +57,7 @@ def browser(session: nox.Session) -> None:
 
 @nox.session
 def extras(session: nox.Session) -> None:
-    """The tests that need more installed: DICOM ([dicom]), ONNX export ([export]), hf:// handles ([hub]), JAX."""
+    """The tests that need more installed: DICOM ([dicom]), ONNX export ([export]), hf:// and kaggle:// ([hub]), JAX."""
     session.install("-e", ".[test,dicom,export,hub]", JAX)
     _pytest(
         session,
@@ -65,6 +65,7 @@ def extras(session: nox.Session) -> None:
         "tests/test_dicom.py",
         "tests/test_export.py",
         "tests/test_hub.py",
+        "tests/test_kaggle.py",
         "tests/test_serve.py::test_a_dicom_without_pixels_is_a_clear_error",
         "tests/test_serve.py::test_a_dicom_film_is_answered_as_predict_answers_it",
         "tests/test_distribution.py::test_data_parallel_on_two_jax_devices_matches_one",

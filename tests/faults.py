@@ -191,7 +191,21 @@ def cases(work: Path):
         "weights: missing path", ["demo", "--weights", work / "none.keras"], 2, "No weights file", "clear error"
     )
     yield simple(
-        "weights: kaggle:// handle", ["demo", "--weights", "kaggle://x/y"], 2, "Unsupported handle", "clear error"
+        "weights: unsupported handle", ["demo", "--weights", "s3://x/y.keras"], 2, "Unsupported handle", "clear error"
+    )
+    yield simple(
+        "weights: malformed kaggle:// handle",
+        ["demo", "--weights", "kaggle://x/y"],
+        2,
+        "kaggle://x/y",  # "is not a Kaggle model handle" or, without [hub], "needs the kagglehub package"
+        "clear error naming the handle",
+    )
+    yield simple(
+        "data: kaggle:// handle offline, never fetched",
+        ["split", "kaggle://someone/chest-xrays", "--manifest", work / "kaggle.json"],
+        2,
+        "kaggle://someone/chest-xrays",  # "not in the kagglehub cache ... offline mode is on", or "needs kagglehub"
+        "clear error naming the handle, no network wait",
     )
     yield simple(
         "weights: hf:// handle offline, never fetched",

@@ -281,9 +281,10 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(x, z)
 
-    for handle in ("kaggle://keras/pneumonia_cnn/keras/v2", "s3://bucket/v2.keras"):
-        with pytest.raises(WeightsError, match=r"Unsupported handle.*file://PATH, http://URL, https://URL and hf://"):
-            kp.PneumoniaCNN.from_preset(handle)
+    with pytest.raises(
+        WeightsError, match=r"Unsupported handle.*file://PATH, http://URL, https://URL, hf://.*kaggle://"
+    ):
+        kp.PneumoniaCNN.from_preset("s3://bucket/v2.keras")
     with pytest.raises(WeightsError, match="Unknown preset 'pneumonia_cnn_v9'.*also supported"):
         kp.PneumoniaCNN.from_preset("pneumonia_cnn_v9")
 
@@ -384,3 +385,23 @@ def test_a_preset_folder_round_trips_and_is_checked_against_its_metadata(tmp_pat
     with pytest.raises(WeightsError, match="does not match .*metadata.json"):
         kp.PneumoniaCNN.from_preset(str(folder))
     assert not list(tmp_path.glob(".shared*"))  # no staging folder left
+
+
+def test_kaggle_handles_without_kagglehub_say_what_to_install():
+    code = (
+        "import sys\n"
+        "sys.modules['kagglehub'] = None  # as if not installed: importing it raises ImportError\n"
+        "import keras_pneumonia as kp\n"
+        "from keras_pneumonia.kaggle import KaggleError\n"
+        "from keras_pneumonia.weights import WeightsError\n"
+        "for load in (lambda: kp.weights.get_file('kaggle://a/b/keras/c'), lambda: kp.load_chest_xray('kaggle://a/b')):\n"
+        "    try:\n"
+        "        load()\n"
+        "    except (WeightsError, KaggleError) as error:\n"
+        "        print(type(error).__name__, error)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.splitlines() == [
+        "WeightsError kaggle://a/b/keras/c needs the kagglehub package: pip install 'keras-pneumonia[hub]'.",
+        "KaggleError kaggle://a/b needs the kagglehub package: pip install 'keras-pneumonia[hub]'.",
+    ], run.stdout + run.stderr

@@ -32,6 +32,7 @@ _EXPORTS = {
     "SquashResize": "keras_pneumonia.layers",
     "callbacks": "",
     "check_input": "keras_pneumonia.input_check",
+    "download_chest_xray": "keras_pneumonia.data",
     "evaluate": "keras_pneumonia.evaluation",
     "evaluate_robustness": "keras_pneumonia.robustness",
     "explanation_figure": "keras_pneumonia.plots",

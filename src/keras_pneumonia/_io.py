@@ -17,6 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def offline_mode(offline: bool | None = None) -> bool:
+    """``offline`` when given, else whether ``$KERAS_PNEUMONIA_OFFLINE`` is set to 1, true, yes or on."""
+    if offline is not None:
+        return offline
+    return os.environ.get("KERAS_PNEUMONIA_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -35,6 +35,14 @@ def _fraction(text: str) -> float:
     return value
 
 
+DATA_HELP = "Kaggle chest_xray root (train/, optional val/ and test/), or a kaggle:// data set handle"
+
+
+def _data_dir(text: str) -> str | Path:
+    """A folder, or a ``kaggle://`` data set handle (kept as text: a Path would fold its ``//``)."""
+    return text if text.startswith("kaggle://") else Path(text)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -83,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     _add_export(commands)
     _add_download(commands)
+    _add_download_data(commands)
     _add_serve(commands)
     _add_presets(commands)
     return parser
@@ -90,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_split(commands) -> None:
     split = commands.add_parser("split", help="write a patient-disjoint train/val/test manifest")
-    split.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
+    split.add_argument("data_dir", type=_data_dir, help=DATA_HELP)
     split.add_argument(
         "--validation-split", type=_fraction, default=D.validation_split, help=f"fraction ({D.validation_split})"
     )
@@ -101,7 +110,7 @@ def _add_split(commands) -> None:
 
 def _add_train(commands) -> None:
     train = commands.add_parser("train", help="train a PneumoniaCNN and write a run folder")
-    train.add_argument("data_dir", type=Path, help="Kaggle chest_xray root (train/, optional val/ and test/)")
+    train.add_argument("data_dir", type=_data_dir, help=DATA_HELP)
     train.add_argument("--output", "-o", type=Path, required=True, help="run folder (created; resumed if interrupted)")
     train.add_argument("--epochs", type=_positive_int, default=D.epochs, help=f"maximum epochs ({D.epochs})")
     train.add_argument(
@@ -247,7 +256,7 @@ def _add_model_arguments(train) -> None:
 def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a model on a labelled folder")
     evaluate.add_argument(
-        "data_dir", type=Path, help="folder with NORMAL/ and PNEUMONIA/, or a Kaggle root (its test/ is used)"
+        "data_dir", type=_data_dir, help="folder with NORMAL/ and PNEUMONIA/, or a Kaggle root (its test/ is used)"
     )
     evaluate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     evaluate.add_argument("--threshold", type=_fraction, help="override the model's decision threshold")
@@ -277,7 +286,9 @@ def _add_calibrate(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="fit the temperature on the validation split (temperature scaling) and save the model"
     )
-    calibrate.add_argument("data_dir", type=Path, help="Kaggle-layout root: the validation split of its train/ is used")
+    calibrate.add_argument(
+        "data_dir", type=_data_dir, help="Kaggle-layout root or kaggle:// handle: its train/'s validation split is used"
+    )
     calibrate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     calibrate.add_argument("--output", type=Path, help="write the calibrated model here (.keras); omit to only measure")
     calibrate.add_argument("--report-dir", type=Path, metavar="DIR", help="write calibration.json and reliability.png")
@@ -292,7 +303,9 @@ def _add_fit_ood(commands) -> None:
     fit_ood = commands.add_parser(
         "fit-ood", help="fit the out-of-distribution flag on a training folder and save the model with it"
     )
-    fit_ood.add_argument("data_dir", type=Path, help="Kaggle-layout root: its train/ split by patient, as in train")
+    fit_ood.add_argument(
+        "data_dir", type=_data_dir, help="Kaggle-layout root or kaggle:// handle: its train/ split by patient"
+    )
     fit_ood.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     fit_ood.add_argument("--output", type=Path, required=True, help="the model with the flag (.keras)")
     fit_ood.add_argument(
@@ -366,6 +379,17 @@ def _add_download(commands) -> None:
     download.add_argument("--all", action="store_true", help="every preset")
     download.add_argument("--cache-dir", type=Path, help="cache folder (default: $KERAS_PNEUMONIA_CACHE or KERAS_HOME)")
     download.add_argument("--list", action="store_true", help="list the presets and exit (see also: presets)")
+
+
+def _add_download_data(commands) -> None:
+    download_data = commands.add_parser(
+        "download-data",
+        help="download the chest X-ray data set from Kaggle and print its folder (needs the [hub] extra)",
+    )
+    download_data.add_argument(
+        "handle", nargs="?", default=None, help="kaggle://OWNER/DATASET[/versions/N] (default: Kermany et al.'s set)"
+    )
+    download_data.add_argument("--force", action="store_true", help="download again even if it is in the cache")
 
 
 def _add_serve(commands) -> None:
@@ -729,6 +753,13 @@ def _cmd_download(args) -> int:
     return 0
 
 
+def _cmd_download_data(args) -> int:
+    from keras_pneumonia.data import download_chest_xray
+
+    print(download_chest_xray(args.handle, force_download=args.force))
+    return 0
+
+
 def _cmd_presets(args) -> int:
     import json
 
@@ -834,6 +865,7 @@ COMMANDS = {
     "predict": _cmd_predict,
     "demo": _cmd_demo,
     "download": _cmd_download,
+    "download-data": _cmd_download_data,
     "presets": _cmd_presets,
     "calibrate": _cmd_calibrate,
     "export": _cmd_export,

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from keras_pneumonia import kaggle
+from keras_pneumonia._io import offline_mode
 from keras_pneumonia.config import CHOICES, CLASS_NAMES, CLASS_SETS, DEFAULT_IMAGE_SIZE, DEFAULT_SEED
 from keras_pneumonia.images import CHANNELS, COLOR_MODES, IMAGE_EXTENSIONS, RESIZE_MODES, as_size, load_image
 
@@ -189,12 +191,17 @@ def _describe(folder: Path) -> str:
 def find_kaggle_root(data_dir: str | Path, class_names: Sequence[str] = CLASS_NAMES) -> Path:
     """Finds the folder holding ``train/`` in a Kaggle chest X-ray download.
 
-    Accepts the root itself, or the zip as extracted (``chest_xray/``,
-    ``chest_xray/chest_xray/``; ``__MACOSX`` folders are ignored).
+    Accepts the root itself, the zip as extracted (``chest_xray/``,
+    ``chest_xray/chest_xray/``; ``__MACOSX`` folders are ignored), or a data set
+    handle, ``kaggle://OWNER/DATASET`` (`keras_pneumonia.kaggle`: downloaded once into
+    ``kagglehub``'s cache, offline after that).
 
     Raises:
         LayoutError: No usable layout; the message shows what was found.
+        keras_pneumonia.kaggle.KaggleError: A handle that could not be fetched.
     """
+    if kaggle.is_handle(data_dir):
+        data_dir = kaggle.dataset_folder(str(data_dir), offline=offline_mode())
     data_dir = Path(data_dir)
     candidates = [data_dir, data_dir / "chest_xray", data_dir / "chest_xray" / "chest_xray"]
     for candidate in candidates:
@@ -207,6 +214,27 @@ def find_kaggle_root(data_dir: str | Path, class_names: Sequence[str] = CLASS_NA
     )
 
 
+def download_chest_xray(handle: str | None = None, *, force_download: bool = False) -> Path:
+    """Downloads the chest X-ray data set from Kaggle (`keras_pneumonia.kaggle`) and returns its root.
+
+    The root is the folder `load_chest_xray` reads (``train/``, ``val/``, ``test/``); the
+    download is kept in ``kagglehub``'s cache and used offline after that. Passing the
+    handle to `load_chest_xray` does the same in one step.
+
+    Args:
+        handle: ``kaggle://OWNER/DATASET[/versions/N]`` (default: `keras_pneumonia.kaggle.DATASET`).
+        force_download: Download again even when the cache holds it.
+
+    Raises:
+        keras_pneumonia.kaggle.KaggleError: The handle could not be fetched.
+        LayoutError: The download holds no chest X-ray layout.
+    """
+    handle = handle or kaggle.DATASET
+    if not kaggle.is_handle(handle):
+        raise kaggle.KaggleError(f"{handle!r} is not a kaggle:// data set handle (kaggle://OWNER/DATASET).")
+    return find_kaggle_root(kaggle.dataset_folder(handle, offline=offline_mode(), force_download=force_download))
+
+
 def evaluation_folder(data_dir: str | Path, class_names: Sequence[str] | None = None) -> Path:
     """The labelled folder to evaluate on: ``data_dir`` itself (one sub-folder per class) or a Kaggle root's ``test/``.
 
@@ -217,8 +245,10 @@ def evaluation_folder(data_dir: str | Path, class_names: Sequence[str] | None = 
     Raises:
         LayoutError: Neither; the message says what was expected.
     """
-    data_dir = Path(data_dir)
     class_names = CLASS_NAMES if class_names is None else class_names
+    if kaggle.is_handle(data_dir):
+        data_dir = find_kaggle_root(data_dir, class_names)
+    data_dir = Path(data_dir)
     if has_class_dirs(data_dir, class_names):
         return data_dir
     expected = " and ".join(f"{name}/" for name in class_names)

@@ -31,19 +31,19 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
 
-from keras_pneumonia._io import owner, remove_stale
+from keras_pneumonia._io import offline_mode, owner, remove_stale
 from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
 
 logger = logging.getLogger(__name__)
 
-_TRUE = {"1", "true", "yes", "on"}
 #: Seconds a download may go without receiving data before it is abandoned.
 DOWNLOAD_TIMEOUT = 60.0
 
 
 SUPPORTED_HANDLES = (
     "a preset name, a path to a .keras file (or to a folder holding model.keras), file://PATH, "
-    "http://URL, https://URL and hf://OWNER/NAME[@REVISION] (a preset folder on the Hugging Face Hub)"
+    "http://URL, https://URL, hf://OWNER/NAME[@REVISION] (a preset folder on the Hugging Face Hub) and "
+    "kaggle://OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION] (a preset folder as a Kaggle model)"
 )
 
 
@@ -74,12 +74,6 @@ def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
 def _readonly_dirs() -> list[Path]:
     value = os.environ.get("KERAS_PNEUMONIA_READONLY_CACHE", "")
     return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
-
-
-def _offline(offline: bool | None) -> bool:
-    if offline is not None:
-        return offline
-    return os.environ.get("KERAS_PNEUMONIA_OFFLINE", "").strip().lower() in _TRUE
 
 
 def sha256sum(path: str | Path) -> str:
@@ -182,9 +176,11 @@ def get_file(
     Args:
         name: Preset name (`list_presets`), a path to a ``.keras`` file or to
             a folder holding ``model.keras``, ``file://PATH``, or an
-            ``http(s)://`` URL; ``None`` is the default preset. Other schemes
-            (``kaggle://``...) raise `WeightsError` naming these. ``hf://OWNER/NAME[@REVISION]``
-            is a preset folder on the Hugging Face Hub, fetched by ``huggingface_hub``.
+            ``http(s)://`` URL; ``None`` is the default preset. ``hf://OWNER/NAME[@REVISION]``
+            is a preset folder on the Hugging Face Hub, fetched by ``huggingface_hub``;
+            ``kaggle://OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION]`` one on Kaggle, fetched by
+            ``kagglehub`` (`keras_pneumonia.kaggle`). Other schemes raise `WeightsError`
+            naming these.
         cache_dir: Writable cache folder (see `default_cache_dir`).
         force_download: Download again even when a verified copy exists.
         offline: Never touch the network (default: ``$KERAS_PNEUMONIA_OFFLINE``).
@@ -199,13 +195,15 @@ def get_file(
     """
     name = DEFAULT_PRESET if name is None else name
     text = str(name)
-    offline = _offline(offline)
+    offline = offline_mode(offline)
     cache = default_cache_dir(cache_dir)
     scheme = urlparse(text).scheme if "://" in text else ""
     if scheme == "file":
         text = urlparse(text).path
     elif scheme == "hf":
         return _from_hugging_face(text.removeprefix("hf://"), offline, force_download)
+    elif scheme == "kaggle":
+        return _from_kaggle(text, offline, force_download)
     elif scheme and scheme not in ("http", "https"):
         raise WeightsError(
             f"Unsupported handle {text!r}: keras-pneumonia does not resolve {scheme}:// handles. "
@@ -319,6 +317,25 @@ def _from_hugging_face(handle: str, offline: bool, force_download: bool) -> Path
         return _checked_preset_folder(Path(fetched["model.keras"]).parent)
     except WeightsError as error:
         raise WeightsError(f"{where}: {error}") from None
+
+
+def _from_kaggle(handle: str, offline: bool, force_download: bool) -> Path:
+    """``kaggle://OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION]``: a preset folder as a Kaggle model, verified."""
+    from keras_pneumonia import kaggle
+
+    try:
+        folder = kaggle.model_folder(handle, offline=offline, force_download=force_download)
+    except kaggle.KaggleError as error:
+        raise WeightsError(str(error)) from None
+    if not (folder / "model.keras").is_file():
+        raise WeightsError(
+            f"{handle} holds no model.keras: it is not a keras-pneumonia preset folder (write one with "
+            "PneumoniaCNN.save_to_preset and upload the whole folder)."
+        )
+    try:
+        return _checked_preset_folder(folder)
+    except WeightsError as error:
+        raise WeightsError(f"{handle}: {error}") from None
 
 
 def _checked_preset_folder(folder: Path) -> Path:
