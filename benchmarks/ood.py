@@ -10,7 +10,8 @@ part (``keras_pneumonia.ood.DEFAULT_QUANTILE``; the rates at other quantiles are
 recorded too). Features: the mean and standard deviation of each channel
 (``keras_pneumonia.ood.pool``) of the last block, the last three, all five, or every
 ReLU (both of each block); and all five with the 2 x 2 grid means
-(``keras_pneumonia.ood.pool_grid``) of the last two blocks or of all five.
+(``keras_pneumonia.ood.pool_grid``) of the last two blocks or of all five; the input's
+8 x 8 thumbnail (``keras_pneumonia.ood.pool_input``) alone and with every ReLU.
 Then each method's flag rate is measured on train, validation, test_dev
 (used for choices) and external_dev (used for choices; adults from other hospitals,
 many of them figures from papers), with the model's accuracy on flagged and
@@ -46,14 +47,15 @@ def knn_scores(train: np.ndarray, query: np.ndarray, k: int = 10) -> np.ndarray:
     return np.concatenate(out)
 
 
-def joint_features(model, pooled, grid):
-    """One Keras model: ``[probabilities, pool(layer) for pooled..., pool_grid(layer) for grid...]``."""
+def joint_features(model, pooled, grid, input_grid):
+    """One Keras model: ``[probabilities, pool(layer) for pooled..., pool_grid(layer) for grid..., pool_input]``."""
     import keras
 
-    from keras_pneumonia.ood import pool, pool_grid
+    from keras_pneumonia.ood import pool, pool_grid, pool_input
 
     outputs = [pool(model.get_layer(name).output) for name in pooled]
     outputs += [pool_grid(model.get_layer(name).output) for name in grid]
+    outputs += [pool_input(model.inputs[0], input_grid)]
     return keras.Model(model.inputs, [model.outputs[0], *outputs])
 
 
@@ -121,8 +123,8 @@ def main(argv=None) -> dict:
     last_relus = [f"block{b}_relu{model.convs_per_block}" for b in range(1, blocks + 1)]
     every_relu = [f"block{b}_relu{c}" for b in range(1, blocks + 1) for c in range(1, model.convs_per_block + 1)]
     # One pass over every set: the probabilities, `pool` of every ReLU, `pool_grid` of each block's last.
-    keys = [("pool", name) for name in every_relu] + [("grid", name) for name in last_relus]
-    extractor = joint_features(model, every_relu, last_relus)
+    keys = [("pool", name) for name in every_relu] + [("grid", name) for name in last_relus] + [("input", "8x8")]
+    extractor = joint_features(model, every_relu, last_relus, 8)
     feats, labels, probs = {}, {}, {}
     for name, dataset in sets.items():
         chunks, ys = [], []
@@ -151,6 +153,8 @@ def main(argv=None) -> dict:
         "all+grid_last_two": pooled["all"] + [("grid", layer) for layer in last_relus[-2:]],
         "all+grid_all": pooled["all"] + [("grid", layer) for layer in last_relus],
         "every_relu+grid_all": pooled["every_relu"] + [("grid", layer) for layer in last_relus],
+        "input_8x8": [("input", "8x8")],
+        "every_relu+input_8x8": pooled["every_relu"] + [("input", "8x8")],
     }
     results: dict = {"model": args.model, "quantile": QUANTILE, "methods": {}}
     for depth, chosen in depths.items():

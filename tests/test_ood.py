@@ -185,8 +185,48 @@ def test_grid_features_are_the_quarter_means_and_travel_with_the_file(tmp_path):
     np.testing.assert_allclose(got[:, 16:], expected, rtol=1e-5, atol=1e-6)
     labels = np.array([0, 1] * 3)
     fitted = ood.fit(model, (x, labels), (x, labels), grid_layers=[layer], quantile=0.9, shrinkage=0.5)
-    assert fitted.ood["grid_layers"] == [layer] and fitted.ood["dims"] == 2 * 8 + 2 * 16 + 4 * 8
+    # pooled ReLUs (8 and 16 channels, mean and std), the quarter means, the 8 x 8 input thumbnail (mean and std)
+    assert fitted.ood["grid_layers"] == [layer] and fitted.ood["dims"] == 2 * 8 + 2 * 16 + 4 * 8 + 2 * 64
+    assert fitted.ood["input_grid"] == ood.DEFAULT_INPUT_GRID == 8
     fitted.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded.ood_scores(x), fitted.ood_scores(x), rtol=1e-5)
     assert "2 x 2 grid of block1_relu1" in ood.describe(loaded.ood)
+
+
+def test_the_input_thumbnail_is_the_mean_and_deviation_of_each_cell():
+    model = kp.PneumoniaCNN(image_size=32, filters=(8, 16), dense_units=(), convs_per_block=1)
+    x = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 1)).astype("uint8")
+    got = ood.pooled_features(model, x, layers=["block1_relu1"], input_grid=4)[:, 16:]
+    cells = (x.astype("float64") / 255.0).reshape(3, 4, 8, 4, 8, 1)
+    expected = np.concatenate([cells.mean((2, 4)).reshape(3, 16), cells.std((2, 4)).reshape(3, 16)], axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="input_grid"):
+        ood.fit(model, (x, np.array([0, 1, 0])), (x, np.array([0, 1, 0])), input_grid=64)
+
+
+def test_the_released_flag_passes_real_films_and_raises_on_figures_inverted_and_blank_images():
+    """pneumonia_cnn_v2_ood: the real X-rays in tests/data pass; the same films made into a paper's
+    figure panel (shrunk on white, a panel letter, an arrow), inverted, or a blank image are flagged."""
+    from PIL import Image, ImageDraw
+
+    from keras_pneumonia.data import load_image_folder
+
+    model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2_ood", compile=False)
+    films = np.concatenate(
+        [load_image_folder(KAGGLE / split, **model.input_config.dataset_kwargs())[0] for split in ("train", "test")]
+    )
+    assert not model.ood_flags(model.ood_scores(films)).any()
+
+    def figure_panel(film):
+        canvas = Image.new("L", (160, 160), 255)
+        canvas.paste(Image.fromarray(film[..., 0]).resize((110, 110)), (40, 30))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((5, 5), "A", fill=0)
+        draw.line((20, 120, 60, 90), fill=255, width=3)
+        return np.asarray(canvas)[..., None]
+
+    panels = np.stack([figure_panel(f) for f in films[:8]])
+    unlike = {"figure panels": panels, "inverted": 255 - films[:8], "blank": np.full_like(films[:2], 128)}
+    for name, images in unlike.items():
+        assert model.ood_flags(model.ood_scores(images)).all(), name

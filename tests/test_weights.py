@@ -265,10 +265,17 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
     from keras_pneumonia.weights import WeightsError, bundled_path
 
     presets = kp.PneumoniaCNN.presets
-    assert sorted(presets) == ["pneumonia_cnn_v1", "pneumonia_cnn_v2"]
+    assert sorted(presets) == ["pneumonia_cnn_v1", "pneumonia_cnn_v2", "pneumonia_cnn_v2_ood"]
     v2 = presets["pneumonia_cnn_v2"]
     assert v2["default"] and v2["input"] == "160x160 grayscale" and v2["size_bytes"] == 4_901_553
     assert v2["params"] == kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False).count_params()
+    # The flagged release: v2's weights and answers, and the flag inside the file.
+    flagged = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2_ood", compile=False)
+    assert presets["pneumonia_cnn_v2_ood"]["params"] == flagged.count_params()
+    assert flagged.ood["input_grid"] == 8 and flagged.ood["fitted_on"]["train"] == 4693
+    plain = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False)
+    for a, b in zip(plain.get_weights(), flagged.get_weights()[: len(plain.get_weights())]):
+        np.testing.assert_array_equal(a, b)
     assert {"accuracy", "auc", "n"} <= set(v2["validation_metrics"])
 
     # A preset folder holding model.keras (KerasHub's layout) and a file:// URL load the same weights.

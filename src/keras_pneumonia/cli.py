@@ -267,7 +267,7 @@ def _add_evaluate(commands) -> None:
         help="also score under framing/exposure/blur/JPEG/rotation perturbations, with flip rates",
     )
     evaluate.add_argument(
-        "--perturbations", type=_name_list, metavar="NAMES", help="comma-separated subset (default: all 14)"
+        "--perturbations", type=_name_list, metavar="NAMES", help="comma-separated subset (default: all of them)"
     )
     evaluate.add_argument(
         "--calibration",

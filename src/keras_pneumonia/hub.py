@@ -65,7 +65,7 @@ class Presets:
 
         >>> import keras_pneumonia as kp
         >>> sorted(kp.PneumoniaCNN.presets)
-        ['pneumonia_cnn_v1', 'pneumonia_cnn_v2']
+        ['pneumonia_cnn_v1', 'pneumonia_cnn_v2', 'pneumonia_cnn_v2_ood']
         >>> kp.PneumoniaCNN.presets["pneumonia_cnn_v2"]["params"]
         1198034
         """

@@ -82,6 +82,49 @@ PRESETS: dict[str, dict] = {
         ),
         "data_license": DATA_LICENSE,
     },
+    "pneumonia_cnn_v2_ood": {
+        "description": (
+            "pneumonia_cnn_v2's weights and answers, carrying the out-of-distribution flag: a warning on X-rays "
+            "unlike its training population (adult films, figures from papers, other images), from the Mahalanobis "
+            "distance of every ReLU's pooled features and an 8x8 thumbnail of the input, fitted on the training "
+            "split only."
+        ),
+        "params": 5_662_802,
+        "file_name": "pneumonia_cnn_v2_ood.keras",
+        "url": "https://github.com/keras-pneumonia/keras-pneumonia/releases/download/v0.3.0/pneumonia_cnn_v2_ood.keras",
+        "sha256": "a1e060fb5ed7d2c953548afbfea1a93dc300e771fa0044f40a62d94675a7a33f",
+        "size": 22_765_883,
+        "bundled": True,
+        "image_size": [160, 160],
+        "channels": 1,
+        "class_names": ["NORMAL", "PNEUMONIA"],
+        "threshold": 0.5,
+        "validation_metrics": {
+            "n": 523,
+            "accuracy": 0.9312,
+            "sensitivity": 0.9100,
+            "specificity": 0.9925,
+            "auc": 0.9982,
+        },
+        "test_dev_metrics_used_for_choices": {
+            "n": 316,
+            "accuracy": 0.9620,
+            "sensitivity": 0.9798,
+            "specificity": 0.9322,
+            "auc": 0.9898,
+        },
+        # Share of images flagged (benchmarks/ood.py, "mahalanobis/every_relu+input_8x8").
+        "ood_flagged": {
+            "train (4,693, fitted on)": 0.0017,
+            "validation (523, set the threshold)": 0.0210,
+            "test_dev (316, used for choices)": 0.0095,
+            "external_dev (134 adults, used for choices)": 0.8657,
+        },
+        "training_command": (
+            "keras-pneumonia fit-ood chest_xray_224 --weights pneumonia_cnn_v2 --output pneumonia_cnn_v2_ood.keras"
+        ),
+        "data_license": DATA_LICENSE,
+    },
 }
 
 
