@@ -3,12 +3,17 @@
 The server implements the two requests ``hf_hub_download`` makes for a file,
 ``HEAD`` and ``GET`` of ``/{owner}/{name}/resolve/{revision}/{file}``, with the headers
 the Hub sends (``X-Repo-Commit``, ``ETag``, ``X-Error-Code``), the way
-huggingface_hub's own tests stub the Hub. The package is run in a subprocess with
-``HF_ENDPOINT`` pointing at it, as a user's process would be.
+huggingface_hub's own tests stub the Hub; and the four an upload makes (``POST``
+``/api/repos/create``, ``/api/validate-yaml``, ``.../preupload/main``, ``.../commit/main``,
+files inline).
+The package is run in a subprocess with ``HF_ENDPOINT`` pointing at it, as a user's
+process would be.
 """
 
+import base64
 import hashlib
 import http.server
+import json
 import os
 import subprocess
 import sys
@@ -58,6 +63,44 @@ class _Hub(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self):
         self._answer(with_body=False)
 
+    def do_POST(self):
+        """The requests an upload makes: create the repository, check README.md, ask how to send each file, commit."""
+        self.server.requests.append((self.command, self.path))
+        length = int(self.headers.get("Content-Length", 0))
+        if self.server.upload_fault == "refuse":
+            self.rfile.read(length)
+            return self._error(401, "Unauthorized")
+        if self.path.endswith("/commit/main") and self.server.upload_fault == "cut":
+            self.rfile.read(length // 2)  # half the commit arrives, then the connection drops
+            self.close_connection = True
+            return
+        body = self.rfile.read(length)
+        endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path == "/api/validate-yaml":  # the model card's front matter: accepted
+            return self._json({})
+        if self.path == "/api/repos/create":
+            request = json.loads(body)
+            return self._json({"url": f"{endpoint}/{request['organization']}/{request['name']}"})
+        repo = "/".join(self.path.split("/")[3:5])
+        if "/preupload/" in self.path:  # every file inline in the commit ("regular"), as the Hub allows
+            paths = [f["path"] for f in json.loads(body)["files"]]
+            modes = [{"path": path, "uploadMode": "regular", "shouldIgnore": False} for path in paths]
+            return self._json({"files": modes})
+        if "/commit/" in self.path:  # applied whole, as the Hub applies a commit
+            lines = [json.loads(line) for line in body.decode().splitlines()]
+            files = {i["value"]["path"]: base64.b64decode(i["value"]["content"]) for i in lines if i["key"] == "file"}
+            self.server.repos[repo] = {**self.server.repos.get(repo, {}), **files}
+            return self._json({"commitUrl": f"{endpoint}/{repo}/commit/{COMMIT}", "commitOid": COMMIT})
+        self.send_error(404)
+
+    def _json(self, payload) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_GET(self):
         self._answer(with_body=True)
 
@@ -65,7 +108,7 @@ class _Hub(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def hub(tmp_path_factory):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    server.repos, server.requests = {}, []
+    server.repos, server.requests, server.upload_fault = {}, [], None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -151,3 +194,51 @@ def test_hub_handles_that_cannot_load_say_why(hub, preset_folder, tmp_path):
     hub.server_close()
     unreachable = _load("hf://someone/pneumonia-v2", hub, tmp_path / "hf2")
     assert unreachable.returncode == 3 and "could not be reached" in unreachable.stdout, unreachable.stdout
+
+
+def _upload(folder, hub, **env) -> subprocess.CompletedProcess:
+    code = (
+        "import sys, keras_pneumonia as kp\n"
+        "from keras_pneumonia.weights import WeightsError\n"
+        "try:\n"
+        f"    print(kp.upload_preset('hf://someone/uploaded', {str(folder)!r}))\n"
+        "except WeightsError as e:\n"
+        "    print('WeightsError:', e); sys.exit(3)\n"
+    )
+    environment = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_address[1]}", "HF_TOKEN": "hf_test"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**environment, **env}, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_a_preset_uploaded_by_handle_loads_back_and_predicts_as_the_original(hub, preset_folder, tmp_path):
+    import numpy as np
+
+    import keras_pneumonia as kp
+
+    uploaded = _upload(preset_folder, hub)
+    assert uploaded.returncode == 0, uploaded.stdout + uploaded.stderr[-3000:]
+    assert uploaded.stdout.strip().endswith(f"/someone/uploaded/commit/{COMMIT}")
+    assert hub.repos["someone/uploaded"] == _files(preset_folder)  # the three files, byte for byte
+    loaded = _load("hf://someone/uploaded", hub, tmp_path / "hf")
+    expected = float(kp.PneumoniaCNN.from_preset(preset_folder).predict(np.zeros((1, 160, 160, 1), "uint8"))[0, 1])
+    assert loaded.returncode == 0 and abs(float(loaded.stdout.split()[-1]) - expected) < 1e-6, loaded.stdout
+
+
+@pytest.mark.slow
+def test_uploads_that_cannot_finish_say_why_and_commit_nothing(hub, preset_folder, tmp_path):
+    hub.upload_fault = "cut"
+    cut = _upload(preset_folder, hub)
+    assert cut.returncode == 3 and "the upload failed and nothing was committed" in cut.stdout, cut.stdout
+    assert "someone/uploaded" not in hub.repos
+    hub.upload_fault = "refuse"
+    refused = _upload(preset_folder, hub)
+    assert refused.returncode == 3 and "refused the upload (401)" in refused.stdout and "HF_TOKEN" in refused.stdout
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for name, data in _files(preset_folder).items():
+        (damaged / name).write_bytes(data[:-1] + b"!" if name == "model.keras" else data)
+    hub.requests.clear()
+    run = _upload(damaged, hub)
+    assert run.returncode == 3 and "does not match" in run.stdout and hub.requests == []  # refused before a request

@@ -37,6 +37,7 @@ _EXPORTS = {
     "evaluate_robustness": "keras_pneumonia.robustness",
     "explanation_figure": "keras_pneumonia.plots",
     "gradcam": "keras_pneumonia.gradcam",
+    "upload_preset": "keras_pneumonia.hub",
     "load_chest_xray": "keras_pneumonia.data",
     "load_image": "keras_pneumonia.images",
     "overlay": "keras_pneumonia.plots",

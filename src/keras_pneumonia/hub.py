@@ -166,3 +166,80 @@ def load_model(
     if compile:
         model.compile()
     return model
+
+
+#: The files of a preset folder that are published (`upload_preset`).
+PRESET_FILES = ("model.keras", "metadata.json", "README.md")
+
+
+def upload_preset(uri: str, preset: str | Path, *, message: str | None = None) -> str:
+    """Publishes a preset folder on the Hugging Face Hub, as ``keras_hub.upload_preset(uri, preset)`` does.
+
+    The folder is checked first (``model.keras`` against the sha256 in ``metadata.json``),
+    so a damaged folder is never published. The repository is created if missing, and the
+    folder's files go up in **one commit**: the Hub applies it whole or not at all, so an
+    interrupted upload leaves the repository as it was. Log in first (``hf auth login``, or
+    ``HF_TOKEN``). Anyone then loads it with ``PneumoniaCNN.from_preset("hf://OWNER/NAME")``.
+
+    Args:
+        uri: ``hf://OWNER/NAME``.
+        preset: A folder written by `Presets.save_to_preset`.
+        message: The commit message (default: "Upload keras-pneumonia preset FOLDER").
+
+    Returns:
+        The URL of the commit.
+
+    Raises:
+        keras_pneumonia.weights.WeightsError: Not a preset folder or a damaged one, a handle
+            other than ``hf://``, no ``huggingface-hub``, or an upload the Hub refused or
+            that failed (the message names the handle and what to do).
+    """
+    from keras_pneumonia.weights import WeightsError, _checked_preset_folder
+
+    folder = Path(preset)
+    if not all((folder / name).is_file() for name in PRESET_FILES[:2]):
+        raise WeightsError(
+            f"{folder} is not a preset folder (model.keras and metadata.json): write one with save_to_preset."
+        )
+    _checked_preset_folder(folder)
+    if uri.startswith("kaggle://"):
+        raise WeightsError(
+            f"{uri}: uploading to Kaggle is left to kagglehub, which takes the folder as it is: "
+            f"kagglehub.model_upload('{uri.removeprefix('kaggle://')}', '{folder}'); from_preset('{uri}') loads it."
+        )
+    repo_id = uri.removeprefix("hf://")
+    if not uri.startswith("hf://") or "@" in repo_id or repo_id.count("/") != 1:
+        raise WeightsError(f"{uri!r}: upload_preset takes hf://OWNER/NAME (no revision).")
+    return _upload_to_hugging_face(uri, repo_id, folder, message or f"Upload keras-pneumonia preset {folder.name}")
+
+
+def _upload_to_hugging_face(uri: str, repo_id: str, folder: Path, message: str) -> str:
+    """``create_repo`` and one ``upload_folder`` commit; every failure a `WeightsError` naming ``uri``."""
+    from keras_pneumonia.weights import WeightsError
+
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import HfHubHTTPError
+    except ImportError:
+        raise WeightsError(f"{uri} needs the huggingface-hub package: pip install 'keras-pneumonia[hub]'.") from None
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        info = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=message, allow_patterns=list(PRESET_FILES)
+        )
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise WeightsError(
+                f"{uri}: the Hub refused the upload ({status}): log in with `hf auth login`, or set HF_TOKEN to a "
+                f"token that may write to {repo_id}."
+            ) from None
+        raise WeightsError(f"{uri}: the upload failed and nothing was committed: {error}") from None
+    # The Hub unreachable or the connection cut (the transport's own errors: httpx's or httpx2's, by
+    # huggingface-hub version, so no one class), no token (OSError), an answer not the Hub's (ValueError).
+    except Exception as error:
+        raise WeightsError(
+            f"{uri}: the upload failed and nothing was committed ({type(error).__name__}: {error})."
+        ) from None
+    return str(info.commit_url)
