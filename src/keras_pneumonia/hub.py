@@ -183,7 +183,7 @@ def upload_preset(uri: str, preset: str | Path, *, message: str | None = None) -
 
     Args:
         uri: ``hf://OWNER/NAME``.
-        preset: A folder written by `Presets.save_to_preset`.
+        preset: A folder written by `~keras_pneumonia.PneumoniaCNN.save_to_preset`.
         message: The commit message (default: "Upload keras-pneumonia preset FOLDER").
 
     Returns:
