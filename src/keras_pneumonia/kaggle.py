@@ -77,7 +77,10 @@ def _fetch(kind: str, handle: str, offline: bool, force_download: bool) -> Path:
     slug = handle.removeprefix(SCHEME)
     parsed = _parse(kind, slug, handle)
     if offline:
-        return _cached(parsed, handle, "offline mode is on (KERAS_PNEUMONIA_OFFLINE)")
+        cached = _newest_cached(parsed)
+        if cached is None:
+            raise _not_cached(parsed, handle, "offline mode is on (KERAS_PNEUMONIA_OFFLINE)")
+        return cached
     download = kagglehub.model_download if kind == "model" else kagglehub.dataset_download
     try:
         # kagglehub (and kagglesdk, verbose against a test server) print to stdout: keep it for results.
@@ -116,14 +119,11 @@ def _recover(error: Exception, parsed, handle: str, kind: str) -> Path:
     from kagglehub.exceptions import DataCorruptionError, KaggleApiHTTPError
 
     if isinstance(error, requests.ConnectionError):
-        path = _cached(parsed, handle, "Kaggle could not be reached", required=False)
-        if path is not None:
-            logger.warning("Kaggle could not be reached; using the cached %s (%s).", handle, path)
-            return path
-        raise KaggleError(
-            f"{handle} is not in the kagglehub cache and Kaggle could not be reached ({type(error).__name__}): "
-            "connect once to download it (it is then used offline), or download it by hand and pass its folder."
-        ) from None
+        cached = _newest_cached(parsed)
+        if cached is not None:
+            logger.warning("Kaggle could not be reached; using the cached %s (%s).", handle, cached)
+            return cached
+        raise _not_cached(parsed, handle, f"Kaggle could not be reached ({type(error).__name__})") from None
     if isinstance(error, KaggleApiHTTPError):
         status = getattr(error.response, "status_code", None)
         if status == 404:
@@ -140,7 +140,7 @@ def _recover(error: Exception, parsed, handle: str, kind: str) -> Path:
     raise error
 
 
-def _cached(parsed, handle: str, reason: str, required: bool = True) -> Path | None:
+def _newest_cached(parsed) -> Path | None:
     """The newest complete version of ``parsed`` in ``kagglehub``'s cache (its completion markers decide)."""
     from kagglehub.cache import Cache
 
@@ -155,9 +155,14 @@ def _cached(parsed, handle: str, reason: str, required: bool = True) -> Path | N
         found = cache.load_from_cache(parsed.with_version(version))
         if found:
             return Path(found)
-    if not required:
-        return None
-    raise KaggleError(
-        f"{handle} is not in the kagglehub cache ({cache.get_path(parsed.with_version(1))!s} and its siblings) "
-        f"and {reason}: download it once with the network, or download it by hand and pass its folder."
+    return None
+
+
+def _not_cached(parsed, handle: str, reason: str) -> KaggleError:
+    from kagglehub.cache import Cache
+
+    where = Cache().get_path(parsed.with_version(parsed.version if parsed.is_versioned() else 1))
+    return KaggleError(
+        f"{handle} is not in the kagglehub cache ({Path(where).parent}) and {reason}: connect once to download it "
+        "(it is then used offline), or download it by hand and pass its folder."
     )

@@ -374,8 +374,8 @@ def _features_and_labels(model, data, layers, grid_layers=(), input_grid=0) -> t
     """Pooled features and labels of ``(images, labels)`` arrays or of a dataset of such batches."""
     if isinstance(data, tuple):
         images, labels = data[0], data[1]
-        features = pooled_features(model, np.asarray(images), layers, grid_layers=grid_layers, input_grid=input_grid)
-        return features, np.asarray(labels)
+        pooled = pooled_features(model, np.asarray(images), layers, grid_layers=grid_layers, input_grid=input_grid)
+        return pooled, np.asarray(labels)
     features, labels = [], []
     extractor = feature_model(model, layers, grid_layers, input_grid)  # one model for every batch (traced once)
     for batch in data:
