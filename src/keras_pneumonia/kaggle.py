@@ -137,7 +137,9 @@ def _recover(error: Exception, parsed, handle: str, kind: str) -> Path:
         raise KaggleError(f"{handle}: Kaggle answered {status}: {error}") from None
     if isinstance(error, DataCorruptionError):
         raise KaggleError(f"{handle}: the download was corrupt and was deleted ({error}); try again.") from None
-    raise error
+    if type(error).__module__.split(".")[0] in ("kagglehub", "kagglesdk", "requests", "urllib3"):
+        raise KaggleError(f"{handle}: the download failed ({type(error).__name__}: {error}).") from None
+    raise error  # not a download failure: a bug, shown as one
 
 
 def _newest_cached(parsed) -> Path | None:
