@@ -117,8 +117,8 @@ def _lowest(*extras: str) -> list[str]:
 
 @nox.session(python="3.11", name="keras_min")
 def keras_min(session: nox.Session) -> None:
-    """The suite against the lowest versions pyproject.toml declares, extras included ([serve], [dicom])."""
-    session.install(".[test,serve,dicom]", *_lowest("test", "serve", "dicom"), "numpy<2")
+    """The suite against the lowest versions pyproject.toml declares, extras included ([serve], [dicom], [hub])."""
+    session.install(".[test,serve,dicom,hub]", *_lowest("test", "serve", "dicom", "hub"), "numpy<2")
     session.run(
         "python", "-c", "import keras, tensorflow as tf; print('Keras', keras.__version__, 'TF', tf.__version__)"
     )
