@@ -197,6 +197,11 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         # Set after Model.__init__: on the PyTorch backend a layer is a torch Module,
         # which cannot be assigned to a Module that is not initialised yet.
         self.ood_detector = detector
+        if detector is not None and all(layer is not detector for layer in self._layers):
+            # Keras before 3.13 rebinds a functional model's layer list in its __init__: a layer
+            # set afterwards is saved with the model but left out of `weights` (so of
+            # get_weights, set_weights and count_params). Listed here, as later Keras lists it.
+            self._layers.append(detector)
         # Functional drops a `dtype` argument; the policy is what `compile` reads to add
         # loss scaling for mixed_float16, and what `get_config` saves.
         try:
