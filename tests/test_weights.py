@@ -299,6 +299,7 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "pneumonia_cnn_v2 (default)" in out and "1,198,034 parameters" in out and "used for choices" in out
+    assert "out-of-distribution flag: raised on 0.2% of train" in out and "86.6% of external_dev" in out
     assert main(["presets", "--json"]) == 0
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == sorted(presets)
 

@@ -783,6 +783,9 @@ def _cmd_presets(args) -> int:
                 f"  test_dev (n={dev['n']}, used for choices): accuracy {dev['accuracy']:.3f}, AUC {dev['auc']:.3f}, "
                 f"sensitivity {dev['sensitivity']:.3f}, specificity {dev['specificity']:.3f}"
             )
+        if row["ood_flagged"]:
+            rates = ", ".join(f"{share:.1%} of {data}" for data, share in row["ood_flagged"].items())
+            print(f"  out-of-distribution flag: raised on {rates}")
     return 0
 
 

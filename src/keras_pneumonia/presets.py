@@ -147,6 +147,7 @@ def describe(name: str) -> dict:
         "temperature": preset.get("temperature", 1.0),
         "validation_metrics": dict(preset["validation_metrics"]),
         "test_dev_metrics_used_for_choices": dict(preset.get("test_dev_metrics_used_for_choices", {})),
+        "ood_flagged": dict(preset.get("ood_flagged", {})),
         "size_bytes": preset["size"],
         "bundled": bool(preset.get("bundled")),
         "url": preset["url"],
