@@ -154,6 +154,7 @@ def test_threshold_is_chosen_on_validation_only(kaggle_dir, tmp_path, monkeypatc
         (["train", "{empty_class}", "--output", "{run}"], "holds no images"),
         (["evaluate", "{missing}", "--weights", "{model}"], "must hold NORMAL/ and PNEUMONIA/"),
         (["split", "{missing}", "--manifest", "{run}/m.json"], "No chest X-ray layout found"),
+        (["train", "{kaggle}", "--output", "{run}", "--init-weights", "{model}"], "has no match in the new model"),
     ],
 )
 def test_cli_errors_are_one_line_without_traceback(argv, message, kaggle_dir, tmp_path, capsys):
@@ -162,6 +163,7 @@ def test_cli_errors_are_one_line_without_traceback(argv, message, kaggle_dir, tm
     model = tmp_path / "m.keras"
     kp.PneumoniaCNN(**TINY).save(model)
     values = {"missing": tmp_path / "nope", "run": tmp_path / "run", "empty_class": kaggle_dir, "model": model}
+    values["kaggle"] = kaggle_dir  # with the default architecture, which the tiny model is not
     code = main([a.format(**values) for a in argv])
     err = capsys.readouterr().err
     assert code == 2
@@ -248,6 +250,22 @@ def test_release_style_run_cosine_ema_monitor_and_fixed_threshold(kaggle_dir, tm
     assert arguments["schedule"] == "cosine" and arguments["ema"] and arguments["augmentation"] == "mixed"
     model = keras.saving.load_model(run / "model.keras")
     assert model.threshold == 0.5 and not model.augmentation
+
+
+@pytest.mark.slow
+def test_a_run_can_start_from_a_trained_models_weights(kaggle_dir, tmp_path):
+    start = kp.PneumoniaCNN(**TINY)
+    start.set_weights([np.full(w.shape, 0.01, w.dtype) for w in start.get_weights()])
+    start.save(tmp_path / "start.keras")
+    run = tmp_path / "run"
+    argv = ["train", str(kaggle_dir), "--output", str(run), "--epochs", "1", "--validation-split", "0.25"]
+    argv += ["--init-weights", str(tmp_path / "start.keras"), "--learning-rate", "1e-12", "--crop-borders"]
+    assert main([*argv, "--no-ood-flag", *TINY_CLI]) == 0
+    trained = keras.saving.load_model(run / "model.keras")
+    assert trained.crop_borders  # the architecture's weights copied into a model that crops borders
+    for a, b in zip(start.trainable_weights, trained.trainable_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)  # a learning rate of 1e-12 leaves them where they started
+    assert json.loads((run / "run.json").read_text())["arguments"]["init_weights"] == str(tmp_path / "start.keras")
 
 
 def test_fixed_preset_has_no_early_stopping(tmp_path):

@@ -32,11 +32,17 @@ def served(http_server, model_bytes, monkeypatch, tmp_path):
         presets.PRESETS,
         "tiny_test",
         {
+            **presets.PRESETS["pneumonia_cnn_v1"],  # the schema's other keys
+            "name": "tiny_test",
             "description": "test",
-            "file_name": "tiny_test.keras",
-            "url": http_server.url("/tiny.keras"),
-            "sha256": hashlib.sha256(model_bytes).hexdigest(),
-            "size": len(model_bytes),
+            "files": {
+                "model.keras": {
+                    "file_name": "tiny_test.keras",
+                    "url": http_server.url("/tiny.keras"),
+                    "sha256": hashlib.sha256(model_bytes).hexdigest(),
+                    "size": len(model_bytes),
+                }
+            },
             "bundled": False,
         },
     )
@@ -114,7 +120,7 @@ def test_server_down(served, tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setitem(presets.PRESETS["tiny_test"], "url", f"http://127.0.0.1:{port}/tiny.keras")
+    monkeypatch.setitem(presets.model_file("tiny_test"), "url", f"http://127.0.0.1:{port}/tiny.keras")
     with pytest.raises(weights.WeightsError, match="Could not download"):
         weights.get_file("tiny_test", cache_dir=tmp_path / "cache")
 
@@ -204,11 +210,11 @@ def test_default_preset_ships_in_the_package_and_loads_offline(monkeypatch, tmp_
     preset = presets.PRESETS[presets.DEFAULT_PRESET]
     path = weights.get_file()
     assert path == weights.bundled_path(presets.DEFAULT_PRESET)
-    assert weights.sha256sum(path) == preset["sha256"]
-    assert path.stat().st_size == preset["size"] <= 10 * 1024 * 1024
+    assert weights.sha256sum(path) == presets.model_file(presets.DEFAULT_PRESET)["sha256"]
+    assert path.stat().st_size == presets.model_file(presets.DEFAULT_PRESET)["size"] <= 10 * 1024 * 1024
     model = kp.PneumoniaCNN.from_pretrained()
     assert isinstance(model, kp.PneumoniaCNN)
-    assert list(model.input_shape[1:]) == [*preset["image_size"], preset["channels"]]
+    assert model.input_config.to_dict() == preset["input"]
     assert model.class_names == preset["class_names"]
     assert model.threshold == pytest.approx(preset["threshold"])
 
@@ -217,7 +223,7 @@ def test_download_cli_fills_a_cache_for_air_gapped_machines(tmp_path, capsys):
     from keras_pneumonia.cli import main
 
     assert main(["download", "--cache-dir", str(tmp_path)]) == 0
-    name = presets.PRESETS[presets.DEFAULT_PRESET]["file_name"]
+    name = presets.model_file(presets.DEFAULT_PRESET)["file_name"]
     assert (tmp_path / name).is_file()
     assert main(["download", "--list"]) == 0
     assert presets.DEFAULT_PRESET in capsys.readouterr().out
@@ -236,8 +242,8 @@ def test_wheel_contains_the_default_weights_and_samples(tmp_path):
     )
     (wheel,) = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for preset in presets.PRESETS.values():  # every bundled preset, the default among them
-        assert f"keras_pneumonia/assets/{preset['file_name']}" in names or not preset.get("bundled")
+    for name, preset in presets.PRESETS.items():  # every bundled preset, the default among them
+        assert f"keras_pneumonia/assets/{presets.model_file(name)['file_name']}" in names or not preset.get("bundled")
     assert presets.PRESETS[presets.DEFAULT_PRESET]["bundled"]
     assert sum(n.startswith("keras_pneumonia/assets/samples/") and n.endswith(".jpeg") for n in names) >= 2
     assert "keras_pneumonia/py.typed" in names
@@ -249,9 +255,12 @@ def test_export_preset_writes_a_loadable_file_without_optimizer_state(tmp_path):
     model.compile()
     model.fit(np.zeros((4, 32, 32, 1), np.uint8), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
     model.save(tmp_path / "trained.keras")
-    fields = export_preset(tmp_path / "trained.keras", output_dir=tmp_path / "release")
-    path = tmp_path / "release" / presets.PRESETS[presets.DEFAULT_PRESET]["file_name"]
-    assert fields["sha256"] == weights.sha256sum(path) and fields["size"] == path.stat().st_size
+    fields = export_preset(tmp_path / "trained.keras", "my_release", output_dir=tmp_path / "release")
+    path = tmp_path / "release" / "my_release.keras"
+    file = fields["files"]["model.keras"]
+    assert file["file_name"] == path.name
+    assert file["sha256"] == weights.sha256sum(path) and file["size"] == path.stat().st_size
+    assert presets.check_metadata(fields, "export_preset") == fields  # the registry's schema
     assert fields["threshold"] == pytest.approx(0.3)
     assert path.stat().st_size < (tmp_path / "trained.keras").stat().st_size  # no Adam moments
     exported = kp.PneumoniaCNN.from_pretrained(path, compile=False)
@@ -277,7 +286,9 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
     plain = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False)
     for a, b in zip(plain.get_weights(), flagged.get_weights()[: len(plain.get_weights())]):
         np.testing.assert_array_equal(a, b)
-    assert {"accuracy", "auc", "n"} <= set(v2["validation_metrics"])
+    (validation, test_dev) = v2["metrics"]
+    assert validation.startswith("validation (523 images") and "used for choices" in test_dev
+    assert {"accuracy", "auc", "n"} <= set(v2["metrics"][validation]) <= set(v2["metrics"][test_dev])
 
     # A preset folder holding model.keras (KerasHub's layout) and a file:// URL load the same weights.
     (tmp_path / "my_preset").mkdir()
@@ -299,7 +310,7 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert "pneumonia_cnn_v2 (default)" in out and "1,198,034 parameters" in out and "used for choices" in out
-    assert "out-of-distribution flag: raised on 0.2% of train" in out and "86.6% of external_dev" in out
+    assert "external_dev (134 adult X-rays from other hospitals, used for choices): n=134, 86.6% flagged" in out
     assert main(["presets", "--json"]) == 0
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == sorted(presets)
 
@@ -307,12 +318,11 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
 def test_a_damaged_shipped_copy_is_named_not_hidden_behind_the_download_error(tmp_path, monkeypatch, http_server):
     from keras_pneumonia.weights import WeightsError
 
-    damaged = tmp_path / "shipped" / presets.PRESETS["pneumonia_cnn_v2"]["file_name"]
+    damaged = tmp_path / "shipped" / presets.model_file("pneumonia_cnn_v2")["file_name"]
     damaged.parent.mkdir()
     damaged.write_bytes(b"PK\x03\x04 truncated by a broken install")
     monkeypatch.setattr(weights, "bundled_path", lambda name: damaged)
-    monkeypatch.setitem(presets.PRESETS, "pneumonia_cnn_v2", {**presets.PRESETS["pneumonia_cnn_v2"]})
-    presets.PRESETS["pneumonia_cnn_v2"]["url"] = http_server.url("/missing.keras")  # the server answers 404
+    monkeypatch.setitem(presets.model_file("pneumonia_cnn_v2"), "url", http_server.url("/missing.keras"))  # a 404
     with pytest.raises(WeightsError, match=r"shipped in the package, .* does not match its sha256 .*reinstall"):
         weights.get_file("pneumonia_cnn_v2", cache_dir=tmp_path / "cache")
     with pytest.raises(WeightsError, match=r"does not match its sha256.*Offline mode"):
@@ -404,3 +414,35 @@ def test_kaggle_handles_without_kagglehub_say_what_to_install(monkeypatch):
         weights.get_file("kaggle://a/b/keras/c")
     with pytest.raises(KaggleError, match=r"^kaggle://a/b needs the kagglehub package: .*keras-pneumonia\[hub\]"):
         kp.load_chest_xray("kaggle://a/b")
+
+
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_each_released_presets_metadata_describes_its_file(name):
+    """The registry's entry in the preset folders' schema says what the file holds."""
+    metadata = presets.PRESETS[name]
+    model = kp.PneumoniaCNN.from_preset(name, compile=False)
+    assert presets.check_metadata(metadata, name) == metadata
+    assert metadata["input"] == model.input_config.to_dict()
+    assert metadata["params"] == model.count_params() and metadata["class_names"] == model.class_names
+    assert metadata["threshold"] == pytest.approx(model.threshold)
+    assert metadata["temperature"] == pytest.approx(model.temperature)
+    assert (metadata["ood_threshold"] is None) == (model.ood is None)
+    if model.ood is not None:
+        assert metadata["ood_threshold"] == pytest.approx(model.ood["threshold"])
+
+
+def test_a_preset_folder_whose_metadata_breaks_the_schema_is_named(tmp_path):
+    import json
+
+    from keras_pneumonia.weights import WeightsError
+
+    folder = tmp_path / "preset"
+    kp.PneumoniaCNN(**TINY).save_to_preset(folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    del metadata["class_names"]
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(WeightsError, match=r"metadata.json: preset metadata has no 'class_names'"):
+        kp.PneumoniaCNN.from_preset(folder)
+    (folder / "metadata.json").write_text("{not json")
+    with pytest.raises(WeightsError, match=r"metadata.json is not JSON"):
+        kp.PneumoniaCNN.from_preset(folder)

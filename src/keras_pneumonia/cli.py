@@ -194,6 +194,12 @@ def _add_train(commands) -> None:
         help="binary: NORMAL/PNEUMONIA; subtype: NORMAL/BACTERIAL/VIRAL from the file names (binary)",
     )
     train.add_argument(
+        "--init-weights",
+        metavar="WEIGHTS",
+        default=D.init_weights,
+        help="start from a trained model of the same architecture (preset name, .keras path, URL or handle)",
+    )
+    train.add_argument(
         "--ood-flag",
         action=argparse.BooleanOptionalAction,
         default=D.ood_flag,
@@ -770,23 +776,25 @@ def _cmd_presets(args) -> int:
         print(json.dumps(table, indent=2))
         return 0
     for row in table:
-        val, dev = row["validation_metrics"], row["test_dev_metrics_used_for_choices"]
         print(f"{row['name']}{' (default)' if row['default'] else ''}")
         print(f"  {row['description']}")
         print(
             f"  input {row['input']}, {row['params']:,} parameters, {row['size_bytes'] / 1e6:.1f} MB"
             f"{', bundled' if row['bundled'] else ''}; threshold {row['threshold']}"
+            f"{'; out-of-distribution flag' if row['ood_flag'] else ''}"
         )
-        print(f"  validation (n={val['n']}): accuracy {val['accuracy']:.3f}, AUC {val['auc']:.3f}")
-        if dev:
-            print(
-                f"  test_dev (n={dev['n']}, used for choices): accuracy {dev['accuracy']:.3f}, AUC {dev['auc']:.3f}, "
-                f"sensitivity {dev['sensitivity']:.3f}, specificity {dev['specificity']:.3f}"
-            )
-        if row["ood_flagged"]:
-            rates = ", ".join(f"{share:.1%} of {data}" for data, share in row["ood_flagged"].items())
-            print(f"  out-of-distribution flag: raised on {rates}")
+        for data, values in row["metrics"].items():
+            print(f"  {data}: " + ", ".join(_metric_text(metric, value) for metric, value in values.items()))
     return 0
+
+
+def _metric_text(metric: str, value: float) -> str:
+    """One metric as the presets table prints it: counts as integers, flag rates as percentages, the rest 3 digits."""
+    if metric == "n":
+        return f"n={value:,}"
+    if metric == "ood_flagged":
+        return f"{value:.1%} flagged out-of-distribution"
+    return f"{metric} {value:.3f}"
 
 
 def _cmd_export(args) -> int:

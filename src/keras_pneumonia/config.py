@@ -105,6 +105,10 @@ class TrainConfig:
             train and validation parts after training, so the model carries it.
         classes: ``"binary"`` (NORMAL, PNEUMONIA) or ``"subtype"`` (NORMAL, BACTERIAL,
             VIRAL, from the file names; `CLASS_SETS`).
+        init_weights: Start from the weights of a trained model (a preset name, a
+            ``.keras`` path, a URL or a hub handle) instead of a random initialisation;
+            its layers must have the same names and shapes as the new model's (the
+            same architecture; ``crop_borders`` and the input size may differ).
     """
 
     epochs: int = 30
@@ -128,6 +132,7 @@ class TrainConfig:
     mixed_precision: str = "none"
     ood_flag: bool = True
     classes: str = "binary"
+    init_weights: str | None = None
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> TrainConfig:

@@ -293,39 +293,42 @@ def export_model(
     return info
 
 
-def export_preset(model_path: str | Path, name: str | None = None, output_dir: str | Path | None = None) -> dict:
-    """Writes a trained model as a release file and returns its registry fields.
+def export_preset(
+    model_path: str | Path,
+    name: str | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    description: str = "",
+    metrics: dict[str, dict[str, Any]] | None = None,
+) -> dict:
+    """Writes a trained model as a release file and returns its metadata, ready for the registry.
 
-    The file holds the model without optimizer state (a third of the size).
-    Copy the returned ``sha256`` and ``size`` into `keras_pneumonia.presets`, and
-    publish the file at the preset's ``url`` (see ``docs/weights.md``).
+    The file holds the model without optimizer state (a third of the size). The
+    returned metadata has the schema of a preset folder's ``metadata.json``
+    (`keras_pneumonia.presets.METADATA_SCHEMA`); add the release ``url`` to its
+    ``files["model.keras"]``, paste it into `keras_pneumonia.presets`, and publish
+    the file at that url (see ``docs/weights.md``).
 
     Args:
         model_path: The trained ``.keras`` file (e.g. ``runs/release-v1/model.keras``).
-        name: The preset whose ``file_name`` to write (default: the default preset).
+        name: The preset's name, which names the file (default: the default preset).
         output_dir: Defaults to the package's ``assets/`` folder.
+        description: One paragraph on what the model is and how it was trained.
+        metrics: ``{data set: {metric: value}}``.
     """
     import keras
 
     from keras_pneumonia._io import atomic_save_model
-    from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
-    from keras_pneumonia.weights import sha256sum
+    from keras_pneumonia.presets import DEFAULT_PRESET
 
     name = DEFAULT_PRESET if name is None else name
     clean = keras.saving.load_model(model_path, compile=False, safe_mode=True)  # no optimizer state
     folder = Path(output_dir) if output_dir else Path(str(resources.files("keras_pneumonia") / "assets"))
-    destination = folder / PRESETS[name]["file_name"]
+    destination = folder / f"{name}.keras"
     atomic_save_model(clean, destination)
-    return {
-        "file": str(destination),
-        "sha256": sha256sum(destination),
-        "size": destination.stat().st_size,
-        "params": clean.count_params(),
-        "image_size": list(clean.image_size),
-        "channels": clean.channels,
-        "class_names": list(clean.class_names),
-        "threshold": clean.threshold,
-    }
+    metadata = preset_metadata(clean, destination, name=name, description=description, metrics=metrics)
+    metadata["files"][PRESET_MODEL_FILE]["file_name"] = destination.name
+    return metadata
 
 
 def clone_without_optimizer(model):
@@ -376,12 +379,7 @@ def save_preset_folder(
     Raises:
         FileExistsError: ``preset_dir`` exists and ``overwrite`` is off.
     """
-    import keras
-
     from keras_pneumonia._io import atomic_save_model
-    from keras_pneumonia._version import __version__
-    from keras_pneumonia.presets import DATA_LICENSE
-    from keras_pneumonia.weights import sha256sum
 
     preset_dir = Path(preset_dir)
     if preset_dir.exists() and not overwrite:
@@ -389,26 +387,14 @@ def save_preset_folder(
     preset_dir.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(preset_dir) as staging:
         atomic_save_model(clone_without_optimizer(model), staging / PRESET_MODEL_FILE)
-        metadata = {
-            "name": model.name,
-            "description": description,
-            "keras_pneumonia_version": __version__,
-            "keras_version": keras.__version__,
-            "params": int(model.count_params()),
-            "input": model.input_config.to_dict(),
-            "class_names": list(model.class_names),
-            "threshold": float(model.threshold),
-            "temperature": float(model.temperature),
-            "ood_threshold": None if model.ood is None else float(model.ood["threshold"]),
-            "metrics": dict(metrics or {}),
-            "license": license or DATA_LICENSE,
-            "files": {
-                PRESET_MODEL_FILE: {
-                    "sha256": sha256sum(staging / PRESET_MODEL_FILE),
-                    "size": (staging / PRESET_MODEL_FILE).stat().st_size,
-                }
-            },
-        }
+        metadata = preset_metadata(
+            model,
+            staging / PRESET_MODEL_FILE,
+            name=model.name,
+            description=description,
+            metrics=metrics,
+            license=license,
+        )
         (staging / PRESET_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         (staging / PRESET_README_FILE).write_text(preset_readme(metadata), encoding="utf-8")
         umask = os.umask(0)
@@ -418,6 +404,49 @@ def save_preset_folder(
             shutil.rmtree(preset_dir)
         staging.rename(preset_dir)
     return metadata
+
+
+def preset_metadata(
+    model,
+    model_path: Path,
+    *,
+    name: str,
+    description: str = "",
+    metrics: dict[str, dict[str, Any]] | None = None,
+    license: str | None = None,
+) -> dict[str, Any]:
+    """The metadata of a preset (`keras_pneumonia.presets.METADATA_SCHEMA`): a folder's or a release's.
+
+    Args:
+        model: The `~keras_pneumonia.PneumoniaCNN` saved at ``model_path``.
+        model_path: Its saved file, whose sha256 and size are recorded.
+        name: The preset's name.
+        description: One paragraph on the model.
+        metrics: ``{data set: {metric: value}}``.
+        license: Default: the training data's (CC BY 4.0).
+    """
+    import keras
+
+    from keras_pneumonia._version import __version__
+    from keras_pneumonia.presets import DATA_LICENSE, check_metadata
+    from keras_pneumonia.weights import sha256sum
+
+    metadata = {
+        "name": name,
+        "description": description,
+        "keras_pneumonia_version": __version__,
+        "keras_version": keras.__version__,
+        "params": int(model.count_params()),
+        "input": model.input_config.to_dict(),
+        "class_names": list(model.class_names),
+        "threshold": float(model.threshold),
+        "temperature": float(model.temperature),
+        "ood_threshold": None if model.ood is None else float(model.ood["threshold"]),
+        "metrics": dict(metrics or {}),
+        "license": license or DATA_LICENSE,
+        "files": {PRESET_MODEL_FILE: {"sha256": sha256sum(model_path), "size": model_path.stat().st_size}},
+    }
+    return check_metadata(metadata, name)
 
 
 def preset_readme(metadata: dict[str, Any]) -> str:

@@ -193,8 +193,7 @@ def model_info(model, source: str | None = None) -> dict[str, Any]:
         "class_names": list(model.class_names),
         "threshold": model.threshold,
         "ood_threshold": None if model.ood is None else model.ood["threshold"],
-        "validation_metrics": preset.get("validation_metrics"),
-        "test_dev_metrics_used_for_choices": preset.get("test_dev_metrics_used_for_choices"),
+        "metrics": preset.get("metrics"),
         "notice": "Research and education only: not a medical device.",
     }
 

@@ -208,6 +208,8 @@ class _Run:
         kwargs = {"class_names": CLASS_SETS[c.classes], **self.model_kwargs}
         with self.distribution.scope():
             self.model = PneumoniaCNN(image_size=c.image_size, resize=c.resize, **kwargs)
+            if c.init_weights is not None:
+                copy_weights(c.init_weights, self.model)
         reading = self.model.input_config.dataset_kwargs()
         # The class folders: the model's classes, or NORMAL/PNEUMONIA split by file name.
         folders = self.model.class_names if c.classes == "binary" else CLASS_NAMES
@@ -365,6 +367,37 @@ class _Run:
             "model_params": model.count_params(),
         }
         atomic_write_text(output / "run.json", json.dumps(run, indent=2) + "\n")
+
+
+def copy_weights(source: str | Path, model) -> None:
+    """Copies the weights of a trained model (preset, path, URL, handle) into ``model``, layer by layer.
+
+    Every layer of ``source`` that holds weights must exist in ``model`` under the
+    same name with the same shapes; the out-of-distribution flag is not copied (a
+    model trained on is fitted a new one).
+
+    Raises:
+        ValueError: The two architectures differ; names the first layer that does not fit.
+    """
+    from keras_pneumonia.hub import load_model
+
+    trained = load_model(str(source))
+    for layer in trained.layers:
+        weights = layer.get_weights()
+        if not weights or layer.name == "ood_detector":
+            continue
+        try:
+            target = model.get_layer(layer.name)
+        except ValueError:
+            target = None
+        shapes = [w.shape for w in weights]
+        if target is None or [tuple(w.shape) for w in target.weights] != shapes:
+            raise ValueError(
+                f"--init-weights {source}: its layer {layer.name!r} (weights {shapes}) has no match in the new "
+                "model; start from a model of the same architecture (filters, head, channels, classes)."
+            )
+        target.set_weights(weights)
+    logger.info("Initialised from %s", source)
 
 
 def _ood_summary(model, splits: Mapping[str, Any]) -> dict[str, Any] | None:

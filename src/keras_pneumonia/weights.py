@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from keras_pneumonia._io import offline_mode, owner, remove_stale
-from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS
+from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS, model_file, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,9 @@ def _verified(path: Path, sha256: str | None) -> bool:
 
 def bundled_path(name: str) -> Path | None:
     """The copy of a preset's file shipped in the package, if there is one."""
-    preset = PRESETS[name]
-    if not preset.get("bundled"):
+    if not PRESETS[name].get("bundled"):
         return None
-    path = Path(str(resources.files("keras_pneumonia") / "assets" / preset["file_name"]))
+    path = Path(str(resources.files("keras_pneumonia") / "assets" / model_file(name)["file_name"]))
     return path if path.is_file() else None
 
 
@@ -231,7 +230,7 @@ def get_file(
             f"Unknown preset {text!r}. Known presets: {', '.join(list_presets())}; also supported: {SUPPORTED_HANDLES}."
         )
 
-    preset = PRESETS[text]
+    preset = model_file(text)
     file_name, sha256 = preset["file_name"], preset["sha256"]
     if not force_download:
         for folder in [*_readonly_dirs(), cache]:
@@ -343,23 +342,21 @@ def _checked_preset_folder(folder: Path) -> Path:
 
     A folder without ``metadata.json`` (one written by hand) is taken as it is.
     """
-    import json
-
-    model_file = folder / "model.keras"
+    model_path = folder / "model.keras"
     metadata_file = folder / "metadata.json"
     if not metadata_file.is_file():
-        return model_file
+        return model_path
     try:
-        recorded = json.loads(metadata_file.read_text(encoding="utf-8"))["files"]["model.keras"]["sha256"]
-    except (ValueError, KeyError, TypeError):
-        raise WeightsError(f"{metadata_file} records no sha256 for model.keras (files.model.keras.sha256).") from None
-    actual = sha256sum(model_file)
+        recorded = read_metadata(metadata_file)["files"]["model.keras"]["sha256"]
+    except ValueError as error:
+        raise WeightsError(str(error)) from None
+    actual = sha256sum(model_path)
     if actual != recorded:
         raise WeightsError(
-            f"{model_file} does not match {metadata_file}: its sha256 is {actual}, the metadata records "
+            f"{model_path} does not match {metadata_file}: its sha256 is {actual}, the metadata records "
             f"{recorded}. The file was changed or damaged; copy the folder again."
         )
-    return model_file
+    return model_path
 
 
 def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | None = None) -> list[Path]:
@@ -373,7 +370,7 @@ def download_presets(names: list[str] | None = None, *, cache_dir: str | Path | 
     for name in names or list_presets():
         if name not in PRESETS:
             raise WeightsError(f"Unknown preset {name!r}. Known presets: {', '.join(list_presets())}.")
-        preset = PRESETS[name]
+        preset = model_file(name)
         destination = cache / preset["file_name"]
         if not _verified(destination, preset["sha256"]):
             shipped = bundled_path(name)
