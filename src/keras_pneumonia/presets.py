@@ -45,6 +45,7 @@ _TEST_DEV = "test_dev (316 images, half of the official test split, used for cho
 _INPUT = {"image_size": [160, 160], "color_mode": "grayscale", "resize": "squash", "interpolation": "bilinear"}
 _RELEASES = "https://github.com/keras-pneumonia/keras-pneumonia/releases/download"
 
+#: The released presets by name, each in `METADATA_SCHEMA` (plus ``bundled`` and ``training_command``).
 PRESETS: dict[str, dict[str, Any]] = {
     "pneumonia_cnn_v1": {
         "name": "pneumonia_cnn_v1",
