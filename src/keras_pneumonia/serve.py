@@ -131,7 +131,7 @@ class Predictor:
                 start += len(job_paths)
 
     def _add_overlays(self, rows: list[dict]) -> None:
-        """Sets each answered row's ``gradcam``: a PNG data URL, or a one-line note why there is none.
+        """Sets each answered row's ``gradcam``: a PNG data URL (``None`` for a failed file or with overlays off).
 
         One Grad-CAM call per decided class for the whole batch (building the
         explainer costs more than explaining one more image).
