@@ -59,9 +59,9 @@ class Presets:
         """The released presets, as KerasHub lists them: ``{name: metadata}``.
 
         Each entry gives the description, parameter count, input, class names,
-        decision threshold, validation metrics (and test_dev metrics, which
-        were used for choices), file size and where the weights live. The same
-        table: ``keras-pneumonia presets``.
+        decision threshold, whether it carries the out-of-distribution flag, its
+        ``metrics`` keyed by the data they were measured on, file size and where
+        the weights live. The same table: ``keras-pneumonia presets``.
 
         >>> import keras_pneumonia as kp
         >>> sorted(kp.PneumoniaCNN.presets)
