@@ -19,6 +19,7 @@ ValueError: `schedule` must be one of ('plateau', 'cosine'); received 'linear'.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 #: Input height and width of new models and data sets, in pixels.
@@ -132,7 +133,7 @@ class TrainConfig:
     mixed_precision: str = "none"
     ood_flag: bool = True
     classes: str = "binary"
-    init_weights: str | None = None
+    init_weights: str | os.PathLike | None = None
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> TrainConfig:
@@ -140,6 +141,8 @@ class TrainConfig:
         return cls(**{field.name: getattr(namespace, field.name) for field in dataclasses.fields(cls)})
 
     def __post_init__(self):
+        if self.init_weights is not None:  # a Path too; run.json records it as text
+            object.__setattr__(self, "init_weights", str(self.init_weights))
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
