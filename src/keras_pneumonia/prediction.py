@@ -13,6 +13,7 @@ Used by ``keras-pneumonia predict``; usable from Python:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -254,6 +255,19 @@ class ResultsFile:
             raise ValueError(f"{self.path}: not a regular file (a folder or a device); choose a file name")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (closed by close()/__exit__)
+        try:
+            self._prepare()
+        except BaseException as error:
+            with contextlib.suppress(OSError):
+                # Closed here: an unwritten header would otherwise fail again at garbage
+                # collection, as an "Exception ignored" traceback after our message.
+                self._file.close()
+            if isinstance(error, OSError) and error.strerror:  # a full disk: name the file
+                raise OSError(error.errno, f"{self.path}: {error.strerror}") from None
+            raise
+
+    def _prepare(self) -> None:
+        """Locks the file, drops a line cut off by an interruption, reads what is done, writes a new CSV's header."""
         lock_open_file(self._file, self.path)  # two runs appending to one file would write every row twice
         new = self.path.stat().st_size == 0
         if not new:
