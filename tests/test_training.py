@@ -268,6 +268,13 @@ def test_a_run_can_start_from_a_trained_models_weights(kaggle_dir, tmp_path):
     assert json.loads((run / "run.json").read_text())["arguments"]["init_weights"] == str(tmp_path / "start.keras")
 
 
+def test_init_weights_refuses_a_model_with_layers_the_source_lacks(tmp_path):
+    kp.PneumoniaCNN(**TINY).save(tmp_path / "start.keras")
+    wider_head = kp.PneumoniaCNN(**{**TINY, "dense_units": (16, 16)})  # every source layer fits; dense2 is new
+    with pytest.raises(ValueError, match="the new model's layer 'dense2' has no match"):
+        training.copy_weights(tmp_path / "start.keras", wider_head)
+
+
 def test_fixed_preset_has_no_early_stopping(tmp_path):
     names = [type(c).__name__ for c in callbacks.preset("fixed", run_dir=tmp_path)]
     assert names == ["ModelCheckpoint", "BackupAndRestore", "EpochTime", "CSVLogger"]

@@ -372,9 +372,9 @@ class _Run:
 def copy_weights(source: str | Path, model) -> None:
     """Copies the weights of a trained model (preset, path, URL, handle) into ``model``, layer by layer.
 
-    Every layer of ``source`` that holds weights must exist in ``model`` under the
-    same name with the same shapes; the out-of-distribution flag is not copied (a
-    model trained on is fitted a new one).
+    Every layer that holds weights must exist in both models under the same name
+    with the same shapes; the out-of-distribution flag is not copied (training fits
+    a new one).
 
     Raises:
         ValueError: The two architectures differ; names the first layer that does not fit.
@@ -382,6 +382,7 @@ def copy_weights(source: str | Path, model) -> None:
     from keras_pneumonia.hub import load_model
 
     trained = load_model(str(source))
+    copied: set[str] = set()
     for layer in trained.layers:
         weights = layer.get_weights()
         if not weights or layer.name == "ood_detector":
@@ -397,6 +398,13 @@ def copy_weights(source: str | Path, model) -> None:
                 "model; start from a model of the same architecture (filters, head, channels, classes)."
             )
         target.set_weights(weights)
+        copied.add(layer.name)
+    missing = [layer.name for layer in model.layers if layer.weights and layer.name not in copied | {"ood_detector"}]
+    if missing:
+        raise ValueError(
+            f"--init-weights {source}: the new model's layer {missing[0]!r} has no match in it; start from a "
+            "model of the same architecture (filters, head, channels, classes)."
+        )
     logger.info("Initialised from %s", source)
 
 
