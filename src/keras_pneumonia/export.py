@@ -36,6 +36,7 @@ import numpy as np
 
 from keras_pneumonia._io import staging_dir
 from keras_pneumonia.config import CLASS_NAMES, MODEL_CHOICES
+from keras_pneumonia.presets import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +340,7 @@ def clone_without_optimizer(model):
 
 
 #: The files of a preset folder (`save_preset_folder`).
-PRESET_MODEL_FILE = "model.keras"
+PRESET_MODEL_FILE = MODEL_FILE  # the registry's name for it, one spelling
 PRESET_METADATA_FILE = "metadata.json"
 PRESET_README_FILE = "README.md"
 

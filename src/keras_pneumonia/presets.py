@@ -55,7 +55,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "pediatric chest X-ray data (Kermany et al. 2018) with a patient-disjoint validation split."
         ),
         "params": 1_198_034,
-        "input": _INPUT,
+        "input": dict(_INPUT),
         "class_names": ["NORMAL", "PNEUMONIA"],
         "threshold": 0.5,
         "temperature": 1.0,
@@ -90,7 +90,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "so that framing and exposure no longer decide its answer. Deterministic (no augmentation in the graph)."
         ),
         "params": 1_198_034,
-        "input": _INPUT,
+        "input": dict(_INPUT),
         "class_names": ["NORMAL", "PNEUMONIA"],
         "threshold": 0.5,
         "temperature": 1.0,
@@ -125,7 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "split only."
         ),
         "params": 5_662_802,
-        "input": _INPUT,
+        "input": dict(_INPUT),
         "class_names": ["NORMAL", "PNEUMONIA"],
         "threshold": 0.5,
         "temperature": 1.0,

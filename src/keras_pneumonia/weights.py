@@ -32,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from keras_pneumonia._io import offline_mode, owner, remove_stale
-from keras_pneumonia.presets import DEFAULT_PRESET, PRESETS, model_file, read_metadata
+from keras_pneumonia.presets import DEFAULT_PRESET, MODEL_FILE, PRESETS, model_file, read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -342,12 +342,12 @@ def _checked_preset_folder(folder: Path) -> Path:
 
     A folder without ``metadata.json`` (one written by hand) is taken as it is.
     """
-    model_path = folder / "model.keras"
+    model_path = folder / MODEL_FILE
     metadata_file = folder / "metadata.json"
     if not metadata_file.is_file():
         return model_path
     try:
-        recorded = read_metadata(metadata_file)["files"]["model.keras"]["sha256"]
+        recorded = read_metadata(metadata_file)["files"][MODEL_FILE]["sha256"]
     except ValueError as error:
         raise WeightsError(str(error)) from None
     actual = sha256sum(model_path)
