@@ -19,7 +19,7 @@ ValueError: `schedule` must be one of ('plateau', 'cosine'); received 'linear'.
 from __future__ import annotations
 
 import dataclasses
-import os
+from pathlib import Path
 from typing import Any
 
 #: Input height and width of new models and data sets, in pixels.
@@ -133,7 +133,7 @@ class TrainConfig:
     mixed_precision: str = "none"
     ood_flag: bool = True
     classes: str = "binary"
-    init_weights: str | os.PathLike | None = None
+    init_weights: str | Path | None = None
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> TrainConfig:
