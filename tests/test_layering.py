@@ -57,6 +57,17 @@ def test_the_imports_form_no_cycle():
     assert "data" not in graph["gradcam"]
 
 
+def test_no_function_or_class_outgrows_one_job():
+    """Issue 25's limits: functions under 120 lines, classes under 400 (an --init-weights option once broke it)."""
+    too_long = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            limit = {ast.FunctionDef: 120, ast.AsyncFunctionDef: 120, ast.ClassDef: 400}.get(type(node))
+            if limit and node.end_lineno - node.lineno + 1 >= limit:
+                too_long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not too_long, too_long
+
+
 def test_help_and_version_do_not_import_tensorflow():
     code = (
         "import sys; sys.argv[0] = 'keras-pneumonia'\n"

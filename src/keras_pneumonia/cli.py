@@ -205,6 +205,14 @@ def _add_train(commands) -> None:
         default=D.ood_flag,
         help="fit the out-of-distribution flag on the train/validation parts after training (default: on)",
     )
+    _add_scaling_arguments(train)
+    train.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops (slower)")
+    train.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    train.add_argument("--overwrite", action="store_true", help="write over a finished run in --output")
+
+
+def _add_scaling_arguments(train) -> None:
+    """How `train` reads its data and spreads its work (memory, streaming, devices, precision)."""
     train.add_argument(
         "--pipeline",
         choices=CHOICES["pipeline"],
@@ -228,9 +236,6 @@ def _add_train(commands) -> None:
         default=D.mixed_precision,
         help="16-bit computation with float32 weights and outputs (none)",
     )
-    train.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops (slower)")
-    train.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
-    train.add_argument("--overwrite", action="store_true", help="write over a finished run in --output")
 
 
 def _add_model_arguments(train) -> None:
