@@ -114,20 +114,76 @@ class _Mean:
         return np.mean([m.predict(x, batch_size=batch_size, verbose=verbose) for m in self.models], axis=0)
 
 
-class _FlipTTA:
-    """Test-time augmentation: the mean probability of an image and its mirror image."""
+class _TTA:
+    """Test-time augmentation: the mean probability over rotated and (optionally) mirrored views.
 
-    def __init__(self, model):
+    With symmetric angles and the mirror, the set of views of a mirrored image is the set of
+    views of the original, so the mean cannot change under a mirror.
+    """
+
+    def __init__(self, model, rotations=(), flip=True, fill_mode="reflect", dark_edges=None):
         self.model = model
+        self.dark_edges = dark_edges
         self.threshold = model.threshold
         self.input_shape = model.input_shape
         self.class_names = model.class_names
-        self.name = f"{model.name}+flip"
+        self.angles = [0.0, *[a for r in rotations for a in (r, -r)]]
+        self.flip = flip
+        self.fill_mode = fill_mode
+        self.name = f"{model.name}+tta"
+
+    def _rotate(self, x, degrees):
+        import keras
+
+        if degrees == 0:
+            return x
+        t, (h, w) = np.deg2rad(degrees), x.shape[1:3]
+        cx, cy, c, s = (w - 1) / 2, (h - 1) / 2, np.cos(t), np.sin(t)
+        # keras.ops.image.affine_transform maps each output pixel to the input point it reads.
+        transform = np.array([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0, 0], "float32")
+        out = keras.ops.image.affine_transform(x.astype("float32"), transform, fill_mode=self.fill_mode)
+        return keras.ops.convert_to_numpy(out)
+
+    def _split(self):
+        """(before, after): the model cut after its border crop, so the views are of the cropped film.
+
+        Rotating first would turn a uniform border into a tilted one the crop cannot find.
+        """
+        import keras
+
+        names = [layer.name for layer in self.model.layers]
+        if "crop_borders" not in names:
+            return (lambda x, **_: x), self.model.predict
+        cut = names.index("crop_borders") + 1
+        before = keras.Model(self.model.inputs, self.model.layers[cut - 1].output)
+        x = inputs = keras.Input(self.model.layers[cut - 1].output.shape[1:])
+        for layer in self.model.layers[cut:]:
+            x = layer(x)
+        return before.predict, keras.Model(inputs, x).predict
 
     def predict(self, x, batch_size=64, verbose=0):
-        x = np.asarray(x)
-        both = [self.model.predict(a, batch_size=batch_size, verbose=verbose) for a in (x, x[:, :, ::-1])]
-        return np.mean(both, axis=0)
+        before, after = self._split()
+        x = np.asarray(before(np.asarray(x), batch_size=batch_size, verbose=verbose))
+        if self.dark_edges is not None:
+            x = fill_dark_edges(x, self.dark_edges)
+        views = [x, x[:, :, ::-1]] if self.flip else [x]
+        probs = [after(self._rotate(v, a), batch_size=batch_size, verbose=verbose) for v in views for a in self.angles]
+        return np.mean(probs, axis=0)
+
+
+def fill_dark_edges(x, level: float):
+    """Each row's dark run at either end (pixels <= level) replaced by the row's first/last brighter pixel.
+
+    A tilted film's black corners are such runs; the border cut leaves them, as they are
+    not whole rows or columns. Rows with no brighter pixel stay as they are.
+    """
+    bright = x[..., 0] > level  # (N, H, W)
+    width = x.shape[2]
+    first = np.argmax(bright, axis=2)
+    last = width - 1 - np.argmax(bright[:, :, ::-1], axis=2)
+    columns = np.clip(np.arange(width)[None, None, :], first[..., None], last[..., None])
+    filled = np.take_along_axis(x, columns[..., None], axis=2)
+    return np.where(bright.any(axis=2)[..., None, None], filled, x)
 
 
 def _metrics(report) -> dict:
@@ -142,6 +198,9 @@ def add(
     threshold: float | None = None,
     recalibrate_bn: bool = False,
     tta: bool = False,
+    tta_rotations: tuple[float, ...] = (),
+    tta_fill: str = "reflect",
+    dark_edges: float | None = None,
 ) -> dict:
     from keras_pneumonia.data import load_chest_xray, load_image_folder
     from keras_pneumonia.evaluation import EvaluationReport
@@ -150,8 +209,8 @@ def add(
     loaded = [_load(s) for s in sources]
     models = [m for m, _ in loaded]
     model = models[0] if len(models) == 1 else _Mean(models, float(np.mean([m.threshold for m in models])))
-    if tta:
-        model = _FlipTTA(model)
+    if tta or tta_rotations or dark_edges is not None:
+        model = _TTA(model, tta_rotations, flip=tta, fill_mode=tta_fill, dark_edges=dark_edges)
     if threshold is not None:
         model.threshold = threshold
     size = tuple(model.input_shape[1:3])
@@ -247,6 +306,17 @@ def main(argv=None) -> int:
     add_cmd.add_argument("--threshold", type=float, help="score at this threshold instead of the model's own")
     add_cmd.add_argument("--tta", action="store_true", help="average each image's and its mirror's probability")
     add_cmd.add_argument(
+        "--tta-rotations",
+        type=lambda t: tuple(float(a) for a in t.split(",")),
+        default=(),
+        metavar="DEGREES",
+        help="also average views rotated by +-each angle, e.g. 3 or 2,4",
+    )
+    add_cmd.add_argument(
+        "--fill-dark-edges", type=float, metavar="LEVEL", help="after the border cut, fill dark row ends (<= LEVEL)"
+    )
+    add_cmd.add_argument("--tta-fill", default="reflect", help="fill of rotated corners (keras affine_transform mode)")
+    add_cmd.add_argument(
         "--recalibrate-bn", action="store_true", help="re-estimate batch-norm statistics on the clean training split"
     )
     commands.add_parser("table", help="print the Markdown table")
@@ -255,7 +325,18 @@ def main(argv=None) -> int:
     plot_cmd.add_argument("--output", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
     if args.command == "add":
-        row = add(args.sources, args.name, args.note, args.data, args.threshold, args.recalibrate_bn, args.tta)
+        row = add(
+            args.sources,
+            args.name,
+            args.note,
+            args.data,
+            args.threshold,
+            args.recalibrate_bn,
+            args.tta,
+            args.tta_rotations,
+            args.tta_fill,
+            args.fill_dark_edges,
+        )
         print(table([row]))
     elif args.command == "plot":
         plot_runs(args.runs, args.output)
