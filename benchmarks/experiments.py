@@ -117,6 +117,9 @@ class _Mean:
 class _TTA:
     """Test-time augmentation: the mean probability over rotated and (optionally) mirrored views.
 
+    The views are taken after the model's border cut, optionally with the dark row ends
+    filled (`fill_dark_edges`); with no rotation and no mirror that fill is the only change.
+
     With symmetric angles and the mirror, the set of views of a mirrored image is the set of
     views of the original, so the mean cannot change under a mirror.
     """
@@ -131,6 +134,7 @@ class _TTA:
         self.flip = flip
         self.fill_mode = fill_mode
         self.name = f"{model.name}+tta"
+        self._before, self._after = self._split()  # built once: each new Model would be traced again
 
     def _rotate(self, x, degrees):
         import keras
@@ -162,12 +166,13 @@ class _TTA:
         return before.predict, keras.Model(inputs, x).predict
 
     def predict(self, x, batch_size=64, verbose=0):
-        before, after = self._split()
-        x = np.asarray(before(np.asarray(x), batch_size=batch_size, verbose=verbose))
+        x = np.asarray(self._before(np.asarray(x), batch_size=batch_size, verbose=verbose))
         if self.dark_edges is not None:
             x = fill_dark_edges(x, self.dark_edges)
         views = [x, x[:, :, ::-1]] if self.flip else [x]
-        probs = [after(self._rotate(v, a), batch_size=batch_size, verbose=verbose) for v in views for a in self.angles]
+        probs = [
+            self._after(self._rotate(v, a), batch_size=batch_size, verbose=verbose) for v in views for a in self.angles
+        ]
         return np.mean(probs, axis=0)
 
 
