@@ -38,6 +38,17 @@ def test_zoom_out_adds_a_black_border_and_zoom_in_does_not():
     assert (zoom_in == 255).all()
 
 
+def test_zoom_prob_keeps_the_scale_of_the_others_so_their_rotation_corners_stay_in_view():
+    white = np.full((32, 40, 40, 1), 255, np.uint8)
+    tilted = {**PRESETS["none"], "rotate_deg": 10.0, "zoom": (1.25, 1.25)}
+    zoomed = Augmentation(**tilted)(tf.constant(white), seed=0).numpy()
+    assert (zoomed == 255).all()  # zooming in by 1.25 hides a rotation's corners
+    kept = Augmentation(**{**tilted, "zoom_prob": 0.0})(tf.constant(white), seed=0).numpy()
+    assert ((kept == 0).mean(axis=(1, 2, 3)) > 0.002).mean() > 0.7  # black corners in (nearly) every image
+    half = Augmentation(**{**tilted, "zoom_prob": 0.5})(tf.constant(white), seed=0).numpy()
+    assert 0.2 < (half == 0).any(axis=(1, 2, 3)).mean() < 0.8
+
+
 def test_gamma_follows_the_tone_curve():
     grey = np.full((1, 8, 8, 1), 128, np.uint8)
     out = Augmentation(**{**PRESETS["none"], "gamma": (2.0, 2.0)})(tf.constant(grey), seed=0).numpy()

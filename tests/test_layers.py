@@ -104,3 +104,31 @@ def test_crop_uniform_borders_runs_where_height_and_width_are_unknown():
     x[:, :, :8] = 0
     traced = tf.function(layer.call, input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
     np.testing.assert_allclose(traced(tf.constant(x)).numpy(), keras.ops.convert_to_numpy(layer(x)), atol=1e-4)
+
+
+def test_fill_dark_edges_hides_a_rotated_films_black_corners():
+    from keras_pneumonia.layers import FillDarkEdges
+
+    x = _xray(128)
+    rotated = np.asarray(Image.fromarray(x[..., 0]).rotate(5.0, resample=Image.Resampling.BILINEAR, fillcolor=0))
+    white = Image.fromarray(np.full(x.shape[:2], 255, "uint8")).rotate(5.0, resample=Image.Resampling.BILINEAR)
+    corners = np.asarray(white) <= 8  # the black triangles the rotation left
+    assert corners[:8, :8].any() and corners.mean() > 0.01
+    out = keras.ops.convert_to_numpy(FillDarkEdges()(rotated[None, ..., None].astype("float32")))[0, ..., 0]
+    assert (out[corners] > 8).all()  # every corner pixel now holds image
+    bright = rotated > 8
+    np.testing.assert_array_equal(out[bright], rotated[bright])  # the film itself is untouched
+    # Each filled pixel is its row's nearest image pixel: the first row's left corner repeats its first bright pixel.
+    row = rotated[0]
+    first = int(np.argmax(row > 8))
+    np.testing.assert_array_equal(out[0, :first], np.full(first, row[first], "float32"))
+
+
+def test_fill_dark_edges_leaves_dark_rows_and_images_without_corners_alone():
+    from keras_pneumonia.layers import FillDarkEdges
+
+    x = np.random.default_rng(0).uniform(20, 255, (2, 16, 16, 3)).astype("float32")
+    x[1, 3] = 0.0  # a whole black row: nothing to fill it with
+    layer = FillDarkEdges()
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
+    assert FillDarkEdges.from_config({**layer.get_config(), "level": 20.0}).level == 20.0

@@ -212,7 +212,28 @@ def test_a_model_that_crops_borders_answers_a_padded_film_as_the_plain_one(tmp_p
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.crop_borders and loaded.get_layer("crop_borders") is not None
+    assert not loaded.fill_dark_edges
     np.testing.assert_allclose(loaded.predict(np.stack([plain, padded]), verbose=0), both, atol=1e-6)
+
+
+def test_a_model_that_fills_dark_edges_sees_a_tilted_film_without_black_corners(tmp_path):
+    from PIL import Image
+
+    from keras_pneumonia.images import load_image
+
+    model = kp.PneumoniaCNN(crop_borders=True, fill_dark_edges=True, **{**TINY, "image_size": 64})
+    path = next((KAGGLE / "test" / "NORMAL").iterdir())
+    film = load_image(path, 64)[..., 0]
+    tilted = np.asarray(Image.fromarray(film).rotate(5.0, fillcolor=0))[None, ..., None].astype("float32")
+    assert (tilted <= 8).mean() > 0.01
+    seen = keras.Model(model.inputs, model.get_layer("fill_dark_edges").output).predict(tilted, verbose=0)
+    # The corners now hold the film's edge: no more black than the upright film has of its own.
+    assert (seen <= 8).mean() <= (film <= 8).mean() + 0.002
+    expected = model.predict(tilted, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.fill_dark_edges and loaded.get_config()["fill_dark_edges"]
+    np.testing.assert_allclose(loaded.predict(tilted, verbose=0), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("head", ["flatten", "avg", "max"])

@@ -91,6 +91,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "downsample_prob": 0.2,
         "flip_prob": 0.5,
     },
+    # "robust_reframe" with half of the images kept at their scale: their rotations leave
+    # black corners in view (zooming in, as most "robust_reframe" images are, hides them).
+    "robust_reframe_tilt": {
+        "rotate_deg": 10.0,
+        "zoom_prob": 0.5,
+        "border_prob": 0.35,
+        "text_prob": 0.3,
+        "downsample_prob": 0.2,
+    },
     "none": _NONE,
 }
 
@@ -119,6 +128,9 @@ class Augmentation:
         blur_prob: Share of images blurred with a Gaussian of sigma in ``blur_sigma``.
         blur_sigma: Range of the blur's sigma, in pixels.
         noise_std: Maximum standard deviation of added Gaussian noise, in grey levels.
+        zoom_prob: Share of images that get the zoom and aspect change; the others
+            keep their scale, so that a rotation leaves its black corners in view as a
+            tilted scan does (zooming in hides them).
         geometry_prob: Share of images that get the geometric changes; the others
             keep their framing (no border, no rotation). Below 1 the model also
             sees unchanged framings of both classes, so a black border or a
@@ -146,6 +158,7 @@ class Augmentation:
     blur_prob: float = 0.3
     blur_sigma: tuple[float, float] = (0.4, 1.5)
     noise_std: float = 4.0
+    zoom_prob: float = 1.0
     geometry_prob: float = 1.0
     border_prob: float = 0.0
     border_max: float = 0.15
@@ -157,8 +170,8 @@ class Augmentation:
     @classmethod
     def preset(cls, name: str) -> Augmentation:
         """A preset by name: ``"strong"`` (the default), ``"mixed"``, ``"robust"``, ``"robust_no_flip"``,
-        ``"robust_reframe"``, ``"robust_reframe_flip"``, ``"light"`` or ``"none"`` (``PRESETS`` gives
-        their settings)."""
+        ``"robust_reframe"``, ``"robust_reframe_flip"``, ``"robust_reframe_tilt"``, ``"light"`` or
+        ``"none"`` (``PRESETS`` gives their settings)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown augmentation preset {name!r}; choose one of {sorted(PRESETS)}.")
         return cls(**PRESETS[name])
@@ -197,6 +210,10 @@ class Augmentation:
         angle = uniform(-1.0, 1.0) * self.rotate_deg * math.pi / 180.0
         tx = uniform(-1.0, 1.0) * self.translate * width
         ty = uniform(-1.0, 1.0) * self.translate * height
+        if self.zoom_prob < 1.0:  # a draw of its own only here: the other presets keep their seeds
+            scaled = uniform(0.0, 1.0) < self.zoom_prob
+            zoom, stretch = tf.where(scaled, zoom, 1.0), tf.where(scaled, stretch, 1.0)
+            sx, sy = zoom * stretch, zoom / stretch
         if self.geometry_prob < 1.0:
             moved = uniform(0.0, 1.0) < self.geometry_prob
             zoom, stretch = tf.where(moved, zoom, 1.0), tf.where(moved, stretch, 1.0)

@@ -250,6 +250,11 @@ def _add_model_arguments(train) -> None:
     train.add_argument(
         "--crop-borders", action="store_true", help="cut uniform borders off each image inside the model"
     )
+    train.add_argument(
+        "--fill-dark-edges",
+        action="store_true",
+        help="fill each row's black ends (a tilted film's corners) inside the model, after --crop-borders",
+    )
     train.add_argument("--head", choices=MODEL_CHOICES["head"], help="flatten or global pooling")
     train.add_argument("--normalization", choices=MODEL_CHOICES["normalization"], help="input normalisation")
     train.add_argument(
@@ -451,7 +456,11 @@ def _cmd_split(args) -> int:
 def _cmd_train(args) -> int:
     from keras_pneumonia.training import train
 
-    model_kwargs = {"channels": args.channels, "crop_borders": args.crop_borders}
+    model_kwargs = {
+        "channels": args.channels,
+        "crop_borders": args.crop_borders,
+        "fill_dark_edges": args.fill_dark_edges,
+    }
     for key in ("filters", "convs_per_block", "dense_units", "dropout", "head", "normalization", "backbone"):
         value = getattr(args, key)
         if value is not None:

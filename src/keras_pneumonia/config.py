@@ -60,6 +60,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "robust_no_flip",
         "robust_reframe",
         "robust_reframe_flip",
+        "robust_reframe_tilt",
         "light",
         "none",
     ),

@@ -250,3 +250,53 @@ class CropUniformBorders(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "tolerance": self.tolerance, "max_fraction": self.max_fraction}
+
+
+@keras.saving.register_keras_serializable(package="keras_pneumonia")
+class FillDarkEdges(keras.layers.Layer):
+    """Fills the dark run at each end of every row with the row's first (or last) brighter pixel.
+
+    A tilted film, or one rotated by a scanner, has black corners: triangles, not whole
+    rows or columns, so `CropUniformBorders` leaves them, and a model can learn them as a
+    cue (the robustness report's ``rotate`` perturbations). This layer replaces each
+    row's black ends with the nearest image pixel of that row, so a corner looks like the
+    film's own edge stretched outwards. Written by hand because Keras has no such layer;
+    it is an index computation (`keras.ops.argmax`, `keras.ops.take_along_axis`), so it
+    runs on every backend. Rows with no pixel brighter than ``level`` stay as they are.
+
+    Args:
+        level: Largest grey value (0-255 scale, the mean over channels) that counts as dark.
+        **kwargs: Passed to `keras.layers.Layer`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_pneumonia.layers import FillDarkEdges
+    >>> image = np.full((1, 4, 6, 1), 100.0, dtype="float32")
+    >>> image[0, 0, :2] = 0.0  # a black corner in the first row
+    >>> image[0, 0, 2] = 120.0
+    >>> keras.ops.convert_to_numpy(FillDarkEdges()(image))[0, 0, :, 0].tolist()
+    [120.0, 120.0, 120.0, 100.0, 100.0, 100.0]
+    """
+
+    def __init__(self, level: float = 8.0, **kwargs):
+        super().__init__(**kwargs)
+        self.level = float(level)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        width = ops.shape(x)[2]
+        bright = ops.cast(ops.mean(x, axis=-1) > self.level, "int32")  # (n, h, w)
+        first = ops.argmax(bright, axis=2)[..., None]  # the first bright column of each row
+        last = (width - 1 - ops.argmax(ops.flip(bright, axis=2), axis=2))[..., None]
+        columns = ops.minimum(ops.maximum(ops.arange(width)[None, None, :], first), last)
+        columns = ops.broadcast_to(columns[..., None], ops.shape(x))
+        filled = ops.take_along_axis(x, columns, axis=2)
+        any_bright = ops.max(bright, axis=2)[..., None, None] > 0
+        return ops.where(any_bright, filled, x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "level": self.level}

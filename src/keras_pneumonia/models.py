@@ -14,7 +14,7 @@ from keras_pneumonia.finetuning import FineTuning
 from keras_pneumonia.hub import Presets, load_model  # noqa: F401  (load_model: its old home)
 from keras_pneumonia.images import COLOR_MODE_OF, RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
-from keras_pneumonia.layers import CropUniformBorders, PerImageStandardization
+from keras_pneumonia.layers import CropUniformBorders, FillDarkEdges, PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 from keras_pneumonia.ood import OutOfDistributionFlag
 
@@ -99,6 +99,9 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
             padding) off each side of the input and stretch the rest back to the
             input size, inside the graph (`~keras_pneumonia.CropUniformBorders`),
             so borders cannot become a cue. Grad-CAM maps then cover the cropped area.
+        fill_dark_edges: Fill each row's black ends (a tilted film's corners) with
+            the row's nearest image pixel, inside the graph, after the border cut
+            (`~keras_pneumonia.FillDarkEdges`), so rotation corners cannot become a cue.
         **kwargs: Passed to `keras.Model` (``name``...).
 
     Examples:
@@ -135,6 +138,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         ood: dict | None = None,
         dtype: str | None = None,
         crop_borders: bool = False,
+        fill_dark_edges: bool = False,
         **kwargs,
     ):
         from keras_pneumonia import backbones
@@ -160,6 +164,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         policy = _dtype_policy(dtype)
 
         # === Layers ===
+        framing_layers = _framing_layers(crop_borders, fill_dark_edges)
         norm_layer = _normalization_layer(normalization)
         aug_layers = _legacy_augmentation_layers() if augmentation else []
         conv_blocks = _conv_blocks(filters, convs_per_block, policy)
@@ -175,8 +180,8 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         # === Functional Model ===
         inputs = keras.Input(shape=(*image_size, channels), name="image")
         x = keras.ops.cast(inputs, "float32")
-        if crop_borders:
-            x = CropUniformBorders(name="crop_borders", dtype="float32")(x)
+        for layer in framing_layers:
+            x = layer(x)
         for layer in aug_layers:
             # Recorded with training=False: `fit` overrides it with an explicit
             # training=True; a plain `model(x)` (training=None) keeps it off.
@@ -229,6 +234,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
         self.input_check = {**LIMITS, **(input_check or {})}
         self.ood = dict(ood) if ood else None
         self.crop_borders = bool(crop_borders)
+        self.fill_dark_edges = bool(fill_dark_edges)
         self._feature_layers = feature_layers
 
     def get_config(self):
@@ -261,6 +267,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
             "ood": self.ood,
             "dtype": self.dtype_policy.name,
             "crop_borders": self.crop_borders,
+            "fill_dark_edges": self.fill_dark_edges,
         }
         # [position, name] pairs: the position finds the layer again, because layers that
         # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.
@@ -390,6 +397,12 @@ def _normalization_layer(normalization: str):
     if normalization == "per_image":
         return PerImageStandardization(name="standardize", dtype="float32")
     return keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype="float32")
+
+
+def _framing_layers(crop_borders: bool, fill_dark_edges: bool) -> list:
+    """The input normalisations before everything else: the border cut, then the dark-edge fill."""
+    layers = [CropUniformBorders(name="crop_borders", dtype="float32")] if crop_borders else []
+    return layers + ([FillDarkEdges(name="fill_dark_edges", dtype="float32")] if fill_dark_edges else [])
 
 
 def _legacy_augmentation_layers() -> list:
