@@ -101,7 +101,8 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, k
             so borders cannot become a cue. Grad-CAM maps then cover the cropped area.
         fill_dark_edges: Fill each row's black ends (a tilted film's corners) with
             the row's nearest image pixel, inside the graph, after the border cut
-            (`~keras_pneumonia.FillDarkEdges`), so rotation corners cannot become a cue.
+            (`~keras_pneumonia.FillDarkEdges`). An experiment of release v3: measured,
+            it did not stop black corners from moving decisions (docs: the experiment log, v3-k).
         **kwargs: Passed to `keras.Model` (``name``...).
 
     Examples:
