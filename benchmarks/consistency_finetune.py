@@ -1,7 +1,8 @@
 """Fine-tunes a model so that a tilted copy of each image, black corners and all, gets its answer.
 
     python benchmarks/consistency_finetune.py benchmarks/runs/v3-j/model_without_flag.keras \\
-        --output runs/v3-m --epochs 3 [--weight 1.0] [--max-degrees 8] [--mirror-prob 0] [--seed 13]
+        --output runs/v3-m --epochs 3 [--weight 1.0] [--max-degrees 8] [--mirror-prob 0] \\
+        [--copy-borders 0] [--copy-zoom 1] [--ema] [--seed 13]
 
 An experiment of release v3, kept out of the library until it earns a place there: the
 robustness report's 5-degree rotations flip 4-7% of decisions, and the experiment log
@@ -9,7 +10,8 @@ shows that the black corners do it, not the tilt, and that more tilted images in
 made it worse (v3-l). Here each training batch (``robust_reframe`` augmentation, the
 run's patient-disjoint split, balanced class weights) is paired with a copy rotated by up
 to ``--max-degrees`` at its own scale (black corners in view; a share ``--mirror-prob``
-of the copies also mirrored), and the loss is
+of the copies also mirrored, ``--copy-borders`` with collimation bars, and each zoomed in
+by up to ``--copy-zoom``), and the loss is
 
     cross-entropy(batch) + cross-entropy(tilted copy) + weight * KL(p(batch) || p(tilted copy))
 
@@ -94,6 +96,9 @@ def finetune(
     lr: float,
     limit_batches: int | None = None,
     mirror_prob: float = 0.0,
+    copy_borders: float = 0.0,
+    copy_zoom: float = 1.0,
+    ema: bool = False,
 ) -> dict:
     import keras
     import tensorflow as tf
@@ -105,10 +110,18 @@ def finetune(
     data, train, presets = _data(model, seed)
     if limit_batches:  # a smoke run
         train = train.take(limit_batches)
-    tilt = Augmentation(**{**presets["none"], "rotate_deg": max_degrees, "flip_prob": mirror_prob})
+    tilt = Augmentation(
+        **{
+            **presets["none"],
+            "rotate_deg": max_degrees,
+            "flip_prob": mirror_prob,
+            "border_prob": copy_borders,
+            "zoom": (1.0, copy_zoom),
+        }
+    )
     steps = sum(1 for _ in train) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
-    optimizer = keras.optimizers.Adam(schedule)
+    optimizer = keras.optimizers.Adam(schedule, use_ema=ema)
     step = _step_fn(model, optimizer, data.class_weight, tilt, weight)
     history, started, n = [], time.monotonic(), 0
     for epoch in range(epochs):
@@ -118,6 +131,8 @@ def finetune(
             totals, batches, n = [totals[0] + float(ce), totals[1] + float(kl)], batches + 1, n + 1
         history.append({"epoch": epoch, "cross_entropy": totals[0] / batches, "kl": totals[1] / batches})
         logger.info("epoch %d: %s (%.1f min)", epoch, history[-1], (time.monotonic() - started) / 60)
+    if ema:  # the weights' moving average becomes the model's weights, as fit's EMA does at its end
+        optimizer.finalize_variable_values(model.trainable_variables)
     output.mkdir(parents=True, exist_ok=True)
     partial = output / "model.keras.partial.keras"
     model.save(partial)
@@ -129,6 +144,9 @@ def finetune(
         "weight": weight,
         "max_degrees": max_degrees,
         "mirror_prob": mirror_prob,
+        "copy_borders": copy_borders,
+        "copy_zoom": copy_zoom,
+        "ema": ema,
         "seed": seed,
         "learning_rate": lr,
         "history": history,
@@ -147,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight", type=float, default=1.0, help="weight of the consistency (KL) term")
     parser.add_argument("--max-degrees", type=float, default=8.0, help="largest tilt of the paired copy")
     parser.add_argument("--mirror-prob", type=float, default=0.0, help="share of paired copies also mirrored")
+    parser.add_argument("--copy-borders", type=float, default=0.0, help="share of copies with collimation bars")
+    parser.add_argument("--copy-zoom", type=float, default=1.0, help="largest zoom-in (crop) of a copy")
+    parser.add_argument("--ema", action="store_true", help="keep a moving average of the weights (as train --ema)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--limit-batches", type=int, help="train on this many batches per epoch (a smoke run)")
@@ -162,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         args.learning_rate,
         args.limit_batches,
         args.mirror_prob,
+        args.copy_borders,
+        args.copy_zoom,
+        args.ema,
     )
     print(json.dumps({k: run[k] for k in ("history", "wall_time_s", "steps")}))
     return 0
