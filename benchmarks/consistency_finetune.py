@@ -51,12 +51,12 @@ def _model(source: str):
 
 
 def _data(model, seed: int):
-    from keras_pneumonia.augmentation import PRESETS, Augmentation
+    from keras_pneumonia.augmentation import Augmentation
     from keras_pneumonia.data import load_chest_xray
 
     data = load_chest_xray(DATA, **model.input_config.dataset_kwargs(), batch_size=32, validation_split=0.1, seed=1337)
     train = Augmentation.preset("robust_reframe").apply_to_dataset(data.train, seed=seed)
-    return data, train, PRESETS
+    return data, train
 
 
 def _step_fn(model, optimizer, class_weight, tilt, weight: float):
@@ -103,16 +103,16 @@ def finetune(
     import keras
     import tensorflow as tf
 
-    from keras_pneumonia.augmentation import Augmentation
+    from keras_pneumonia.augmentation import PRESETS, Augmentation
 
     keras.utils.set_random_seed(seed)
     model = _model(source)
-    data, train, presets = _data(model, seed)
+    data, train = _data(model, seed)
     if limit_batches:  # a smoke run
         train = train.take(limit_batches)
     tilt = Augmentation(
         **{
-            **presets["none"],
+            **PRESETS["none"],
             "rotate_deg": max_degrees,
             "flip_prob": mirror_prob,
             "border_prob": copy_borders,

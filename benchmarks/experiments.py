@@ -118,15 +118,17 @@ class _TTA:
     """Test-time augmentation: the mean probability over rotated and (optionally) mirrored views.
 
     The views are taken after the model's border cut, optionally with the dark row ends
-    filled (`fill_dark_edges`); with no rotation and no mirror that fill is the only change.
+    filled (`keras_pneumonia.FillDarkEdges`); with no rotation and no mirror that fill is the only change.
 
     With symmetric angles and the mirror, the set of views of a mirrored image is the set of
     views of the original, so the mean cannot change under a mirror.
     """
 
     def __init__(self, model, rotations=(), flip=True, fill_mode="reflect", dark_edges=None):
+        from keras_pneumonia.layers import FillDarkEdges
+
         self.model = model
-        self.dark_edges = dark_edges
+        self.fill = None if dark_edges is None else FillDarkEdges(dark_edges)
         self.threshold = model.threshold
         self.input_shape = model.input_shape
         self.class_names = model.class_names
@@ -166,29 +168,16 @@ class _TTA:
         return before.predict, keras.Model(inputs, x).predict
 
     def predict(self, x, batch_size=64, verbose=0):
+        import keras
+
         x = np.asarray(self._before(np.asarray(x), batch_size=batch_size, verbose=verbose))
-        if self.dark_edges is not None:
-            x = fill_dark_edges(x, self.dark_edges)
+        if self.fill is not None:
+            x = keras.ops.convert_to_numpy(self.fill(x))
         views = [x, x[:, :, ::-1]] if self.flip else [x]
         probs = [
             self._after(self._rotate(v, a), batch_size=batch_size, verbose=verbose) for v in views for a in self.angles
         ]
         return np.mean(probs, axis=0)
-
-
-def fill_dark_edges(x, level: float):
-    """Each row's dark run at either end (pixels <= level) replaced by the row's first/last brighter pixel.
-
-    A tilted film's black corners are such runs; the border cut leaves them, as they are
-    not whole rows or columns. Rows with no brighter pixel stay as they are.
-    """
-    bright = x[..., 0] > level  # (N, H, W)
-    width = x.shape[2]
-    first = np.argmax(bright, axis=2)
-    last = width - 1 - np.argmax(bright[:, :, ::-1], axis=2)
-    columns = np.clip(np.arange(width)[None, None, :], first[..., None], last[..., None])
-    filled = np.take_along_axis(x, columns[..., None], axis=2)
-    return np.where(bright.any(axis=2)[..., None, None], filled, x)
 
 
 def _metrics(report) -> dict:

@@ -62,12 +62,10 @@ def _validation(model, mirror_average: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _rates(labels: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
-    decided = p >= threshold
-    return {
-        "accuracy": float(np.mean(decided == (labels == 1))),
-        "sensitivity": float(np.mean(decided[labels == 1])),
-        "specificity": float(np.mean(~decided[labels == 0])),
-    }
+    from keras_pneumonia.evaluation import EvaluationReport
+
+    report = EvaluationReport.from_predictions(labels, p, threshold)
+    return {k: float(getattr(report, k)) for k in ("accuracy", "sensitivity", "specificity")}
 
 
 def sweep(source: str, mirror_average: bool) -> list[dict]:
