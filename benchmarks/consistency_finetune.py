@@ -2,7 +2,7 @@
 
     python benchmarks/consistency_finetune.py benchmarks/runs/v3-j/model_without_flag.keras \\
         --output runs/v3-m --epochs 3 [--weight 1.0] [--max-degrees 8] [--mirror-prob 0] \\
-        [--copy-borders 0] [--copy-zoom 1] [--ema] [--seed 13]
+        [--copy-borders 0] [--copy-zoom 1] [--ema] [--mirror-average] [--seed 13]
 
 An experiment of release v3, kept out of the library until it earns a place there: the
 robustness report's 5-degree rotations flip 4-7% of decisions, and the experiment log
@@ -20,6 +20,10 @@ towards the upright answer and not the other way round (a consistency loss, as i
 Hendrycks et al.'s AugMix, 2020, and Zheng et al.'s stability training, 2016).
 Written as a training loop of its own because Keras' ``fit`` takes one loss of one
 output per example; the model, data, augmentation and schedule are the library's.
+
+``--mirror-average`` trains the mean of the answers to each image and its mirror image
+(the model is then meant to be scored so, ``experiments.py add ... --tta``): a mirrored
+film cannot move such an answer.
 
 The result is a ``model.keras`` (threshold 0.5, no out-of-distribution flag) and
 ``history.json`` in ``--output``; score it with
@@ -59,8 +63,16 @@ def _data(model, seed: int):
     return data, train
 
 
-def _step_fn(model, optimizer, class_weight, tilt, weight: float):
+def _step_fn(model, optimizer, class_weight, tilt, weight: float, mirror_average: bool = False):
     import tensorflow as tf
+
+    def probabilities(x):
+        if not mirror_average:
+            return model(x, training=True)
+        # The mean of the image's and its mirror image's answers: the mirror then cannot move it.
+        p = model(tf.concat([x, tf.reverse(x, axis=[2])], axis=0), training=True)
+        p_x, p_mirror = tf.split(p, 2, axis=0)
+        return 0.5 * (p_x + p_mirror)
 
     cross_entropy = tf.keras.losses.SparseCategoricalCrossentropy(reduction="none")
     weights = tf.constant([class_weight[i] for i in range(len(class_weight))], tf.float32)
@@ -70,7 +82,7 @@ def _step_fn(model, optimizer, class_weight, tilt, weight: float):
         tilted = tilt(images, seed)
         both = tf.concat([images, tilted], axis=0)
         with tf.GradientTape() as tape:
-            p = model(both, training=True)
+            p = probabilities(both)
             p_plain, p_tilted = tf.split(p, 2, axis=0)
             w = tf.gather(weights, labels)
             ce = tf.reduce_mean(w * cross_entropy(labels, p_plain)) + tf.reduce_mean(
@@ -99,6 +111,7 @@ def finetune(
     copy_borders: float = 0.0,
     copy_zoom: float = 1.0,
     ema: bool = False,
+    mirror_average: bool = False,
 ) -> dict:
     import keras
     import tensorflow as tf
@@ -122,7 +135,7 @@ def finetune(
     steps = sum(1 for _ in train) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
     optimizer = keras.optimizers.Adam(schedule, use_ema=ema)
-    step = _step_fn(model, optimizer, data.class_weight, tilt, weight)
+    step = _step_fn(model, optimizer, data.class_weight, tilt, weight, mirror_average)
     history, started, n = [], time.monotonic(), 0
     for epoch in range(epochs):
         totals, batches = [0.0, 0.0], 0
@@ -147,6 +160,7 @@ def finetune(
         "copy_borders": copy_borders,
         "copy_zoom": copy_zoom,
         "ema": ema,
+        "mirror_average": mirror_average,
         "seed": seed,
         "learning_rate": lr,
         "history": history,
@@ -168,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copy-borders", type=float, default=0.0, help="share of copies with collimation bars")
     parser.add_argument("--copy-zoom", type=float, default=1.0, help="largest zoom-in (crop) of a copy")
     parser.add_argument("--ema", action="store_true", help="keep a moving average of the weights (as train --ema)")
+    parser.add_argument(
+        "--mirror-average",
+        action="store_true",
+        help="train the mean of each image's and its mirror image's answer (score with experiments.py --tta)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--limit-batches", type=int, help="train on this many batches per epoch (a smoke run)")
@@ -186,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         args.copy_borders,
         args.copy_zoom,
         args.ema,
+        args.mirror_average,
     )
     print(json.dumps({k: run[k] for k in ("history", "wall_time_s", "steps")}))
     return 0

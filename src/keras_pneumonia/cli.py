@@ -169,6 +169,18 @@ def _add_train(commands) -> None:
     train.add_argument("--weight-decay", type=float, default=D.weight_decay, help="AdamW weight decay (0: plain Adam)")
     train.add_argument("--ema", action="store_true", help="average the weights (exponential moving average)")
     train.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=D.consistency_weight,
+        help="above 0: pair each batch with a tilted copy (black corners) and add its loss and this weight x KL",
+    )
+    train.add_argument(
+        "--consistency-degrees",
+        type=float,
+        default=D.consistency_degrees,
+        help=f"largest tilt of the consistency copies ({D.consistency_degrees})",
+    )
+    train.add_argument(
         "--threshold",
         type=_threshold,
         default=D.threshold,

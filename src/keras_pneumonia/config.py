@@ -111,6 +111,11 @@ class TrainConfig:
             ``.keras`` path, a URL or a hub handle) instead of a random initialisation;
             its layers must have the same names and shapes as the new model's (the
             same architecture; ``crop_borders`` and the input size may differ).
+        consistency_weight: Above 0: pair each batch with a copy tilted by up to
+            ``consistency_degrees`` (black corners in view) and add the copy's
+            cross-entropy and this weight times KL(batch || copy) to the loss
+            (`keras_pneumonia.consistency`; TensorFlow backend). ``0``: off.
+        consistency_degrees: Largest tilt of the copies, in degrees.
     """
 
     epochs: int = 30
@@ -135,6 +140,8 @@ class TrainConfig:
     ood_flag: bool = True
     classes: str = "binary"
     init_weights: str | Path | None = None
+    consistency_weight: float = 0.0
+    consistency_degrees: float = 8.0
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> TrainConfig:
@@ -161,6 +168,11 @@ class TrainConfig:
             raise ValueError(f"`validation_split` must be in (0, 1); received {self.validation_split!r}.")
         if not self.learning_rate > 0 or self.weight_decay < 0:
             raise ValueError("`learning_rate` must be positive and `weight_decay` non-negative.")
+        if not self.consistency_weight >= 0 or not 0 < self.consistency_degrees <= 45:
+            raise ValueError(
+                "`consistency_weight` must be 0 or more and `consistency_degrees` in (0, 45]; received "
+                f"{self.consistency_weight!r} and {self.consistency_degrees!r}."
+            )
         threshold = self.threshold
         if threshold != "youden" and not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
             raise ValueError(

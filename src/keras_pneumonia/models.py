@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from keras_pneumonia.config import CLASS_NAMES, DEFAULT_IMAGE_SIZE, MODEL_CHOICES
+from keras_pneumonia.consistency import ConsistencyTraining
 from keras_pneumonia.distribution import MultiWorkerFit
 from keras_pneumonia.finetuning import FineTuning
 from keras_pneumonia.hub import Presets, load_model  # noqa: F401  (load_model: its old home)
@@ -28,7 +29,7 @@ DEFAULT_CLASS_NAMES = CLASS_NAMES
 
 
 @keras.saving.register_keras_serializable(package="keras_pneumonia")
-class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, keras.Model):
+class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, ConsistencyTraining, keras.Model):
     """A small convolutional network that classifies chest X-rays.
 
     The network is the design of the original Keras script this package grew from,

@@ -232,6 +232,10 @@ class _Run:
             self.monitor = load_image_folder(monitor_dir, **reading, class_names=folders, classes=c.classes)[:2]
         with self.distribution.scope():
             self.model.compile(optimizer=self._optimizer())
+        if c.consistency_weight > 0:  # training only: never saved with the model
+            from keras_pneumonia.consistency import TiltConsistency
+
+            self.model.consistency = TiltConsistency(c.consistency_weight, c.consistency_degrees, seed=c.seed)
 
     def _optimizer(self):
         """Adam (AdamW with weight decay) at the configured learning rate or cosine schedule, with EMA if asked."""
@@ -275,6 +279,7 @@ class _Run:
             if bad_file is None:
                 raise
             raise bad_file from None
+        self.model.consistency = None  # the plain loss from here on
         distribution.close()  # from here on plain models (on failure, train's `finally` closes it)
         if distribution.kind != "none":
             # Evaluate and save a plain copy: a model built in a strategy's scope splits
