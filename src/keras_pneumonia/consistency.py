@@ -90,10 +90,17 @@ class ConsistencyTraining:
     consistency: TiltConsistency | None = None
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Keras' loss; in training with a `TiltConsistency` set, plus the tilted copy's cross-entropy and KL term."""
-        loss = super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        """Keras' loss; in training with a `TiltConsistency` set: the batch's, its tilted copy's and the KL term.
+
+        The batch and its copy go through the model together, one batch of twice the
+        size, so that batch normalisation sees both (as the experiment log's script did);
+        ``y_pred``, the batch alone, then serves the metrics only.
+        """
         if not training or self.consistency is None or y_pred is None:
-            return loss
-        tilted = self(self.consistency.tilt(x), training=True)
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        upright = keras.ops.cast(x, "float32")
+        both = self(keras.ops.concatenate([upright, self.consistency.tilt(upright)], axis=0), training=True)
+        plain, tilted = keras.ops.split(both, 2, axis=0)
+        loss = super().compute_loss(x, y, plain, sample_weight, training=training)
         copy_loss = super().compute_loss(x, y, tilted, sample_weight, training=training)
-        return loss + copy_loss + self.consistency.weight * self.consistency.kl(y_pred, tilted)
+        return loss + copy_loss + self.consistency.weight * self.consistency.kl(plain, tilted)
