@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import keras
 
-#: Added inside the logarithms of the KL term: a probability of exactly 0 stays finite.
+#: Added inside the logarithms of the KL term, so that a probability of exactly 0 stays finite.
 EPSILON = 1e-7
 
 
