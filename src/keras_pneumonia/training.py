@@ -210,6 +210,10 @@ class _Run:
             self.model = PneumoniaCNN(image_size=c.image_size, resize=c.resize, **kwargs)
             if c.init_weights is not None:
                 copy_weights(c.init_weights, self.model)
+            if c.consistency_weight > 0:  # training only, never saved; a backend without it fails here
+                from keras_pneumonia.consistency import TiltConsistency
+
+                self.model.consistency = TiltConsistency(c.consistency_weight, c.consistency_degrees, seed=c.seed)
         reading = self.model.input_config.dataset_kwargs()
         # The class folders: the model's classes, or NORMAL/PNEUMONIA split by file name.
         folders = self.model.class_names if c.classes == "binary" else CLASS_NAMES
@@ -232,10 +236,6 @@ class _Run:
             self.monitor = load_image_folder(monitor_dir, **reading, class_names=folders, classes=c.classes)[:2]
         with self.distribution.scope():
             self.model.compile(optimizer=self._optimizer())
-        if c.consistency_weight > 0:  # training only: never saved with the model
-            from keras_pneumonia.consistency import TiltConsistency
-
-            self.model.consistency = TiltConsistency(c.consistency_weight, c.consistency_degrees, seed=c.seed)
 
     def _optimizer(self):
         """Adam (AdamW with weight decay) at the configured learning rate or cosine schedule, with EMA if asked."""
