@@ -219,22 +219,57 @@ def bench_mixed_precision(session: nox.Session) -> None:
 
 @nox.session(name="train_release")
 def train_release(session: nox.Session) -> None:
-    """Retrains the released pneumonia_cnn_v2 weights (resumable; time: README, "More sessions")."""
+    """Retrains a released preset, pneumonia_cnn_v3 by default (``-- v2`` for v2); resumable, time: README."""
     session.install("-e", ".")
+    release = session.posargs[0] if session.posargs else "v3"
+    if release not in RELEASE_STEPS:
+        session.error(f"unknown release {release!r}; choose one of {', '.join(RELEASE_STEPS)}")
     data = Path(os.environ.get("CHEST_XRAY_DIR", str(SHARED_DATA / "chest_xray_224")))
-    command = ["keras-pneumonia", "train", str(data), "--output", "runs/release-v2", *RELEASE_V2_ARGS]
-    if (data / "test_dev").is_dir():  # scored every epoch for the record; never chooses anything
-        command += ["--monitor", str(data / "test_dev")]
-    session.run(*command, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    for output, args in RELEASE_STEPS[release]:  # each step resumes where it stopped, or is done already
+        if (Path(output) / "model.keras").is_file() and not (Path(output) / "backup").exists():
+            session.log(f"{output} holds a finished run: step done")
+            continue
+        command = ["keras-pneumonia", "train", str(data), "--output", output, *args]
+        if (data / "test_dev").is_dir():  # scored every epoch for the record; never chooses anything
+            command += ["--monitor", str(data / "test_dev")]
+        session.run(*command, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     export = (
         "import json; from keras_pneumonia.export import export_preset; "
-        "print(json.dumps(export_preset('runs/release-v2/model.keras', 'pneumonia_cnn_v2'), indent=2))"
+        f"print(json.dumps(export_preset('{output}/model.keras', 'pneumonia_cnn_{release}'), indent=2))"
     )
     session.run("python", "-c", export)
 
 
-# The release recipe of pneumonia_cnn_v2 (docs/experiments.md).
-RELEASE_V2_ARGS = [
-    *("--epochs", "30", "--schedule", "cosine", "--ema", "--augmentation", "strong"),
-    *("--threshold", "0.5", "--seed", "1337"),
-]
+# The release recipes (docs/experiments.md): (output folder, `train` arguments) per step,
+# each step starting from the one before. v3 is v2 fine-tuned in three steps ("v3-h",
+# "v3-j", "v3-t" in the experiment log): black-border cutting and reframing augmentation,
+# then the same at a lower rate, then the tilt-consistency loss.
+_V3_COMMON = ("--crop-borders", "--schedule", "cosine", "--augmentation", "robust_reframe", "--threshold", "0.5")
+RELEASE_STEPS: dict[str, list[tuple[str, list[str]]]] = {
+    "v2": [
+        (
+            "runs/release-v2",
+            [
+                *("--epochs", "30", "--schedule", "cosine", "--ema", "--augmentation", "strong"),
+                *("--threshold", "0.5", "--seed", "1337"),
+            ],
+        )
+    ],
+    "v3": [
+        (
+            "runs/release-v3-1",
+            [*_V3_COMMON, "--init-weights", "pneumonia_cnn_v2", "--epochs", "8", "--learning-rate", "3e-4", "--ema"]
+            + ["--seed", "1337"],
+        ),
+        (
+            "runs/release-v3-2",
+            [*_V3_COMMON, "--init-weights", "runs/release-v3-1/model.keras", "--epochs", "8", "--learning-rate", "1e-4"]
+            + ["--ema", "--seed", "7", "--split-seed", "1337"],
+        ),
+        (
+            "runs/release-v3",
+            [*_V3_COMMON, "--init-weights", "runs/release-v3-2/model.keras", "--epochs", "3", "--learning-rate", "1e-4"]
+            + ["--consistency-weight", "1", "--consistency-degrees", "8", "--seed", "29", "--split-seed", "1337"],
+        ),
+    ],
+}

@@ -233,7 +233,7 @@ def test_every_backend_gives_tf_keras_vis_map_of_the_released_model():
     The reference was computed by tf-keras-vis on TensorFlow and saved as float16::
 
         from keras_pneumonia.gradcam import _model_input
-        model = kp.PneumoniaCNN.from_pretrained(compile=False)
+        model = kp.PneumoniaCNN.from_pretrained("pneumonia_cnn_v2", compile=False)
         image = _model_input(model, "tests/data/fullres/IM-0314-0001.jpeg")[..., 0]
         np.save(REFERENCE, kp.gradcam(model, image).astype(np.float16))
 
@@ -241,7 +241,7 @@ def test_every_backend_gives_tf_keras_vis_map_of_the_released_model():
     """
     from keras_pneumonia.gradcam import _model_input
 
-    model = kp.PneumoniaCNN.from_pretrained(compile=False)
+    model = kp.PneumoniaCNN.from_pretrained("pneumonia_cnn_v2", compile=False)
     image = _model_input(model, FULLRES / "IM-0314-0001.jpeg")[..., 0]
     heatmap = kp.gradcam(model, image)
     reference = np.load(REFERENCE).astype(np.float32)

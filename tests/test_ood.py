@@ -205,14 +205,15 @@ def test_the_input_thumbnail_is_the_mean_and_deviation_of_each_cell():
         ood.fit(model, (x, np.array([0, 1, 0])), (x, np.array([0, 1, 0])), input_grid=64)
 
 
-def test_the_released_flag_passes_real_films_and_raises_on_figures_inverted_and_blank_images():
-    """pneumonia_cnn_v2_ood: the real X-rays in tests/data pass; the same films made into a paper's
+@pytest.mark.parametrize("preset", ["pneumonia_cnn_v2_ood", "pneumonia_cnn_v3"])
+def test_the_released_flag_passes_real_films_and_raises_on_figures_inverted_and_blank_images(preset):
+    """The released flags: the real X-rays in tests/data pass; the same films made into a paper's
     figure panel (shrunk on white, a panel letter, an arrow), inverted, or a blank image are flagged."""
     from PIL import Image, ImageDraw
 
     from keras_pneumonia.data import load_image_folder
 
-    model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2_ood", compile=False)
+    model = kp.PneumoniaCNN.from_preset(preset, compile=False)
     films = np.concatenate(
         [load_image_folder(KAGGLE / split, **model.input_config.dataset_kwargs())[0] for split in ("train", "test")]
     )

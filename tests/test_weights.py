@@ -211,12 +211,14 @@ def test_default_preset_ships_in_the_package_and_loads_offline(monkeypatch, tmp_
     path = weights.get_file()
     assert path == weights.bundled_path(presets.DEFAULT_PRESET)
     assert weights.sha256sum(path) == presets.model_file(presets.DEFAULT_PRESET)["sha256"]
-    assert path.stat().st_size == presets.model_file(presets.DEFAULT_PRESET)["size"] <= 10 * 1024 * 1024
+    # At most 25 MB: the network is 4.9 MB, the out-of-distribution flag's 2,112 x 2,112 matrix 17.8 MB.
+    assert path.stat().st_size == presets.model_file(presets.DEFAULT_PRESET)["size"] <= 25 * 1024 * 1024
     model = kp.PneumoniaCNN.from_pretrained()
     assert isinstance(model, kp.PneumoniaCNN)
     assert model.input_config.to_dict() == preset["input"]
     assert model.class_names == preset["class_names"]
     assert model.threshold == pytest.approx(preset["threshold"])
+    assert model.ood is not None and model.ood["threshold"] == pytest.approx(preset["ood_threshold"])
 
 
 def test_download_cli_fills_a_cache_for_air_gapped_machines(tmp_path, capsys):
@@ -272,13 +274,20 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
     import json
 
     from keras_pneumonia.cli import main
+    from keras_pneumonia.presets import PRESETS
     from keras_pneumonia.weights import WeightsError, bundled_path
 
     presets = kp.PneumoniaCNN.presets
-    assert sorted(presets) == ["pneumonia_cnn_v1", "pneumonia_cnn_v2", "pneumonia_cnn_v2_ood"]
-    v2 = presets["pneumonia_cnn_v2"]
-    assert v2["default"] and v2["input"] == "160x160 grayscale" and v2["size_bytes"] == 4_901_553
+    assert sorted(presets) == ["pneumonia_cnn_v1", "pneumonia_cnn_v2", "pneumonia_cnn_v2_ood", "pneumonia_cnn_v3"]
+    v2, v3 = presets["pneumonia_cnn_v2"], presets["pneumonia_cnn_v3"]
+    assert not v2["default"] and v2["input"] == "160x160 grayscale" and v2["size_bytes"] == 4_901_553
     assert v2["params"] == kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2", compile=False).count_params()
+    # The default since release v3: the border cut inside the graph and the flag inside the file.
+    default = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v3", compile=False)
+    assert v3["default"] and v3["ood_flag"] and v3["params"] == default.count_params()
+    assert default.get_config()["crop_borders"] and default.ood["threshold"] == pytest.approx(
+        PRESETS["pneumonia_cnn_v3"]["ood_threshold"]
+    )
     # The flagged release: v2's weights and answers, and the flag inside the file.
     flagged = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v2_ood", compile=False)
     assert presets["pneumonia_cnn_v2_ood"]["params"] == flagged.count_params()
@@ -309,8 +318,9 @@ def test_presets_api_in_kerashub_shape(tmp_path, capsys):
 
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    assert "pneumonia_cnn_v2 (default)" in out and "1,198,034 parameters" in out and "used for choices" in out
+    assert "pneumonia_cnn_v3 (default)" in out and "1,198,034 parameters" in out and "used for choices" in out
     assert "external_dev (134 adult X-rays from other hospitals, used for choices): n=134, 86.6% flagged" in out
+    assert "external_dev (134 adult X-rays from other hospitals, used for choices): n=134, 83.6% flagged" in out
     assert main(["presets", "--json"]) == 0
     assert [row["name"] for row in json.loads(capsys.readouterr().out)] == sorted(presets)
 

@@ -65,9 +65,10 @@ class Presets:
 
         >>> import keras_pneumonia as kp
         >>> sorted(kp.PneumoniaCNN.presets)
-        ['pneumonia_cnn_v1', 'pneumonia_cnn_v2', 'pneumonia_cnn_v2_ood']
-        >>> kp.PneumoniaCNN.presets["pneumonia_cnn_v2"]["params"]
-        1198034
+        ['pneumonia_cnn_v1', 'pneumonia_cnn_v2', 'pneumonia_cnn_v2_ood', 'pneumonia_cnn_v3']
+        >>> v3 = kp.PneumoniaCNN.presets["pneumonia_cnn_v3"]
+        >>> v3["default"], v3["ood_flag"]
+        (True, True)
         """
         from keras_pneumonia.presets import PRESETS, describe
 
