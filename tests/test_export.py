@@ -122,3 +122,17 @@ def test_any_size_export_takes_decoded_images_as_they_are(format, tmp_path):
     rgb = np.repeat(decode_as_is(sample_images()[0])[:400, :500], 3, axis=-1)
     gray = decode_as_is(sample_images()[0])[:400, :500]
     np.testing.assert_allclose(run_exported(out, rgb[None]), run_exported(out, gray[None]), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_graph_litert_cannot_run_is_a_clear_error_and_the_border_cut_is_not_one(tmp_path):
+    """LiteRT lacks ImageProjectiveTransformV3 (affine_transform): a one-line error naming it, no file. The
+    default preset's border cut resamples without it (test_released_models_export_and_agree_with_predict)."""
+    from keras_pneumonia.export import _export_litert
+
+    inputs = keras.Input((16, 16, 1))
+    transform = keras.ops.convert_to_tensor([[1.0, 0.0, 0.5, 0.0, 1.0, 0.5, 0.0, 0.0]])
+    outputs = keras.layers.Lambda(lambda x: keras.ops.image.affine_transform(x, transform))(inputs)
+    with pytest.raises(ExportError, match="LiteRT has no built-in op for ImageProjectiveTransformV3"):
+        _export_litert(keras.Model(inputs, outputs), tmp_path / "m.tflite")
+    assert not (tmp_path / "m.tflite").exists()

@@ -207,8 +207,13 @@ def test_the_backends_own_gradient_gives_tf_keras_vis_heatmaps(class_index):
     flat, target = _flat_clone(model, model.gradcam_layer)  # a fresh copy: both set the last activation
     native = native_gradcam(flat, target, batch, classes)
     assert native.shape == reference.shape == batch.shape[:3]
+    # A film the model is sure is NORMAL can have no positive PNEUMONIA evidence at all: an
+    # all-zero map (pneumonia_cnn_v3 on IM-0314-0001), which both paths must then give.
+    assert sum(theirs.max() > 0 for theirs in reference) >= 2
     for ours, theirs in zip(native, reference):
-        assert theirs.max() > 0
+        if theirs.max() == 0:
+            assert ours.max() == 0
+            continue
         assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.999
         np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * theirs.max())
 

@@ -93,6 +93,22 @@ def test_crop_uniform_borders_leaves_an_image_without_borders_alone_and_caps_the
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="traces the layer in TensorFlow's graph mode")
+def test_crop_uniform_borders_counts_each_run_from_its_end():
+    """The run of uniform lines from each end, capped: against a plain Python count, on random flags."""
+    from keras_pneumonia.layers import CropUniformBorders
+
+    def run(flags):
+        return next((i for i, flag in enumerate(flags) if not flag), len(flags))
+
+    rng = np.random.default_rng(0)
+    for length in (1, 2, 7, 30):
+        flags = (rng.random((64, length)) < 0.8).astype("float32")
+        flags[:4] = 1.0  # every line uniform: the run is the whole length
+        start, end = CropUniformBorders()._runs(flags, 5.0)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(start), [min(run(f), 5) for f in flags])
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(end), [min(run(f[::-1]), 5) for f in flags])
+
+
 def test_crop_uniform_borders_runs_where_height_and_width_are_unknown():
     """As in a training pipeline whose batches have no static size."""
     import tensorflow as tf

@@ -93,6 +93,18 @@ def test_report_outputs_and_unknown_names(tmp_path):
         evaluate_robustness(model, TEST_DIR, ["crop_50"])
 
 
+def test_the_comparison_plot_shows_every_perturbation_any_report_ran():
+    """An old report (fewer perturbations) beside a new one: the new rows are drawn, the old report's gaps empty."""
+    row = {"flip_rate": 0.1, "specificity": 0.9, "sensitivity": 0.95}
+    old = {"results": {"clean": {**row, "flip_rate": 0.0}, "crop_5": row}}
+    new = {"results": {"clean": {**row, "flip_rate": 0.0}, "crop_5": row, "flip": {**row, "flip_rate": 0.2}}}
+    figure = kp.plots.plot_robustness({"v1": old, "v3": new})
+    flips_axis = figure.axes[0]
+    assert [t.get_text() for t in flips_axis.get_yticklabels()] == ["clean", "crop_5", "flip"]
+    labels = [t.get_text() for t in flips_axis.texts]
+    assert labels.count("20.0") == 1 and labels.count("10.0") == 2 and "nan" not in labels
+
+
 def test_evaluate_cli_robustness(tmp_path, capsys):
     model = kp.PneumoniaCNN(**TINY)
     model.save(tmp_path / "m.keras")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from importlib import resources
@@ -121,7 +122,16 @@ def _export_litert(model, path: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model.export(tmp + "/saved_model", format="tf_saved_model", verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp + "/saved_model")
-        path.write_bytes(converter.convert())
+        try:
+            path.write_bytes(converter.convert())
+        except Exception as error:  # tf.lite's ConverterError; its module path differs across versions
+            if "ERROR_NEEDS_FLEX_OPS" not in str(error):
+                raise
+            missing = ", ".join(sorted(set(re.findall(r"'tf\.(\w+)' op is neither", str(error))))) or "some ops"
+            raise ExportError(
+                f"LiteRT has no built-in op for {missing} of this model: it cannot be exported to LiteRT. "
+                "Export it as saved_model or onnx."
+            ) from None
 
 
 def _export_onnx(model, path: Path) -> None:

@@ -175,6 +175,34 @@ class SquashResize(keras.layers.Layer):
         return config
 
 
+def _resample_axis(x, scale, offset, axis: int):
+    """Bilinear resampling of ``x`` ``(n, h, w, c)`` along ``axis``: output line ``u`` reads ``scale * u + offset``.
+
+    ``scale`` and ``offset`` are ``(n,)``, one per image. The arithmetic of
+    ``keras.ops.image.affine_transform(..., interpolation="bilinear", fill_mode="nearest")``
+    (TensorFlow's ``ImageProjectiveTransformV3``: the coordinate clamped to the image,
+    then ``(floor + 1 - p) * x[floor] + (p - floor) * x[floor + 1]``), one axis at a
+    time, written with gathers: LiteRT has no projective-transform op, and the default
+    preset's border cut must export there.
+    """
+    length = ops.shape(x)[axis]
+    last = ops.cast(length, "float32") - 1.0
+    position = scale[:, None] * ops.cast(ops.arange(length), "float32")[None, :] + offset[:, None]
+    position = ops.clip(position, 0.0, last)  # (n, length): fill_mode="nearest"
+    low = ops.floor(position)
+    high_weight, low_weight = position - low, low + 1.0 - position
+    index_low = ops.cast(low, "int32")
+    index_high = ops.cast(ops.minimum(low + 1.0, last), "int32")  # its weight is 0 where it would fall off
+
+    def along_axis(values):  # (n, length) -> broadcastable against x along `axis`
+        return ops.expand_dims(ops.expand_dims(values, -1), 1 if axis == 2 else 2)
+
+    def take(index):
+        return ops.take_along_axis(x, ops.broadcast_to(along_axis(index), ops.shape(x)), axis=axis)
+
+    return along_axis(low_weight) * take(index_low) + along_axis(high_weight) * take(index_high)
+
+
 @keras.saving.register_keras_serializable(package="keras_pneumonia")
 class CropUniformBorders(keras.layers.Layer):
     """Cuts uniform bars off each side of an image and stretches the rest back to the full size.
@@ -184,8 +212,9 @@ class CropUniformBorders(keras.layers.Layer):
     robustness report's ``pad`` and ``collimation`` perturbations). Inside the model,
     this layer removes them before anything else looks at the image, so the model, its
     exports and every input path see the same framing. Written by hand because Keras
-    has no such layer; the resampling is `keras.ops.image.affine_transform`, so it runs
-    on every backend.
+    has no such layer; the resampling is `keras.ops.image.affine_transform`'s bilinear
+    arithmetic written with gathers (`_resample_axis`), so it runs on every backend and
+    in every export format, LiteRT included.
 
     A row counts as border when the pixel values across the middle half of the image
     vary by less than ``tolerance`` (standard deviation, grey levels); the border of a
@@ -214,9 +243,21 @@ class CropUniformBorders(keras.layers.Layer):
         self.max_fraction = float(max_fraction)
 
     def _runs(self, uniform, limit):
-        """Length of the run of uniform lines from each end: ``(start, end)`` of ``(n, L)`` flags."""
-        start = ops.sum(ops.cumprod(uniform, axis=1), axis=1)
-        end = ops.sum(ops.cumprod(ops.flip(uniform, axis=1), axis=1), axis=1)
+        """Length of the run of uniform lines from each end: ``(start, end)`` of ``(n, L)`` flags.
+
+        The run from an end is the index of the first non-uniform line from it (``L`` if
+        there is none): a minimum over ``where``, not a cumulative product, because LiteRT
+        has no ``Cumprod`` op and the released model must export there.
+        """
+        length = ops.shape(uniform)[1]
+        index = ops.cast(ops.arange(length), "float32")[None, :]
+        beyond = ops.cast(length, "float32")
+
+        def first_line_with_content(flags):
+            return ops.min(ops.where(flags < 0.5, index, beyond), axis=1)
+
+        start = first_line_with_content(uniform)
+        end = first_line_with_content(ops.flip(uniform, axis=1))
         return ops.minimum(start, limit), ops.minimum(end, limit)
 
     def borders(self, x):
@@ -241,9 +282,8 @@ class CropUniformBorders(keras.layers.Layer):
         # Output pixel (u, v) samples the kept box at x = left + (u + 0.5) * sx - 0.5.
         sx = (w - left - right) / w
         sy = (h - top - bottom) / h
-        zeros = ops.zeros_like(sx)
-        transform = ops.stack([sx, zeros, left + 0.5 * sx - 0.5, zeros, sy, top + 0.5 * sy - 0.5, zeros, zeros], axis=1)
-        return ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="nearest")
+        x = _resample_axis(x, sx, left + 0.5 * sx - 0.5, axis=2)
+        return _resample_axis(x, sy, top + 0.5 * sy - 0.5, axis=1)
 
     def compute_output_shape(self, input_shape):
         return input_shape

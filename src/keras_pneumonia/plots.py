@@ -158,19 +158,20 @@ def plot_robustness(reports, path: str | Path | None = None, title: str | None =
     if hasattr(reports, "results") or (isinstance(reports, Mapping) and "results" in reports):
         reports = {"": reports}
     reports = {label: getattr(r, "results", None) or r["results"] for label, r in reports.items()}
-    names = list(next(iter(reports.values())))
+    # Every perturbation any report has, in order: older reports ran fewer (a gap where one lacks it).
+    names = list(dict.fromkeys(name for results in reports.values() for name in results))
     y = np.arange(len(names))
     figure, (ax_flip, ax_rate) = _figure(11, 0.36 * len(names) + 1.6, 2)
     height = 0.8 / len(reports)
     for i, (label, results) in enumerate(reports.items()):
         offset = (i - (len(reports) - 1) / 2) * height
-        flips = [100 * results[n]["flip_rate"] for n in names]
+        flips = [100 * results[n]["flip_rate"] if n in results else np.nan for n in names]
         bars = ax_flip.barh(y + offset, flips, height=height, color=f"C{i}", label=label or None)
-        ax_flip.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax_flip.bar_label(bars, labels=[f"{f:.1f}" if np.isfinite(f) else "" for f in flips], fontsize=7, padding=2)
         marker = "os^v"[i % 4]
         for metric, color in (("specificity", "C3"), ("sensitivity", "C2")):
             ax_rate.plot(
-                [results[n][metric] for n in names],
+                [results[n][metric] if n in results else np.nan for n in names],
                 y,
                 marker,
                 color=color,

@@ -189,6 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "sensitivity": 0.9203,
                 "specificity": 1.0,
                 "auc": 0.9983,
+                "ood_flagged": 0.0210,
             },
             _TEST_DEV: {
                 "n": 316,
