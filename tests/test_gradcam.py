@@ -179,6 +179,7 @@ def test_demo_runs_offline_with_the_released_weights(tmp_path, monkeypatch, caps
     monkeypatch.setenv("KERAS_PNEUMONIA_OFFLINE", "1")
     assert main(["demo", "--output", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
+    assert "Model: pneumonia_cnn_v3 (the default preset)" in out and "out-of-distribution flag on" in out
     assert out.count("P(pneumonia)=") >= 2
     assert len(list((tmp_path / "demo").glob("*.png"))) >= 2
     results = json.loads((tmp_path / "demo" / "predictions.json").read_text())

@@ -754,11 +754,14 @@ def _cmd_demo(args) -> int:
 
     from keras_pneumonia._io import atomic_write_text
     from keras_pneumonia.models import load_model
+    from keras_pneumonia.presets import DEFAULT_PRESET
 
     samples = sorted(Path(str(resources.files("keras_pneumonia") / "assets" / "samples")).glob("*.jpeg"))
     args.output.mkdir(parents=True, exist_ok=True)  # an output that cannot be written fails first, on any backend
     model = load_model(args.weights, compile=False)
-    print(f"Model: {model.name}, input {model.input_shape[1:]}, threshold {model.threshold:.3f}")
+    source = args.weights or f"{DEFAULT_PRESET} (the default preset)"
+    flag = "no out-of-distribution flag" if model.ood is None else "out-of-distribution flag on"
+    print(f"Model: {source}, input {model.input_shape[1:]}, threshold {model.threshold:.3f}, {flag}")
     print("Sample X-rays (training images of Kermany et al. 2018, CC BY 4.0; the file name gives the true class):")
     predict_args = argparse.Namespace(batch_size=32, threshold=None, json=False, gradcam=args.output, method="gradcam")
     results, failed = _run_predictions(model, samples, predict_args, shown=lambda path: Path(path).name)
