@@ -231,3 +231,27 @@ def test_the_released_flag_passes_real_films_and_raises_on_figures_inverted_and_
     unlike = {"figure panels": panels, "inverted": 255 - films[:8], "blank": np.full_like(films[:2], 128)}
     for name, images in unlike.items():
         assert model.ood_flags(model.ood_scores(images)).all(), name
+
+
+def test_the_flag_works_when_first_used_in_another_thread_as_the_web_app_uses_it():
+    """The web app predicts in a worker thread. Keras names loose ops from a per-thread counter, so the
+    feature model, built there, once named an op "cast" like the model's own graph, and Keras refused it."""
+    import threading
+
+    model = kp.PneumoniaCNN.from_preset("pneumonia_cnn_v3", compile=False)
+    x = load_image_folder(KAGGLE / "test", **model.input_config.dataset_kwargs())[0][:4]
+    results, errors = [], []
+
+    def predict():
+        try:
+            results.append(model.predict_with_ood(x))
+        except Exception as error:  # re-raised below, in the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=predict)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    probabilities, scores = results[0]
+    np.testing.assert_allclose(probabilities, model.predict(x, verbose=0), atol=1e-6)
+    assert scores.shape == (4,) and not model.ood_flags(scores).any()  # real children's films pass

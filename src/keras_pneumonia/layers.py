@@ -213,7 +213,7 @@ class CropUniformBorders(keras.layers.Layer):
     this layer removes them before anything else looks at the image, so the model, its
     exports and every input path see the same framing. Written by hand because Keras
     has no such layer; the resampling is `keras.ops.image.affine_transform`'s bilinear
-    arithmetic written with gathers (`_resample_axis`), so it runs on every backend and
+    arithmetic written with gathers (``_resample_axis``), so it runs on every backend and
     in every export format, LiteRT included.
 
     A row counts as border when the pixel values across the middle half of the image

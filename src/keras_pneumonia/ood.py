@@ -146,12 +146,34 @@ def feature_model(model, layers: Sequence[str], grid_layers: Sequence[str] = (),
     """
     import keras
 
-    pooled = [pool(model.get_layer(name).output) for name in layers]
-    pooled += [pool_grid(model.get_layer(name).output) for name in grid_layers]
+    tensors = [model.get_layer(name).output for name in [*layers, *grid_layers]]
     if input_grid:
-        pooled.append(pool_input(model.inputs[0], input_grid))
-    outputs = pooled[0] if len(pooled) == 1 else keras.ops.concatenate(pooled, axis=-1)
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+        tensors.append(model.inputs[0])
+    # One layer, named here, not loose ops: Keras names loose ops from a per-thread counter,
+    # so a feature model built in another thread (the web app's worker) would name its
+    # first cast "cast", as the model's own graph already does, and Keras refuses the clash.
+    pooling = _pooling_class()(len(layers), len(grid_layers), input_grid, name=f"{model.name}_ood_pooling")
+    return keras.Model(model.inputs, pooling(tensors), name=f"{model.name}_features")
+
+
+@functools.cache
+def _pooling_class():
+    """The layer pooling the feature maps (and the input) as `feature_model` describes; built once, lazily."""
+    import keras
+
+    class OutOfDistributionPooling(keras.layers.Layer):
+        def __init__(self, pooled: int, gridded: int, input_grid: int, **kwargs):
+            super().__init__(**kwargs)
+            self.pooled, self.gridded, self.input_grid = pooled, gridded, input_grid
+
+        def call(self, tensors):
+            features = [pool(t) for t in tensors[: self.pooled]]
+            features += [pool_grid(t) for t in tensors[self.pooled : self.pooled + self.gridded]]
+            if self.input_grid:
+                features.append(pool_input(tensors[-1], self.input_grid))
+            return features[0] if len(features) == 1 else keras.ops.concatenate(features, axis=-1)
+
+    return OutOfDistributionPooling
 
 
 def _spec(model) -> tuple[list[str], list[str], int]:
