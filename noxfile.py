@@ -229,9 +229,12 @@ def train_release(session: nox.Session) -> None:
         if (Path(output) / "model.keras").is_file() and not (Path(output) / "backup").exists():
             session.log(f"{output} holds a finished run: step done")
             continue
-        command = ["keras-pneumonia", "train", str(data), "--output", output, *args]
-        if (data / "test_dev").is_dir():  # scored every epoch for the record; never chooses anything
-            command += ["--monitor", str(data / "test_dev")]
+        if args[0] == "fit-unmirror":  # a last step that adds the Unmirror layer (written atomically)
+            command = ["keras-pneumonia", "fit-unmirror", str(data), "--output", f"{output}/model.keras", *args[1:]]
+        else:
+            command = ["keras-pneumonia", "train", str(data), "--output", output, *args]
+            if (data / "test_dev").is_dir():  # scored every epoch for the record; never chooses anything
+                command += ["--monitor", str(data / "test_dev")]
         session.run(*command, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
     export = (
         "import json; from keras_pneumonia.export import export_preset; "
@@ -240,10 +243,11 @@ def train_release(session: nox.Session) -> None:
     session.run("python", "-c", export)
 
 
-# The release recipes (docs/experiments.md): (output folder, `train` arguments) per step,
-# each step starting from the one before. v3 is v2 fine-tuned in three steps ("v3-h",
-# "v3-j", "v3-t" in the experiment log): black-border cutting and reframing augmentation,
-# then the same at a lower rate, then the tilt-consistency loss.
+# The release recipes (docs/experiments.md): (output folder, `train` arguments, or
+# "fit-unmirror" and its arguments) per step, each step starting from the one before. v3 is
+# v2 fine-tuned in three steps ("v3-h", "v3-j", "v3-t" in the experiment log): black-border
+# cutting and reframing augmentation, then the same at a lower rate, then the
+# tilt-consistency loss; then the Unmirror layer is trained and added ("v3-v").
 _V3_COMMON = ("--crop-borders", "--schedule", "cosine", "--augmentation", "robust_reframe", "--threshold", "0.5")
 RELEASE_STEPS: dict[str, list[tuple[str, list[str]]]] = {
     "v2": [
@@ -271,5 +275,6 @@ RELEASE_STEPS: dict[str, list[tuple[str, list[str]]]] = {
             [*_V3_COMMON, "--init-weights", "runs/release-v3-2/model.keras", "--epochs", "3", "--learning-rate", "1e-4"]
             + ["--consistency-weight", "1", "--consistency-degrees", "8", "--seed", "29", "--split-seed", "1337"],
         ),
+        ("runs/release-v3-unmirror", ["fit-unmirror", "--weights", "runs/release-v3/model.keras", "--seed", "1337"]),
     ],
 }

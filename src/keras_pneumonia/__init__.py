@@ -31,6 +31,7 @@ _EXPORTS = {
     "RobustnessReport": "keras_pneumonia.robustness",
     "SparseAUC": "keras_pneumonia.metrics",
     "SquashResize": "keras_pneumonia.layers",
+    "Unmirror": "keras_pneumonia.mirror",
     "callbacks": "",
     "check_input": "keras_pneumonia.input_check",
     "download_chest_xray": "keras_pneumonia.data",

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_calibrate(commands)
     _add_fit_ood(commands)
+    _add_fit_unmirror(commands)
     _add_predict(commands)
     _add_demo(commands)
     _add_export(commands)
@@ -267,6 +268,11 @@ def _add_model_arguments(train) -> None:
         action="store_true",
         help="fill each row's black ends (a tilted film's corners) inside the model, after --crop-borders",
     )
+    train.add_argument(
+        "--unmirror",
+        action="store_true",
+        help="keep the Unmirror layer of --init-weights (mirrored films put the right way round), copied as it is",
+    )
     train.add_argument("--head", choices=MODEL_CHOICES["head"], help="flatten or global pooling")
     train.add_argument("--normalization", choices=MODEL_CHOICES["normalization"], help="input normalisation")
     train.add_argument(
@@ -344,6 +350,24 @@ def _add_fit_ood(commands) -> None:
     )
     fit_ood.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
     fit_ood.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
+def _add_fit_unmirror(commands) -> None:
+    fit = commands.add_parser(
+        "fit-unmirror",
+        help="train the layer that puts mirrored films the right way round, and save the model with it",
+    )
+    fit.add_argument(
+        "data_dir", type=_data_dir, help="Kaggle-layout root or kaggle:// handle: its train/ split by patient"
+    )
+    fit.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
+    fit.add_argument("--output", type=Path, required=True, help="the model with the layer (.keras)")
+    fit.add_argument("--epochs", type=int, default=20, help="passes over the training images (20)")
+    fit.add_argument(
+        "--validation-split", type=_fraction, default=D.validation_split, help=f"as in train ({D.validation_split})"
+    )
+    fit.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
 def _add_predict(commands) -> None:
@@ -473,6 +497,13 @@ def _cmd_train(args) -> int:
         "crop_borders": args.crop_borders,
         "fill_dark_edges": args.fill_dark_edges,
     }
+    if args.unmirror:
+        if args.init_weights is None:
+            raise CLIError(
+                "--unmirror keeps the Unmirror layer of --init-weights; to give a model one, train it after "
+                "training: keras-pneumonia fit-unmirror DATA --weights RUN/model.keras --output OUT.keras"
+            )
+        model_kwargs["unmirror"] = True
     for key in ("filters", "convs_per_block", "dense_units", "dropout", "head", "normalization", "backbone"):
         value = getattr(args, key)
         if value is not None:
@@ -898,6 +929,31 @@ def _cmd_fit_ood(args) -> int:
     return 0
 
 
+def _cmd_fit_unmirror(args) -> int:
+    from keras_pneumonia import mirror
+    from keras_pneumonia._io import atomic_save_model
+    from keras_pneumonia.data import load_chest_xray
+    from keras_pneumonia.models import load_model
+
+    _check_keras_output(args.output, args.overwrite)
+    model = load_model(args.weights, compile=False)
+    data = load_chest_xray(
+        args.data_dir,
+        **model.input_config.dataset_kwargs(),
+        class_names=model.class_names,
+        validation_split=args.validation_split,
+        seed=args.seed,
+    )
+    fitted, scores = mirror.fit(model, data.train, data.val, epochs=args.epochs, seed=args.seed)
+    atomic_save_model(fitted, args.output)
+    print(
+        f"Unmirror layer trained on {sum(data.counts['train'].values())} images; of "
+        f"{sum(data.counts['val'].values())} validation images it leaves {scores['upright']:.1%} upright and "
+        f"turns {scores['mirrored']:.1%} of their mirror images back; model written to {args.output}"
+    )
+    return 0
+
+
 COMMANDS = {
     "split": _cmd_split,
     "train": _cmd_train,
@@ -911,6 +967,7 @@ COMMANDS = {
     "export": _cmd_export,
     "serve": _cmd_serve,
     "fit-ood": _cmd_fit_ood,
+    "fit-unmirror": _cmd_fit_unmirror,
 }
 
 

@@ -279,6 +279,11 @@ def gradcam(
         cams = native_gradcam(flat, target, batch, classes)
     cams = np.asarray(cams, dtype=np.float32).reshape(len(items), *batch.shape[1:3])
     from keras_pneumonia.images import resize_float
+    from keras_pneumonia.mirror import turned_round
+
+    # A film the model turned round (PneumoniaCNN(unmirror=True)) was explained as it saw it:
+    # turned back, each map lies over the film as given.
+    cams = np.where(turned_round(model, batch)[:, None, None], cams[:, :, ::-1], cams)
 
     heatmaps = []
     for cam, (height, width) in zip(cams, originals):

@@ -17,6 +17,7 @@ from keras_pneumonia.images import COLOR_MODE_OF, RESIZE_MODES, InputConfig, as_
 from keras_pneumonia.input_check import LIMITS
 from keras_pneumonia.layers import CropUniformBorders, FillDarkEdges, PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
+from keras_pneumonia.mirror import Unmirror
 from keras_pneumonia.ood import OutOfDistributionFlag
 
 #: The layers' dtype policies a `PneumoniaCNN` takes (``dtype=``): float32, or mixed
@@ -104,6 +105,11 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
             the row's nearest image pixel, inside the graph, after the border cut
             (`~keras_pneumonia.FillDarkEdges`). An experiment of release v3: measured,
             it did not stop black corners from moving decisions (docs: the experiment log, v3-k).
+        unmirror: Put mirrored films the right way round inside the graph, after the
+            framing layers (`~keras_pneumonia.mirror.Unmirror`): an image and its mirror
+            image reach the classifier as the same image. Its small network is trained by
+            `keras_pneumonia.mirror.fit` (``keras-pneumonia fit-unmirror``); untrained, it
+            still makes the answer mirror-invariant but may show upright films mirrored.
         **kwargs: Passed to `keras.Model` (``name``...).
 
     Examples:
@@ -141,6 +147,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
         dtype: str | None = None,
         crop_borders: bool = False,
         fill_dark_edges: bool = False,
+        unmirror: bool = False,
         **kwargs,
     ):
         from keras_pneumonia import backbones
@@ -166,18 +173,12 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
         policy = _dtype_policy(dtype)
 
         # === Layers ===
-        framing_layers = _framing_layers(crop_borders, fill_dark_edges)
+        framing_layers = _framing_layers(crop_borders, fill_dark_edges, unmirror)
         norm_layer = _normalization_layer(normalization)
         aug_layers = _legacy_augmentation_layers() if augmentation else []
         conv_blocks = _conv_blocks(filters, convs_per_block, policy)
         head_layers = _head_layers(head, dense_units, dropout, len(class_names), policy)
-        # Outside the classification graph: its statistics are weights saved with the
-        # model, read by `ood_scores` (keras_pneumonia.ood). None until `ood.fit`.
-        detector = None
-        if ood:
-            from keras_pneumonia.ood import OutOfDistribution
-
-            detector = OutOfDistribution(ood["dims"], ood["classes"], name="ood_detector")
+        detector = _ood_detector(ood)
 
         # === Functional Model ===
         inputs = keras.Input(shape=(*image_size, channels), name="image")
@@ -237,6 +238,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
         self.ood = dict(ood) if ood else None
         self.crop_borders = bool(crop_borders)
         self.fill_dark_edges = bool(fill_dark_edges)
+        self.unmirror = bool(unmirror)
         self._feature_layers = feature_layers
 
     def get_config(self):
@@ -270,6 +272,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
             "dtype": self.dtype_policy.name,
             "crop_borders": self.crop_borders,
             "fill_dark_edges": self.fill_dark_edges,
+            "unmirror": self.unmirror,
         }
         # [position, name] pairs: the position finds the layer again, because layers that
         # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.
@@ -393,6 +396,19 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
             self.optimizer.build(self.trainable_variables)
 
 
+def _ood_detector(ood: dict | None):
+    """The flag's layer, or None until `keras_pneumonia.ood.fit`.
+
+    It lies outside the classification graph: its statistics are weights saved with the
+    model, read by `ood_scores` (keras_pneumonia.ood).
+    """
+    if not ood:
+        return None
+    from keras_pneumonia.ood import OutOfDistribution
+
+    return OutOfDistribution(ood["dims"], ood["classes"], name="ood_detector")
+
+
 def _normalization_layer(normalization: str):
     """The input scaling, in float32 whatever the policy: a per-image mean over 25,600 pixels in
     bfloat16 (8-bit mantissa) would be visibly off."""
@@ -401,10 +417,12 @@ def _normalization_layer(normalization: str):
     return keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype="float32")
 
 
-def _framing_layers(crop_borders: bool, fill_dark_edges: bool) -> list:
-    """The input normalisations before everything else: the border cut, then the dark-edge fill."""
+def _framing_layers(crop_borders: bool, fill_dark_edges: bool, unmirror: bool = False) -> list:
+    """The input normalisations before everything else: the border cut, the dark-edge fill, the unmirroring."""
     layers = [CropUniformBorders(name="crop_borders", dtype="float32")] if crop_borders else []
-    return layers + ([FillDarkEdges(name="fill_dark_edges", dtype="float32")] if fill_dark_edges else [])
+    layers += [FillDarkEdges(name="fill_dark_edges", dtype="float32")] if fill_dark_edges else []
+    # Trained by keras_pneumonia.mirror.fit alone: frozen, so no fit or weight decay moves it.
+    return layers + ([Unmirror(name="unmirror", dtype="float32", trainable=False)] if unmirror else [])
 
 
 def _legacy_augmentation_layers() -> list:

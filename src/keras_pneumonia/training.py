@@ -397,6 +397,11 @@ def copy_weights(source: str | Path, model) -> None:
         except ValueError:
             target = None
         shapes = [w.shape for w in weights]
+        if target is None and layer.name == "unmirror":
+            raise ValueError(
+                f"--init-weights {source} puts mirrored films the right way round (its 'unmirror' layer); pass "
+                "--unmirror to keep that layer (PneumoniaCNN(unmirror=True))."
+            )
         if target is None or [tuple(w.shape) for w in target.weights] != shapes:
             raise ValueError(
                 f"--init-weights {source}: its layer {layer.name!r} (weights {shapes}) has no match in the new "
