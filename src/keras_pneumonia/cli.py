@@ -316,6 +316,15 @@ def _add_evaluate(commands) -> None:
     )
 
 
+def _add_split_arguments(parser) -> None:
+    """--validation-split, --seed (the patient-disjoint split, as in train) and --overwrite (of --output)."""
+    parser.add_argument(
+        "--validation-split", type=_fraction, default=D.validation_split, help=f"as in train ({D.validation_split})"
+    )
+    parser.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
 def _add_calibrate(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="fit the temperature on the validation split (temperature scaling) and save the model"
@@ -326,11 +335,7 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     calibrate.add_argument("--output", type=Path, help="write the calibrated model here (.keras); omit to only measure")
     calibrate.add_argument("--report-dir", type=Path, metavar="DIR", help="write calibration.json and reliability.png")
-    calibrate.add_argument(
-        "--validation-split", type=_fraction, default=D.validation_split, help=f"as in train ({D.validation_split})"
-    )
-    calibrate.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
-    calibrate.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    _add_split_arguments(calibrate)
 
 
 def _add_fit_ood(commands) -> None:
@@ -345,11 +350,7 @@ def _add_fit_ood(commands) -> None:
     fit_ood.add_argument(
         "--quantile", type=_fraction, default=0.98, help="share of validation images left unflagged (0.98)"
     )
-    fit_ood.add_argument(
-        "--validation-split", type=_fraction, default=D.validation_split, help=f"as in train ({D.validation_split})"
-    )
-    fit_ood.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
-    fit_ood.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    _add_split_arguments(fit_ood)
 
 
 def _add_fit_unmirror(commands) -> None:
@@ -363,11 +364,7 @@ def _add_fit_unmirror(commands) -> None:
     fit.add_argument("--weights", default=None, help="preset name, .keras path or URL (default preset)")
     fit.add_argument("--output", type=Path, required=True, help="the model with the layer (.keras)")
     fit.add_argument("--epochs", type=int, default=20, help="passes over the training images (20)")
-    fit.add_argument(
-        "--validation-split", type=_fraction, default=D.validation_split, help=f"as in train ({D.validation_split})"
-    )
-    fit.add_argument("--seed", type=int, default=D.seed, help=f"seed of the split, as in train ({D.seed})")
-    fit.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    _add_split_arguments(fit)
 
 
 def _add_predict(commands) -> None:
@@ -903,13 +900,11 @@ def _cmd_serve(args) -> int:
     return 0
 
 
-def _cmd_fit_ood(args) -> int:
-    from keras_pneumonia import ood
-    from keras_pneumonia._io import atomic_save_model
+def _model_and_split(args):
+    """``--weights``'s model and ``args.data_dir``'s patient-disjoint split, read as that model reads images."""
     from keras_pneumonia.data import load_chest_xray
     from keras_pneumonia.models import load_model
 
-    _check_keras_output(args.output, args.overwrite)
     model = load_model(args.weights, compile=False)
     data = load_chest_xray(
         args.data_dir,
@@ -918,6 +913,15 @@ def _cmd_fit_ood(args) -> int:
         validation_split=args.validation_split,
         seed=args.seed,
     )
+    return model, data
+
+
+def _cmd_fit_ood(args) -> int:
+    from keras_pneumonia import ood
+    from keras_pneumonia._io import atomic_save_model
+
+    _check_keras_output(args.output, args.overwrite)
+    model, data = _model_and_split(args)
     fitted = ood.fit(model, data.train, data.val, quantile=args.quantile, description=f"{args.data_dir} (train / val)")
     atomic_save_model(fitted, args.output)
     counts = data.counts
@@ -932,18 +936,9 @@ def _cmd_fit_ood(args) -> int:
 def _cmd_fit_unmirror(args) -> int:
     from keras_pneumonia import mirror
     from keras_pneumonia._io import atomic_save_model
-    from keras_pneumonia.data import load_chest_xray
-    from keras_pneumonia.models import load_model
 
     _check_keras_output(args.output, args.overwrite)
-    model = load_model(args.weights, compile=False)
-    data = load_chest_xray(
-        args.data_dir,
-        **model.input_config.dataset_kwargs(),
-        class_names=model.class_names,
-        validation_split=args.validation_split,
-        seed=args.seed,
-    )
+    model, data = _model_and_split(args)
     fitted, scores = mirror.fit(model, data.train, data.val, epochs=args.epochs, seed=args.seed)
     atomic_save_model(fitted, args.output)
     print(
