@@ -136,3 +136,14 @@ def test_a_graph_litert_cannot_run_is_a_clear_error_and_the_border_cut_is_not_on
     with pytest.raises(ExportError, match="LiteRT has no built-in op for ImageProjectiveTransformV3"):
         _export_litert(keras.Model(inputs, outputs), tmp_path / "m.tflite")
     assert not (tmp_path / "m.tflite").exists()
+
+
+@pytest.mark.parametrize("format", list(OUTPUTS))
+@pytest.mark.slow
+def test_the_dark_corner_fill_exports_and_agrees_with_predict(format, tmp_path):
+    _needs(format)
+    model = kp.PneumoniaCNN(fill_dark_corners=True, crop_borders=True, **{**TINY, "image_size": 64})
+    x = sample_batch(model)
+    x[:, :12, :12] = 0  # a dark corner for the fill to fill
+    export_model(model, tmp_path / OUTPUTS[format], format=format)
+    np.testing.assert_allclose(run_exported(tmp_path / OUTPUTS[format], x), model.predict(x, verbose=0), atol=1e-5)

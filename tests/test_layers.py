@@ -148,3 +148,50 @@ def test_fill_dark_edges_leaves_dark_rows_and_images_without_corners_alone():
     layer = FillDarkEdges()
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
     assert FillDarkEdges.from_config({**layer.get_config(), "level": 20.0}).level == 20.0
+
+
+@pytest.mark.parametrize("degrees", [5.0, -5.0, 12.0])
+def test_fill_dark_corners_takes_a_tilted_films_black_corners_away(degrees):
+    from keras_pneumonia.layers import FillDarkCorners
+
+    x = _xray(128)[..., 0]
+    tilted = np.asarray(Image.fromarray(x).rotate(degrees, resample=Image.Resampling.BILINEAR, fillcolor=0))
+    white = Image.fromarray(np.full(x.shape, 255, "uint8")).rotate(degrees, resample=Image.Resampling.BILINEAR)
+    corners = np.asarray(white) == 0  # the black triangles the rotation left, all four
+    assert corners[0, 0] and corners[-1, -1] and corners.mean() > 0.01
+    out = keras.ops.convert_to_numpy(FillDarkCorners()(tilted[None, ..., None].astype("float32")))[0, ..., 0]
+    filled = out != tilted
+    assert filled[corners].all()  # every corner pixel filled...
+    assert len(np.unique(out[filled])) == 1  # ...with one grey: the mean of what was not filled
+    np.testing.assert_allclose(out[filled][0], tilted[~filled].mean(), rtol=1e-5)
+    assert (tilted[filled] <= 10).all()  # only dark pixels change
+
+
+def test_fill_dark_corners_leaves_dark_pixels_away_from_the_corners_and_is_mirror_symmetric():
+    from keras_pneumonia.layers import FillDarkCorners
+
+    x = np.random.default_rng(0).uniform(30, 255, (1, 64, 48, 1)).astype("float32")
+    x[0, 20:30, 10:20] = 0.0  # dark, but enclosed by bright pixels
+    layer = FillDarkCorners(cell=1)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x)), x)
+    x[0, :6, :9] = 0.0  # a dark corner region
+    out = keras.ops.convert_to_numpy(layer(x))
+    assert (out[0, :6, :9] > 30).all() and (out[0, 20:30, 10:20] == 0).all()
+    mirrored = keras.ops.convert_to_numpy(layer(x[:, :, ::-1]))
+    np.testing.assert_allclose(mirrored, out[:, :, ::-1], rtol=1e-6)  # so it may follow Unmirror
+    config = FillDarkCorners.from_config({**FillDarkCorners(cell=2).get_config(), "level": 20.0}).get_config()
+    assert (config["level"], config["cell"]) == (20.0, 2)
+    with pytest.raises(ValueError, match="cell"):
+        FillDarkCorners(cell=0)
+
+
+def test_fill_dark_corners_runs_on_batches_of_any_size_in_a_graph_built_for_one():
+    import tensorflow as tf
+
+    import keras_pneumonia as kp
+
+    model = kp.PneumoniaCNN(image_size=64, filters=(8,), dense_units=(8,), fill_dark_corners=True)
+    x = np.random.default_rng(1).uniform(0, 255, (3, 64, 64, 1)).astype("float32")
+    x[:, :10, :10] = 0.0
+    traced = tf.function(model.call, input_signature=[tf.TensorSpec([None, None, None, 1], tf.float32)])
+    np.testing.assert_allclose(traced(tf.constant(x)).numpy(), model.predict(x, verbose=0), atol=1e-5)

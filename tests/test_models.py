@@ -236,6 +236,25 @@ def test_a_model_that_fills_dark_edges_sees_a_tilted_film_without_black_corners(
     np.testing.assert_allclose(loaded.predict(tilted, verbose=0), expected, atol=1e-6)
 
 
+def test_a_model_that_fills_dark_corners_does_it_after_unmirroring_and_keeps_it_when_saved(tmp_path):
+    from PIL import Image
+
+    from keras_pneumonia.images import load_image
+
+    model = kp.PneumoniaCNN(crop_borders=True, unmirror=True, fill_dark_corners=True, **{**TINY, "image_size": 64})
+    names = [layer.name for layer in model.layers]
+    assert names.index("crop_borders") < names.index("unmirror") < names.index("fill_dark_corners")
+    film = load_image(next((KAGGLE / "test" / "NORMAL").iterdir()), 64)[..., 0]
+    tilted = np.asarray(Image.fromarray(film).rotate(5.0, fillcolor=0))[None, ..., None].astype("float32")
+    seen = keras.Model(model.inputs, model.get_layer("fill_dark_corners").output).predict(tilted, verbose=0)
+    assert seen[0, 0, 0, 0] > 10 and seen[0, -1, -1, 0] > 10  # the black corners hold the film's mean grey
+    expected = model.predict(tilted, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert loaded.fill_dark_corners and loaded.get_config()["fill_dark_corners"]
+    np.testing.assert_allclose(loaded.predict(tilted, verbose=0), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("head", ["flatten", "avg", "max"])
 def test_features_are_the_heads_input_and_feed_it_to_the_same_answer(head):
     model = kp.PneumoniaCNN(image_size=32, filters=(4, 8), dense_units=(), head=head, dropout=0.0)

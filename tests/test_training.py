@@ -260,10 +260,11 @@ def test_a_run_can_start_from_a_trained_models_weights(kaggle_dir, tmp_path):
     run = tmp_path / "run"
     argv = ["train", str(kaggle_dir), "--output", str(run), "--epochs", "1", "--validation-split", "0.25"]
     argv += ["--init-weights", str(tmp_path / "start.keras"), "--learning-rate", "1e-12", "--crop-borders"]
-    assert main([*argv, "--fill-dark-edges", "--no-ood-flag", *TINY_CLI]) == 0
+    assert main([*argv, "--fill-dark-edges", "--fill-dark-corners", "--no-ood-flag", *TINY_CLI]) == 0
     trained = keras.saving.load_model(run / "model.keras")
-    # The architecture's weights copied into a model that crops borders and fills dark edges.
+    # The architecture's weights copied into a model that crops borders and fills dark edges and corners.
     assert trained.crop_borders and trained.fill_dark_edges and trained.get_layer("fill_dark_edges")
+    assert trained.fill_dark_corners and trained.get_layer("fill_dark_corners")
     for a, b in zip(start.trainable_weights, trained.trainable_weights, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)  # a learning rate of 1e-12 leaves them where they started
     assert json.loads((run / "run.json").read_text())["arguments"]["init_weights"] == str(tmp_path / "start.keras")

@@ -24,6 +24,7 @@ _EXPORTS = {
     "ChestXrayData": "keras_pneumonia.data",
     "CropUniformBorders": "keras_pneumonia.layers",
     "EvaluationReport": "keras_pneumonia.evaluation",
+    "FillDarkCorners": "keras_pneumonia.layers",
     "FillDarkEdges": "keras_pneumonia.layers",
     "LayoutError": "keras_pneumonia.data",
     "PerImageStandardization": "keras_pneumonia.layers",

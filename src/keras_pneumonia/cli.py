@@ -269,6 +269,11 @@ def _add_model_arguments(train) -> None:
         help="fill each row's black ends (a tilted film's corners) inside the model, after --crop-borders",
     )
     train.add_argument(
+        "--fill-dark-corners",
+        action="store_true",
+        help="fill the dark regions at the image's corners (a tilted film's) with its mean grey, inside the model",
+    )
+    train.add_argument(
         "--unmirror",
         action="store_true",
         help="keep the Unmirror layer of --init-weights (mirrored films put the right way round), copied as it is",
@@ -493,6 +498,7 @@ def _cmd_train(args) -> int:
         "channels": args.channels,
         "crop_borders": args.crop_borders,
         "fill_dark_edges": args.fill_dark_edges,
+        "fill_dark_corners": args.fill_dark_corners,
     }
     if args.unmirror:
         if args.init_weights is None:

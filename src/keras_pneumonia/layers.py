@@ -344,3 +344,90 @@ class FillDarkEdges(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "level": self.level}
+
+
+@keras.saving.register_keras_serializable(package="keras_pneumonia")
+class FillDarkCorners(keras.layers.Layer):
+    """Fills the dark regions that touch a corner of the image with the mean grey of the rest.
+
+    A tilted film has black triangles in its corners, and they move decisions (the
+    robustness report's ``rotate`` perturbations; release v3's experiment log,
+    ``benchmarks/rotation_corners.py``). This layer finds the pixels darker than
+    ``level`` that are connected to one of the four corner pixels through dark pixels,
+    and gives them the mean value of the pixels outside those regions, so that a tilted
+    film's corners and an upright film's dark background look alike. It takes in a
+    film's own black background where that touches a corner too. It gives the same
+    result on an image and on its mirror image, so it can come after `Unmirror`.
+
+    Written by hand because Keras has no connected-component fill. The regions grow
+    from the corners by repeated max-pooling inside the dark mask, unrolled to a fixed
+    number of steps, so that it runs on every backend and exports as plain pooling. To
+    keep that cheap they grow on a grid of ``cell`` x ``cell`` blocks (a block is dark
+    when any of its pixels is), and the dark pixels inside the blocks reached are
+    filled: dark pixels within one block of each other count as connected.
+
+    Args:
+        level: Largest grey value (0-255 scale, the mean over channels) that counts as dark.
+        cell: Side of the blocks the regions grow on, in pixels (1: pixel by pixel, 8-connected).
+        **kwargs: Passed to `keras.layers.Layer`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras_pneumonia.layers import FillDarkCorners
+    >>> image = np.full((1, 8, 12, 1), 100.0, dtype="float32")
+    >>> image[0, 0, :3] = 0.0  # a black corner
+    >>> image[0, 5, 6] = 0.0  # a dark pixel away from the corners stays
+    >>> out = keras.ops.convert_to_numpy(FillDarkCorners(cell=2)(image))[0, :, :, 0]
+    >>> [round(float(v), 2) for v in out[0, :4]], float(out[5, 6])
+    ([98.92, 98.92, 98.92, 100.0], 0.0)
+    """
+
+    def __init__(self, level: float = 10.0, cell: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        if int(cell) < 1:
+            raise ValueError(f"cell must be at least 1, got {cell}.")
+        self.level = float(level)
+        self.cell = int(cell)
+        self._side: int | None = None
+
+    def build(self, input_shape):
+        # The longer side fixes the number of growth steps (a Python loop, unrolled into the graph),
+        # so it is read here, where a functional model passes its input size; a training step may
+        # later call the layer on a batch whose size the graph does not know.
+        if input_shape[1] is not None and input_shape[2] is not None:
+            self._side = max(int(input_shape[1]), int(input_shape[2]))
+
+    def _corner_regions(self, dark, side: int):
+        """The dark pixels connected to a corner; ``dark``: ``(n, h, w, 1)`` in {0, 1}."""
+        height, width = ops.shape(dark)[1], ops.shape(dark)[2]
+        blocks = ops.max_pool(dark, self.cell, strides=self.cell, padding="same") if self.cell > 1 else dark
+        rows, cols = ops.shape(blocks)[1], ops.shape(blocks)[2]
+        at_row = ops.logical_or(ops.arange(rows) == 0, ops.arange(rows) == rows - 1)[:, None]
+        at_col = ops.logical_or(ops.arange(cols) == 0, ops.arange(cols) == cols - 1)[None, :]
+        region = blocks * ops.cast(ops.logical_and(at_row, at_col), dark.dtype)[None, :, :, None]
+        for _ in range(-(-side // self.cell)):  # enough steps to cross the longer side
+            region = ops.max_pool(region, (1, 3), strides=1, padding="same")
+            region = ops.max_pool(region, (3, 1), strides=1, padding="same") * blocks
+        if self.cell > 1:
+            region = ops.repeat(ops.repeat(region, self.cell, axis=1), self.cell, axis=2)[:, :height, :width]
+        return region * dark
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        known = x.shape[1] is not None and x.shape[2] is not None
+        side = max(int(x.shape[1]), int(x.shape[2])) if known else self._side
+        if side is None:
+            raise ValueError("FillDarkCorners needs a known height and width (the model's input size).")
+        dark = ops.cast(ops.mean(x, axis=-1, keepdims=True) <= self.level, "float32")
+        region = self._corner_regions(dark, side)
+        rest = 1.0 - region
+        count = ops.maximum(ops.sum(rest, axis=(1, 2), keepdims=True), 1.0)
+        mean = ops.sum(x * rest, axis=(1, 2), keepdims=True) / count
+        return x * rest + mean * region
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "level": self.level, "cell": self.cell}

@@ -15,7 +15,7 @@ from keras_pneumonia.finetuning import FineTuning
 from keras_pneumonia.hub import Presets, load_model  # noqa: F401  (load_model: its old home)
 from keras_pneumonia.images import COLOR_MODE_OF, RESIZE_MODES, InputConfig, as_size, check_batch
 from keras_pneumonia.input_check import LIMITS
-from keras_pneumonia.layers import CropUniformBorders, FillDarkEdges, PerImageStandardization
+from keras_pneumonia.layers import CropUniformBorders, FillDarkCorners, FillDarkEdges, PerImageStandardization
 from keras_pneumonia.metrics import SparseAUC
 from keras_pneumonia.mirror import Unmirror
 from keras_pneumonia.ood import OutOfDistributionFlag
@@ -110,6 +110,11 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
             image reach the classifier as the same image. Its small network is trained by
             `keras_pneumonia.mirror.fit` (``keras-pneumonia fit-unmirror``); untrained, it
             still makes the answer mirror-invariant but may show upright films mirrored.
+        fill_dark_corners: Fill the dark regions that touch the image's corners (a
+            tilted film's black corners, and a film's own dark background there) with
+            the mean grey of the rest, inside the graph, after the unmirroring
+            (`~keras_pneumonia.FillDarkCorners`). An experiment of release v3 (docs: the
+            experiment log, v3-z).
         **kwargs: Passed to `keras.Model` (``name``...).
 
     Examples:
@@ -148,6 +153,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
         crop_borders: bool = False,
         fill_dark_edges: bool = False,
         unmirror: bool = False,
+        fill_dark_corners: bool = False,
         **kwargs,
     ):
         from keras_pneumonia import backbones
@@ -173,7 +179,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
         policy = _dtype_policy(dtype)
 
         # === Layers ===
-        framing_layers = _framing_layers(crop_borders, fill_dark_edges, unmirror)
+        framing_layers = _framing_layers(crop_borders, fill_dark_edges, unmirror, fill_dark_corners)
         norm_layer = _normalization_layer(normalization)
         aug_layers = _legacy_augmentation_layers() if augmentation else []
         conv_blocks = _conv_blocks(filters, convs_per_block, policy)
@@ -239,6 +245,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
         self.crop_borders = bool(crop_borders)
         self.fill_dark_edges = bool(fill_dark_edges)
         self.unmirror = bool(unmirror)
+        self.fill_dark_corners = bool(fill_dark_corners)
         self._feature_layers = feature_layers
 
     def get_config(self):
@@ -273,6 +280,7 @@ class PneumoniaCNN(MultiWorkerFit, Presets, FineTuning, OutOfDistributionFlag, C
             "crop_borders": self.crop_borders,
             "fill_dark_edges": self.fill_dark_edges,
             "unmirror": self.unmirror,
+            "fill_dark_corners": self.fill_dark_corners,
         }
         # [position, name] pairs: the position finds the layer again, because layers that
         # keras.applications leaves unnamed get a new name ("zero_padding2d_7") every build.
@@ -417,12 +425,16 @@ def _normalization_layer(normalization: str):
     return keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype="float32")
 
 
-def _framing_layers(crop_borders: bool, fill_dark_edges: bool, unmirror: bool = False) -> list:
-    """The input normalisations before everything else: the border cut, the dark-edge fill, the unmirroring."""
+def _framing_layers(
+    crop_borders: bool, fill_dark_edges: bool, unmirror: bool = False, fill_dark_corners: bool = False
+) -> list:
+    """The input normalisations before everything else: the border cut, the dark-edge fill, the unmirroring,
+    the dark-corner fill (after the unmirroring, so ``Unmirror`` sees what it was trained on)."""
     layers = [CropUniformBorders(name="crop_borders", dtype="float32")] if crop_borders else []
     layers += [FillDarkEdges(name="fill_dark_edges", dtype="float32")] if fill_dark_edges else []
     # Trained by keras_pneumonia.mirror.fit alone: frozen, so no fit or weight decay moves it.
-    return layers + ([Unmirror(name="unmirror", dtype="float32", trainable=False)] if unmirror else [])
+    layers += [Unmirror(name="unmirror", dtype="float32", trainable=False)] if unmirror else []
+    return layers + ([FillDarkCorners(name="fill_dark_corners", dtype="float32")] if fill_dark_corners else [])
 
 
 def _legacy_augmentation_layers() -> list:
