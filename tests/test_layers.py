@@ -167,7 +167,7 @@ def test_fill_dark_corners_takes_a_tilted_films_black_corners_away(degrees):
     assert (tilted[filled] <= 10).all()  # only dark pixels change
 
 
-def test_fill_dark_corners_leaves_dark_pixels_away_from_the_corners_and_is_mirror_symmetric():
+def test_fill_dark_corners_leaves_dark_pixels_away_from_the_corners_and_treats_both_sides_alike():
     from keras_pneumonia.layers import FillDarkCorners
 
     x = np.random.default_rng(0).uniform(30, 255, (1, 64, 48, 1)).astype("float32")
@@ -178,7 +178,7 @@ def test_fill_dark_corners_leaves_dark_pixels_away_from_the_corners_and_is_mirro
     out = keras.ops.convert_to_numpy(layer(x))
     assert (out[0, :6, :9] > 30).all() and (out[0, 20:30, 10:20] == 0).all()
     mirrored = keras.ops.convert_to_numpy(layer(x[:, :, ::-1]))
-    np.testing.assert_allclose(mirrored, out[:, :, ::-1], rtol=1e-6)  # so it may follow Unmirror
+    np.testing.assert_allclose(mirrored, out[:, :, ::-1], rtol=1e-6)  # a corner on the right is filled alike
     config = FillDarkCorners.from_config({**FillDarkCorners(cell=2).get_config(), "level": 20.0}).get_config()
     assert (config["level"], config["cell"]) == (20.0, 2)
     with pytest.raises(ValueError, match="cell"):

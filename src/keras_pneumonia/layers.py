@@ -356,8 +356,8 @@ class FillDarkCorners(keras.layers.Layer):
     ``level`` that are connected to one of the four corner pixels through dark pixels,
     and gives them the mean value of the pixels outside those regions, so that a tilted
     film's corners and an upright film's dark background look alike. It takes in a
-    film's own black background where that touches a corner too. It gives the same
-    result on an image and on its mirror image, so it can come after `Unmirror`.
+    film's own black background where that touches a corner too. In a model it comes
+    after `Unmirror`, so that the unmirroring network sees the films it was trained on.
 
     Written by hand because Keras has no connected-component fill. The regions grow
     from the corners by repeated max-pooling inside the dark mask, unrolled to a fixed
