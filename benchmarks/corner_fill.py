@@ -61,8 +61,8 @@ def measure(source: str, level: int) -> dict[str, dict[str, float]]:
     originals = [load_image(folder / e.path, None, "grayscale") for e in entries]
     labels = np.array([e.label for e in entries])
 
-    def decide(change) -> np.ndarray:
-        batch = np.stack([_resize(change(x), spec) for x in originals])
+    def decide(images: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack([_resize(x, spec) for x in images])
         return positive_probability(model.predict(batch, batch_size=64, verbose=0)) >= model.threshold
 
     def row(decided: np.ndarray, reference: np.ndarray) -> dict[str, float]:
@@ -73,16 +73,15 @@ def measure(source: str, level: int) -> dict[str, dict[str, float]]:
             "flip_rate": float(np.mean(decided != reference)),
         }
 
-    filled_share = [fill_dark_corners(x, level)[1] for x in originals]
-    clean = decide(lambda x: x)
-    clean_filled = decide(lambda x: fill_dark_corners(x, level)[0])
+    filled, shares = zip(*(fill_dark_corners(x, level) for x in originals), strict=True)
+    clean, clean_filled = decide(originals), decide(list(filled))
     rows = {"clean": row(clean, clean), "clean, corners filled": row(clean_filled, clean)}
-    rows["clean, corners filled"]["images_filled"] = int(np.sum(np.array(filled_share) > 0))
-    rows["clean, corners filled"]["mean_share_filled"] = float(np.mean(filled_share))
+    rows["clean, corners filled"]["images_filled"] = int(np.sum(np.array(shares) > 0))
+    rows["clean, corners filled"]["mean_share_filled"] = float(np.mean(shares))
     for name in PERTURBATIONS:
-        rows[name] = row(decide(lambda x, n=name: perturb(x, n)), clean)
-        filled = decide(lambda x, n=name: fill_dark_corners(perturb(x, n), level)[0])
-        rows[f"{name}, corners filled"] = row(filled, clean_filled)
+        perturbed = [perturb(x, name) for x in originals]  # each perturbation once, scored as it is and filled
+        rows[name] = row(decide(perturbed), clean)
+        rows[f"{name}, corners filled"] = row(decide([fill_dark_corners(x, level)[0] for x in perturbed]), clean_filled)
     return rows
 
 
