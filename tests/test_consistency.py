@@ -86,14 +86,35 @@ def test_the_copies_are_tilted_with_black_corners():
     assert np.allclose(tilted[:, 28:36, 28:36], 200.0, atol=1.0)  # the centre stays
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"weight": -1.0}, "weight"), ({"max_degrees": 0}, "max_degrees")])
+def test_with_max_crop_the_copies_are_also_zoomed_in():
+    # A grey square inside a black frame 10% wide: zooming in pushes the frame out of view.
+    image = np.zeros((16, 100, 100, 1), "float32")
+    image[:, 10:90, 10:90] = 200.0
+    tilt_only = keras.ops.convert_to_numpy(TiltConsistency(max_degrees=0.01, seed=5).tilt(image))
+    zoomed = keras.ops.convert_to_numpy(TiltConsistency(max_degrees=0.01, max_crop=0.1, seed=5).tilt(image))
+    grey = lambda copies: (copies > 100).mean(axis=(1, 2, 3))  # noqa: E731
+    np.testing.assert_allclose(grey(tilt_only), 0.64, atol=0.01)  # 0.01 degrees: the frame as it was
+    assert (grey(zoomed) >= 0.63).all() and grey(zoomed).max() > 0.8  # never zoomed out; up to the whole square
+    assert np.allclose(zoomed[:, 45:55, 45:55], 200.0, atol=1.0)  # about the centre
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"weight": -1.0}, "weight"), ({"max_degrees": 0}, "max_degrees"), ({"max_crop": 0.3}, "max_crop")],
+)
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TiltConsistency(**kwargs)
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"consistency_weight": -0.5}, {"consistency_degrees": 90.0}, {"consistency_degrees": 0.0}]
+    "kwargs",
+    [
+        {"consistency_weight": -0.5},
+        {"consistency_degrees": 90.0},
+        {"consistency_degrees": 0.0},
+        {"consistency_crop": -0.1},
+    ],
 )
 def test_bad_training_settings_fail_before_any_work(kwargs, tmp_path):
     with pytest.raises(ValueError, match="consistency"):
@@ -105,9 +126,10 @@ def test_train_with_consistency_records_it_and_saves_a_plain_model(kaggle_dir, t
     run = tmp_path / "run"
     argv = ["train", str(kaggle_dir), "--output", str(run), "--epochs", "1", "--validation-split", "0.25"]
     argv += ["--schedule", "cosine", "--threshold", "0.5", "--no-ood-flag", "--consistency-weight", "1.5"]
-    assert main([*argv, "--consistency-degrees", "6", *TINY_CLI]) == 0
+    assert main([*argv, "--consistency-degrees", "6", "--consistency-crop", "0.1", *TINY_CLI]) == 0
     arguments = json.loads((run / "run.json").read_text())["arguments"]
     assert arguments["consistency_weight"] == 1.5 and arguments["consistency_degrees"] == 6.0
+    assert arguments["consistency_crop"] == 0.1
     model = keras.saving.load_model(run / "model.keras")
     assert model.consistency is None  # training only: never saved
     assert "consistency" not in model.get_config()

@@ -182,6 +182,12 @@ def _add_train(commands) -> None:
         help=f"largest tilt of the consistency copies ({D.consistency_degrees})",
     )
     train.add_argument(
+        "--consistency-crop",
+        type=float,
+        default=D.consistency_crop,
+        help="above 0: also zoom the consistency copies in, cutting up to this fraction from each border (0.1)",
+    )
+    train.add_argument(
         "--threshold",
         type=_threshold,
         default=D.threshold,

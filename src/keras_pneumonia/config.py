@@ -116,6 +116,8 @@ class TrainConfig:
             cross-entropy and this weight times KL(batch || copy) to the loss
             (`keras_pneumonia.consistency`; TensorFlow backend). ``0``: off.
         consistency_degrees: Largest tilt of the copies, in degrees.
+        consistency_crop: Above 0: the copies are also zoomed in, cutting up to this
+            fraction from each border (``0.1``: as the robustness report's ``crop_10``).
     """
 
     epochs: int = 30
@@ -142,6 +144,7 @@ class TrainConfig:
     init_weights: str | Path | None = None
     consistency_weight: float = 0.0
     consistency_degrees: float = 8.0
+    consistency_crop: float = 0.0
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> TrainConfig:
@@ -173,6 +176,8 @@ class TrainConfig:
                 "`consistency_weight` must be 0 or more and `consistency_degrees` in (0, 45]; received "
                 f"{self.consistency_weight!r} and {self.consistency_degrees!r}."
             )
+        if not 0 <= self.consistency_crop <= 0.25:
+            raise ValueError(f"`consistency_crop` must be in [0, 0.25]; received {self.consistency_crop!r}.")
         threshold = self.threshold
         if threshold != "youden" and not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
             raise ValueError(

@@ -213,7 +213,9 @@ class _Run:
             if c.consistency_weight > 0:  # training only, never saved; a backend without it fails here
                 from keras_pneumonia.consistency import TiltConsistency
 
-                self.model.consistency = TiltConsistency(c.consistency_weight, c.consistency_degrees, seed=c.seed)
+                self.model.consistency = TiltConsistency(
+                    c.consistency_weight, c.consistency_degrees, seed=c.seed, max_crop=c.consistency_crop
+                )
         reading = self.model.input_config.dataset_kwargs()
         # The class folders: the model's classes, or NORMAL/PNEUMONIA split by file name.
         folders = self.model.class_names if c.classes == "binary" else CLASS_NAMES
