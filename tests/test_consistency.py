@@ -98,6 +98,15 @@ def test_with_max_crop_the_copies_are_also_zoomed_in():
     assert np.allclose(zoomed[:, 45:55, 45:55], 200.0, atol=1.0)  # about the centre
 
 
+def test_the_zoom_is_drawn_independently_of_the_tilt():
+    consistency = TiltConsistency(max_degrees=8, max_crop=0.1, seed=5)
+    batch = np.zeros((256, 32, 32, 1), "float32")
+    angles = keras.ops.convert_to_numpy(consistency._rotation.get_random_transformation(batch)["angle"])
+    zooms = keras.ops.convert_to_numpy(consistency._zoom.get_random_transformation(batch)["height_zoom"])[:, 0]
+    # Under one seed both layers draw the same numbers: the correlation would be 1.
+    assert abs(np.corrcoef(angles, zooms)[0, 1]) < 0.3
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"weight": -1.0}, "weight"), ({"max_degrees": 0}, "max_degrees"), ({"max_crop": 0.3}, "max_crop")],

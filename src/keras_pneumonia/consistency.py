@@ -79,11 +79,17 @@ class TiltConsistency:
             self.max_degrees / 360.0, fill_mode="constant", fill_value=0.0, seed=seed, dtype="float32"
         )
         # RandomZoom's factor is the change of the view's height: -0.2 shows the middle 80%,
-        # which cuts 10% from each border. One factor, so the aspect ratio is kept.
+        # which cuts 10% from each border. One factor, so the aspect ratio is kept. Its own
+        # seed: under the rotation's, both layers draw the same numbers and every zoom would
+        # be a function of its copy's angle.
         self._zoom = None
         if self.max_crop > 0:
             self._zoom = keras.layers.RandomZoom(
-                (-2 * self.max_crop, 0.0), fill_mode="constant", fill_value=0.0, seed=seed, dtype="float32"
+                (-2 * self.max_crop, 0.0),
+                fill_mode="constant",
+                fill_value=0.0,
+                seed=None if seed is None else seed + 1,
+                dtype="float32",
             )
 
     def tilt(self, images):
